@@ -1,0 +1,57 @@
+"""lightning-cam: LIFT-CAM and the CAM family, batched on any device.
+
+Methods (``LiftCAM``, ``GradCAM`` ...) import eagerly and need only torch;
+the Lightning callback and the metrics import lazily so that using an
+explainer does not pull in Lightning or W&B.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_cam.methods import (
+    CAM,
+    METHODS,
+    AblationCAM,
+    BaseCAM,
+    Explanation,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    LiftCAM,
+    ScoreCAM,
+    ShapCAM,
+    XGradCAM,
+    explain_all,
+    get_method,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AblationCAM",
+    "BaseCAM",
+    "CAM",
+    "CAMCallback",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "LiftCAM",
+    "METHODS",
+    "ScoreCAM",
+    "ShapCAM",
+    "XGradCAM",
+    "explain_all",
+    "get_method",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CAMCallback":
+        from lightning_cam.callback import CAMCallback
+
+        return CAMCallback
+    raise AttributeError(f"module 'lightning_cam' has no attribute {name!r}")

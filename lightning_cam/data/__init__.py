@@ -1,0 +1,26 @@
+"""Data: the embedded procedural ``shapes`` dataset and Lightning data modules."""
+
+from lightning_cam.data.datamodules import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CIFAR10DataModule,
+    ImageFolderDataModule,
+    ShapesDataModule,
+)
+from lightning_cam.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CLASSES",
+    "CIFAR10DataModule",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageFolderDataModule",
+    "SHAPES_MEAN",
+    "SHAPES_STD",
+    "ShapesDataModule",
+    "ShapesDataset",
+]

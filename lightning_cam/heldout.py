@@ -1,0 +1,245 @@
+"""A fixed, seeded held-out set of images for explanation monitoring.
+
+The set is chosen once and must never disturb training:
+
+* indices come from a private ``torch.Generator`` seeded with ``seed``: the
+  same on every rank, in every process, after a resume;
+* images are read by indexing the dataset (``dataset[i]``), never by iterating
+  a ``DataLoader`` (creating a loader iterator draws a seed from the global
+  torch RNG and would change the shuffling that follows);
+* everything runs inside :func:`preserved_rng`, which restores the torch (CPU
+  and CUDA), numpy and python ``random`` states, and is seeded inside so that
+  random val transforms give the same images every time;
+* tensors are built outside inference mode (``trainer.validate`` runs under
+  ``torch.inference_mode``; inference tensors could not be used later for
+  gradient-based explanations during ``fit``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "HeldOut",
+    "dataset_of",
+    "gather_from_dataset",
+    "gather_from_loader",
+    "preserved_rng",
+    "select_indices",
+    "split_sample",
+]
+
+_IMAGE_KEYS = ("image", "images", "img", "x", "input", "inputs", "pixel_values")
+_LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+_MASK_KEYS = ("mask", "masks", "segmentation", "seg")
+
+
+@dataclass
+class HeldOut:
+    """The held-out set: ``images`` (N, C, H, W) float, ``labels`` (N,) long or
+    None, ``masks`` (N, H, W) bool or None, ``indices`` into the source dataset
+    (None for user images / iterated loaders)."""
+
+    images: Tensor
+    labels: Tensor | None = None
+    masks: Tensor | None = None
+    indices: list[int] | None = None
+    source: str = "user"  # "user" | "dataset" | "loader"
+    dataset_len: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@contextlib.contextmanager
+def preserved_rng(seed: int | None = None, devices: Sequence[torch.device] | None = None) -> Iterator[None]:
+    """Restore torch (CPU + CUDA ``devices``), numpy and python RNG states on exit.
+
+    With ``seed``, all three are seeded inside the block (reproducible work
+    that leaves the caller's streams exactly where they were).
+    """
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    cuda_devices = [d for d in (devices or []) if torch.device(d).type == "cuda"]
+    with torch.random.fork_rng(devices=cuda_devices, enabled=True):
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % (2**32))
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def select_indices(n_total: int, num_samples: int, seed: int) -> list[int]:
+    """``min(num_samples, n_total)`` distinct indices, sorted, from a private generator."""
+    if n_total <= 0:
+        raise ValueError("the dataset to draw the held-out set from is empty")
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n_total, generator=g)[: min(num_samples, n_total)]
+    return sorted(int(i) for i in perm)
+
+
+def _to_tensor(x: Any) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(x)
+    if hasattr(x, "size") and hasattr(x, "mode"):  # PIL image without ToTensor
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return pil_to_tensor(x).float() / 255.0
+    return torch.as_tensor(x)
+
+
+def split_sample(sample: Any) -> tuple[Any, Any, Any]:
+    """``(image, label, mask)`` of one dataset item or one batch.
+
+    Accepts tuples/lists ``(image, label[, mask])``, dicts with common key
+    names, or a bare image.
+    """
+    if isinstance(sample, Mapping):
+        def pick(keys: tuple[str, ...]) -> Any:
+            for k in keys:
+                if k in sample:
+                    return sample[k]
+            return None
+
+        image = pick(_IMAGE_KEYS)
+        if image is None:
+            raise ValueError(f"cannot find the image in a dataset item with keys {sorted(sample)}")
+        return image, pick(_LABEL_KEYS), pick(_MASK_KEYS)
+    if isinstance(sample, (tuple, list)):
+        if not sample:
+            raise ValueError("empty dataset item")
+        image = sample[0]
+        label = sample[1] if len(sample) > 1 else None
+        mask = sample[2] if len(sample) > 2 else None
+        return image, label, mask
+    return sample, None, None
+
+
+def _norm_mask(m: Tensor) -> Tensor:
+    m = _to_tensor(m)
+    if m.dim() >= 3 and m.shape[-3] == 1:  # (..., 1, H, W)
+        m = m.squeeze(-3)
+    return m.bool()
+
+
+def _stack(images: list[Any], labels: list[Any], masks: list[Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    imgs = torch.stack([_to_tensor(i).float() for i in images]).clone()
+    if imgs.dim() == 3:  # (N, H, W) grayscale
+        imgs = imgs[:, None]
+    lab = None
+    if labels and all(lbl is not None for lbl in labels):
+        try:
+            lab = torch.stack([_to_tensor(lbl).long().reshape(()) for lbl in labels]).clone()
+        except (RuntimeError, ValueError, TypeError):
+            lab = None  # non-scalar targets (e.g. detection dicts): not shown
+    msk = None
+    if masks and all(m is not None for m in masks):
+        msk = torch.stack([_norm_mask(m) for m in masks]).clone()
+    return imgs, lab, msk
+
+
+def dataset_of(loaders: Any) -> Any:
+    """The dataset behind ``trainer.val_dataloaders`` / ``test_dataloaders``
+    (a DataLoader, a list/tuple/dict of them, or None)."""
+    loader = loaders
+    if isinstance(loader, Mapping):
+        loader = next(iter(loader.values()), None)
+    elif isinstance(loader, (list, tuple)):
+        loader = loader[0] if loader else None
+    if loader is None:
+        return None, None
+    return loader, getattr(loader, "dataset", None)
+
+
+def _is_map_style(dataset: Any) -> bool:
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+        return False
+    try:
+        len(dataset)
+    except TypeError:
+        return False
+    return hasattr(dataset, "__getitem__")
+
+
+def gather_from_dataset(dataset: Any, indices: Sequence[int], seed: int = 0) -> HeldOut:
+    """``dataset[i]`` for ``indices`` (RNG preserved, outside inference mode)."""
+    images, labels, masks = [], [], []
+    with preserved_rng(seed), torch.inference_mode(False):
+        for i in indices:
+            img, lbl, msk = split_sample(dataset[int(i)])
+            images.append(img)
+            labels.append(lbl)
+            masks.append(msk)
+        imgs, lab, msk = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, list(map(int, indices)), "dataset", len(dataset))
+
+
+def gather_from_loader(loader: Any, num_samples: int, seed: int = 0) -> HeldOut:
+    """First ``num_samples`` items of an iterated loader (for iterable datasets).
+
+    The iteration (which draws from the global RNG) happens inside
+    :func:`preserved_rng`, so the training stream is unaffected.
+    """
+    images, labels, masks = [], [], []
+    with preserved_rng(seed), torch.inference_mode(False):
+        for batch in loader:
+            img, lbl, msk = split_sample(batch)
+            img = _to_tensor(img)
+            n = img.shape[0]
+            for j in range(n):
+                images.append(img[j])
+                labels.append(None if lbl is None else _to_tensor(lbl)[j])
+                masks.append(None if msk is None else _to_tensor(msk)[j])
+                if len(images) >= num_samples:
+                    break
+            if len(images) >= num_samples:
+                break
+        if not images:
+            raise ValueError("the dataloader to draw the held-out set from yielded nothing")
+        imgs, lab, msk = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, None, "loader", None)
+
+
+def from_user(
+    images: Tensor | Sequence[Tensor],
+    labels: Tensor | Sequence[int] | None,
+    masks: Tensor | Sequence[Tensor] | None,
+    num_samples: int,
+    seed: int,
+) -> HeldOut:
+    """Held-out set from user tensors (a seeded subset when more than ``num_samples``)."""
+    with torch.inference_mode(False):
+        imgs = images if isinstance(images, Tensor) else torch.stack([_to_tensor(i) for i in images])
+        imgs = imgs.detach().float().cpu().clone()
+        if imgs.dim() == 3:
+            imgs = imgs[:, None]
+        n = imgs.shape[0]
+        lab = None if labels is None else _to_tensor(labels).detach().long().cpu().reshape(-1).clone()
+        msk = None
+        if masks is not None:
+            msk = masks if isinstance(masks, Tensor) else torch.stack([_to_tensor(m) for m in masks])
+            msk = _norm_mask(msk.detach().cpu()).clone()
+        idx = list(range(n)) if n <= num_samples else select_indices(n, num_samples, seed)
+        if len(idx) < n:
+            imgs = imgs[idx]
+            lab = None if lab is None else lab[idx]
+            msk = None if msk is None else msk[idx]
+    return HeldOut(imgs, lab, msk, idx, "user", n)
+
+
+def is_map_style(dataset: Any) -> bool:
+    return _is_map_style(dataset)

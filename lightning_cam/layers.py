@@ -1,0 +1,167 @@
+"""Find the target layer of a CNN: by dotted name, by module, or by default."""
+
+from __future__ import annotations
+
+import difflib
+
+import torch
+from torch import nn
+
+__all__ = ["resolve_layer", "default_target_layer", "candidate_layers", "unwrap_model"]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module that really runs: strips ``torch.compile`` and DDP/DataParallel wrappers.
+
+    Hooks and tracing added after ``torch.compile`` are ignored by the compiled
+    graph, so explanations always work on the original module.
+    """
+    while True:
+        if hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def candidate_layers(model: nn.Module) -> list[str]:
+    """Names of modules that can hold spatial feature maps (convolutional blocks).
+
+    A module is a candidate when it is or contains a ``Conv2d``; these are the
+    layers whose output is usually a (B, K, h, w) activation.
+    """
+    names = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        if any(isinstance(m, nn.Conv2d) for m in module.modules()) or _is_activation_after_conv(
+            model, name
+        ):
+            names.append(name)
+    return names
+
+
+def _is_activation_after_conv(model: nn.Module, name: str) -> bool:
+    module = model.get_submodule(name)
+    return isinstance(module, (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.BatchNorm2d))
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
+    """Return ``(qualified_name, module)`` for ``layer`` inside ``model``.
+
+    ``layer`` is a module of ``model``, its dotted name (``"layer4"``,
+    ``"features.29"``), or a unique dotted suffix of one (``"layer4"`` finds
+    ``"net.layer4"`` inside a LightningModule that stores the network as ``net``).
+    Raises ``ValueError`` listing candidate layers when nothing matches.
+    """
+    model = unwrap_model(model)
+    named = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for name, module in named.items():
+            if module is layer:
+                if not name:
+                    raise ValueError("The target layer must be a submodule of the model, not the model itself.")
+                return name, module
+        raise ValueError(
+            f"The target layer {type(layer).__name__} is not a submodule of the model "
+            f"{type(model).__name__}."
+        )
+    if not isinstance(layer, str) or not layer:
+        raise TypeError(f"target_layer must be an nn.Module or a dotted name, got {layer!r}.")
+    if layer in named and layer:
+        return layer, named[layer]
+    suffix_matches = [n for n in named if n.endswith("." + layer)]
+    if len(suffix_matches) == 1:
+        return suffix_matches[0], named[suffix_matches[0]]
+    candidates = candidate_layers(model)
+    if len(suffix_matches) > 1:
+        raise ValueError(
+            f"Target layer {layer!r} is ambiguous in {type(model).__name__}: it matches "
+            f"{suffix_matches}. Use the full dotted name."
+        )
+    close = difflib.get_close_matches(layer, candidates, n=5, cutoff=0.5)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(
+        f"Unknown target layer {layer!r} for {type(model).__name__}.{hint} "
+        f"Candidate layers: {_summarise(candidates)}"
+    )
+
+
+def _summarise(names: list[str], limit: int = 60) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    top = [n for n in names if n.count(".") <= 1]
+    shown = top[:limit] if top else names[:limit]
+    return ", ".join(shown) + f", ... ({len(names)} in all; nested names like 'layer4.1.conv2' work too)"
+
+
+def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 64, 64)) -> str:
+    """The usual CAM layer of ``model``: its last spatial feature map.
+
+    Known layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
+    the LIFT-CAM authors' code, before the last max-pool); ``features`` for
+    MobileNet, EfficientNet, ConvNeXt, DenseNet and similar. Anything else is
+    probed with one forward pass on zeros of ``input_shape``: the outermost
+    module that finishes last with a 4-D output of spatial size > 1.
+    """
+    model = unwrap_model(model)
+    named = dict(model.named_modules())
+    prefix = ""
+    # LightningModules and wrappers often keep the network in one attribute.
+    for attr in ("net", "model", "backbone", "network"):
+        if attr in named and attr + ".layer4" in named or attr + ".features" in named:
+            prefix = attr + "."
+            break
+    if prefix + "layer4" in named:
+        return prefix + "layer4"
+    features = named.get(prefix + "features")
+    if isinstance(features, nn.Sequential) and len(features) > 0:
+        if isinstance(features[-1], nn.MaxPool2d) and len(features) > 1:
+            return f"{prefix}features.{len(features) - 2}"
+        return prefix + "features"
+    if features is not None:
+        return prefix + "features"
+    return _probe_last_spatial_layer(model, input_shape)
+
+
+def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
+    finished: list[tuple[str, int]] = []
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, args: object, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
+                finished.append((name, name.count(".")))
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_hook(make_hook(name)))
+    training = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.no_grad():
+            model(torch.zeros(input_shape, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in training:
+            m.training = t
+    if not finished:
+        raise ValueError(
+            f"Could not find a layer with a spatial (B,K,h,w) output in {type(model).__name__}; "
+            "pass target_layer explicitly."
+        )
+    last_name = finished[-1][0]
+    # The outermost module that finished at the same time as the last one.
+    outer = last_name
+    for name, _ in reversed(finished):
+        if last_name.startswith(name + ".") or name == last_name:
+            outer = name if name.count(".") < outer.count(".") else outer
+        else:
+            break
+    return outer

@@ -1,0 +1,81 @@
+"""Explanation methods over one engine, and the registry that names them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_cam._state import as_float_input, explaining
+from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
+from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
+from lightning_cam.methods.cam import CAM
+from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from lightning_cam.methods.liftcam import LiftCAM
+from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
+from lightning_cam.methods.shapley import ShapCAM
+
+__all__ = [
+    "AblationCAM", "BaseCAM", "CAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "HiResCAM",
+    "LayerCAM", "LayerPass", "LiftCAM", "METHODS", "ScoreCAM", "ShapCAM", "XGradCAM",
+    "explain_all", "get_method",
+]
+
+METHODS: dict[str, type[BaseCAM]] = {
+    cls.name: cls
+    for cls in (LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM)
+}
+_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam"}
+
+
+def get_method(name: str) -> type[BaseCAM]:
+    """The method class registered under ``name`` (e.g. ``"liftcam"``, ``"gradcam++"``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"A method name must be a string, got {name!r}.")
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in METHODS:
+        raise ValueError(f"Unknown CAM method {name!r}. Allowed: {', '.join(METHODS)}.")
+    return METHODS[key]
+
+
+def explain_all(
+    model: nn.Module,
+    target_layer: str | nn.Module | None,
+    x: torch.Tensor,
+    methods: Sequence[str | BaseCAM] = ("liftcam",),
+    targets: Targets = None,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Explanation]:
+    """Explain ``x`` with several methods from ONE shared forward pass.
+
+    The layers up to ``target_layer`` run once; gradient methods share one
+    backward through the head; LIFT-CAM, Ablation-CAM and ShapCAM rerun only
+    the head. Returns ``{method name: Explanation}`` in the order given;
+    ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
+    ``method_kwargs`` passes constructor options by name, e.g.
+    ``{"scorecam": {"batch_size": 64}}``.
+    """
+    model = unwrap_model(model)
+    x = check_images(x)
+    check_device(model, x)
+    if target_layer is None:
+        target_layer = default_target_layer(model, tuple(x.shape[:1]) + tuple(x.shape[1:]))
+    layer_name, _ = resolve_layer(model, target_layer)
+    method_kwargs = dict(method_kwargs or {})
+    explainers: dict[str, BaseCAM] = {}
+    for method in methods:
+        if isinstance(method, BaseCAM):
+            explainers[method.name] = method
+        else:
+            cls = get_method(method)
+            explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
+    with explaining(model):
+        start = time.perf_counter()
+        layer_pass = LayerPass(model, layer_name, as_float_input(x), targets)
+        results = {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}
+        _ = start
+    return results

@@ -1,0 +1,194 @@
+"""The shared forward pass and the base class of every explanation method."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lightning_cam._state import as_float_input, explaining
+from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
+from lightning_cam.maps import normalize_maps
+from lightning_cam.methods.split import SplitModel, batched_flags, split_model
+
+__all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
+
+Targets = int | Sequence[int] | torch.Tensor | None
+
+
+@dataclass
+class Explanation:
+    """What one method says about one batch.
+
+    ``maps`` (B,h,w): ReLU'd map at the target layer's resolution.
+    ``weights`` (B,K): channel coefficients, ``None`` for methods without them.
+    ``targets`` (B,): the class explained. ``logits`` (B,C): the model's scores.
+    ``delta`` (B,): completeness residual ``sum_k phi_k - (y_c(A) - y_c(0))``
+    for LIFT-CAM, ``None`` otherwise. ``seconds``: wall time of this method
+    including the shared forward pass (its cost when run alone).
+    """
+
+    method: str
+    maps: torch.Tensor
+    weights: torch.Tensor | None
+    targets: torch.Tensor
+    logits: torch.Tensor
+    delta: torch.Tensor | None = None
+    seconds: float = 0.0
+
+    def saliency(self, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        """(B,H,W) map in [0,1]: bilinear upsampling then per-image min-max."""
+        return normalize_maps(self.maps, tuple(size)[-2:])
+
+
+class LayerPass:
+    """One forward pass of a batch, split at the target layer, shared by all methods.
+
+    Holds ``A`` (the layer's output), the logits, the explained ``targets`` and,
+    computed on first use, ``g = dy_c/dA`` (taken with ``torch.autograd.grad``
+    through the head only: no parameter gradients, no backward through the
+    layers before ``L``).
+    """
+
+    def __init__(self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None) -> None:
+        start = time.perf_counter()
+        self.model = model
+        self.x = x
+        self.split: SplitModel = split_model(model, layer_name)
+        with torch.no_grad():
+            activation, crossings = self.split.body(x)
+        self.crossings = crossings
+        self.split.batched_crossings = batched_flags(crossings, x.shape[0])
+        self.activation = activation.detach().float()
+        self._leaf = self.activation.clone().requires_grad_(True)
+        self.index = torch.arange(x.shape[0], device=x.device)
+        self._head_out = self.split.run_head(self._leaf, crossings, self.index)
+        self.logits = self._head_out.detach()
+        self.targets = resolve_targets(targets, self.logits)
+        self._grad: torch.Tensor | None = None
+        self.seconds = time.perf_counter() - start
+
+    @property
+    def batch_size(self) -> int:
+        return self.activation.shape[0]
+
+    @property
+    def gradient(self) -> torch.Tensor:
+        """``g = dy_c/dA`` (B,K,h,w), computed once."""
+        if self._grad is None:
+            score = self._head_out.gather(1, self.targets[:, None]).sum()
+            self._grad = torch.autograd.grad(score, self._leaf)[0].detach()
+            self._head_out = None  # free the head graph
+        return self._grad
+
+    def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Logits of the head on ``activations`` (rows of images ``index``)."""
+        return self.split.run_head(activations, self.crossings, index)
+
+    def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``y_c`` of the head on many activation rows, in chunks of ``batch_size`` (no grad)."""
+        scores = []
+        with torch.no_grad():
+            for start in range(0, activations.shape[0], batch_size):
+                rows = index[start : start + batch_size]
+                out = self.head(activations[start : start + batch_size], rows)
+                scores.append(out.gather(1, self.targets[rows][:, None])[:, 0])
+        return torch.cat(scores) if scores else activations.new_zeros(0)
+
+
+def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
+    """``None`` -> top-1 prediction; int -> same class for all; sequence/tensor -> per image."""
+    batch, num_classes = logits.shape
+    if targets is None:
+        return logits.argmax(dim=1)
+    if isinstance(targets, bool):
+        raise TypeError("targets must be None, an int, a sequence of ints or a LongTensor, not a bool.")
+    if isinstance(targets, int):
+        result = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
+    else:
+        try:
+            result = torch.as_tensor(targets, device=logits.device)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"targets must be None, an int, a sequence of ints or a LongTensor; got {targets!r}."
+            ) from error
+        if result.is_floating_point() or result.is_complex() or result.dtype == torch.bool:
+            raise TypeError(f"targets must hold integer class indices, got dtype {result.dtype}.")
+        result = result.long().reshape(-1)
+        if result.numel() == 1 and batch != 1:
+            result = result.expand(batch).clone()
+        if result.numel() != batch:
+            raise ValueError(f"targets has {result.numel()} entries for a batch of {batch} images.")
+    if bool(((result < 0) | (result >= num_classes)).any()):
+        raise ValueError(f"targets must lie in [0, {num_classes - 1}] (the model has {num_classes} classes); got {result.tolist()}.")
+    return result
+
+
+def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """``ReLU(sum_k w_k A_k)``: (B,K) x (B,K,h,w) -> (B,h,w)."""
+    return torch.relu(torch.einsum("bk,bkhw->bhw", weights, activation))
+
+
+def check_images(x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected images as a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}.")
+    if x.dim() != 4:
+        raise ValueError(
+            f"Expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}"
+            + (" (add a batch dimension with x[None])" if x.dim() == 3 else "") + "."
+        )
+    if x.shape[0] == 0:
+        raise ValueError("The image batch is empty.")
+    return x
+
+
+def check_device(model: nn.Module, x: torch.Tensor) -> None:
+    param = next(model.parameters(), None)
+    if param is not None and param.device != x.device:
+        raise ValueError(f"The images are on {x.device} but the model's parameters are on {param.device}; move one of them.")
+
+
+class BaseCAM:
+    """Base class: resolves the layer, runs the shared pass, times the method.
+
+    Subclasses implement :meth:`compute` from a :class:`LayerPass`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None) -> None:
+        self.model = unwrap_model(model)
+        if target_layer is None:
+            target_layer = default_target_layer(self.model)
+        self.layer_name, self.layer = resolve_layer(self.model, target_layer)
+
+    def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
+        """(B,H,W) saliency in [0,1] on ``x``'s device."""
+        return self.explain(x, targets).saliency(x.shape[-2:])
+
+    def explain(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
+        """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: top-1)."""
+        x = check_images(x)
+        check_device(self.model, x)
+        with explaining(self.model):
+            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x), targets)
+            return self.timed_compute(layer_pass)
+
+    def timed_compute(self, layer_pass: LayerPass) -> Explanation:
+        start = time.perf_counter()
+        explanation = self.compute(layer_pass)
+        explanation.seconds = time.perf_counter() - start + layer_pass.seconds
+        return explanation
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _explanation(self, layer_pass: LayerPass, maps: torch.Tensor, weights: torch.Tensor | None, delta: torch.Tensor | None = None) -> Explanation:
+        return Explanation(
+            method=self.name, maps=maps.detach(), weights=None if weights is None else weights.detach(),
+            targets=layer_pass.targets, logits=layer_pass.logits, delta=None if delta is None else delta.detach(),
+        )

@@ -1,0 +1,80 @@
+"""Gradient-based CAMs: one backward through the head gives ``g = dy_c/dA``.
+
+All share :attr:`LayerPass.gradient`, so any number of them cost one forward
+pass plus one backward through the layers after the target layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+
+__all__ = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]
+
+
+class GradCAM(BaseCAM):
+    """Grad-CAM (Selvaraju et al., ICCV 2017): ``alpha_k = mean_ij g_kij``."""
+
+    name = "gradcam"
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:
+        weights = layer_pass.gradient.mean(dim=(2, 3))
+        return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018).
+
+    ``alpha_k = sum_ij a_kij ReLU(g_kij)``, ``a = g^2 / (2 g^2 + (sum_ab A_kab) g^3)``
+    (0 where the denominator is 0), the paper's closed form for exponential
+    scores applied to the logit gradient, as in its reference code.
+    """
+
+    name = "gradcam++"
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:
+        g, activation = layer_pass.gradient, layer_pass.activation
+        g2 = g.pow(2)
+        denominator = 2 * g2 + activation.sum(dim=(2, 3), keepdim=True) * g.pow(3)
+        nonzero = denominator != 0
+        a = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(denominator)), torch.zeros_like(g2))
+        weights = (a * torch.relu(g)).sum(dim=(2, 3))
+        return self._explanation(layer_pass, weighted_map(weights, activation), weights)
+
+
+class XGradCAM(BaseCAM):
+    """XGrad-CAM (Fu et al., BMVC 2020): ``alpha_k = sum_ij (A_kij / sum_ab A_kab) g_kij``.
+
+    Channels whose activations sum to 0 get ``alpha_k = 0``.
+    """
+
+    name = "xgradcam"
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:
+        g, activation = layer_pass.gradient, layer_pass.activation
+        total = activation.sum(dim=(2, 3), keepdim=True)
+        nonzero = total != 0
+        share = torch.where(nonzero, activation / torch.where(nonzero, total, torch.ones_like(total)), torch.zeros_like(activation))
+        weights = (share * g).sum(dim=(2, 3))
+        return self._explanation(layer_pass, weighted_map(weights, activation), weights)
+
+
+class HiResCAM(BaseCAM):
+    """HiResCAM (Draelos & Carin, 2020): map ``ReLU(sum_k g_kij A_kij)``."""
+
+    name = "hirescam"
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:
+        maps = torch.relu((layer_pass.gradient * layer_pass.activation).sum(dim=1))
+        return self._explanation(layer_pass, maps, None)
+
+
+class LayerCAM(BaseCAM):
+    """LayerCAM (Jiang et al., TIP 2021): map ``ReLU(sum_k ReLU(g_kij) A_kij)``."""
+
+    name = "layercam"
+
+    def compute(self, layer_pass: LayerPass) -> Explanation:
+        maps = torch.relu((torch.relu(layer_pass.gradient) * layer_pass.activation).sum(dim=1))
+        return self._explanation(layer_pass, maps, None)

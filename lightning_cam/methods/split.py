@@ -1,0 +1,241 @@
+"""Split a network at the target layer into a *body* (input -> A) and a *head* (A -> logits).
+
+Every method needs ``A = L(x)`` once; LIFT-CAM, Ablation-CAM and the Shapley
+reference also need the head evaluated on other activations (the zero
+reference, ablated or masked channels). Splitting the traced graph lets them
+rerun only the part after ``L`` — for ResNet's ``layer4`` that is an average
+pool and a linear layer, a tiny fraction of a forward pass.
+
+The split uses ``torch.fx`` with every module a leaf except the ancestors of
+``L`` (so tracing touches as little user code as possible; leaf modules still
+run their own Python at call time). Models that ``torch.fx`` cannot trace fall
+back to forward hooks: the body stops the forward right after ``L`` and the
+head reruns the whole model with ``L``'s output replaced (correct, but the
+upstream part is recomputed on every head call).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from lightning_cam.layers import candidate_layers
+
+__all__ = ["SplitModel", "split_model"]
+
+
+@dataclass
+class SplitModel:
+    """``body(x) -> (A, crossings)`` and ``head(A_rows, crossings_rows) -> logits``.
+
+    ``crossings`` are the values computed before ``L`` that the head also
+    needs (e.g. a skip connection around an intermediate layer); batched ones
+    are indexed with the same rows as ``A`` via :meth:`select`.
+    """
+
+    layer_name: str
+    body: Callable[[torch.Tensor], tuple[torch.Tensor, tuple]]
+    head: Callable[..., torch.Tensor]
+    traced: bool
+    batch_size: int = 0
+    batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
+
+    def select(self, crossings: tuple, index: torch.Tensor) -> tuple:
+        """Pick rows ``index`` of every batched crossing value (others as they are)."""
+        return tuple(c[index] if batched else c for c, batched in zip(crossings, self.batched_crossings))
+
+    def run_head(self, activations: torch.Tensor, crossings: tuple, index: torch.Tensor) -> torch.Tensor:
+        """Head on rows ``activations`` whose images are ``index`` into the batch."""
+        if activations.is_leaf and activations.requires_grad:
+            activations = activations.clone()  # heads may start with an in-place ReLU (DenseNet)
+        out = self.head(activations, *self.select(crossings, index))
+        return _logits(out, self.layer_name)
+
+
+def split_model(model: nn.Module, layer_name: str) -> SplitModel:
+    """Split ``model`` at the module named ``layer_name`` (see module docstring)."""
+    try:
+        graph_module = _trace(model, layer_name)
+    except _LayerUsage:
+        raise
+    except Exception as error:  # noqa: BLE001 - any tracing failure -> hook fallback
+        warnings.warn(
+            f"torch.fx cannot trace {type(model).__name__} ({type(error).__name__}: {error}); "
+            "lightning-cam falls back to forward hooks, which recompute the layers before "
+            f"{layer_name!r} whenever the head is re-evaluated (slower, same results).",
+            stacklevel=3,
+        )
+        return _hook_split(model, layer_name)
+    return _graph_split(graph_module, layer_name)
+
+
+class _LayerUsage(ValueError):
+    """The target layer runs zero times or more than once in ``forward``."""
+
+
+class _AncestorTracer(fx.Tracer):
+    def __init__(self, layer_name: str) -> None:
+        super().__init__()
+        parts = layer_name.split(".")
+        self.layer_name = layer_name
+        self.ancestors = {".".join(parts[:i]) for i in range(1, len(parts))}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self.layer_name:
+            return True
+        return module_qualified_name not in self.ancestors
+
+
+def _trace(model: nn.Module, layer_name: str) -> fx.GraphModule:
+    tracer = _AncestorTracer(layer_name)
+    graph = tracer.trace(model)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
+    if len(calls) != 1:
+        _raise_usage(model, layer_name, len(calls))
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _raise_usage(model: nn.Module, layer_name: str, count: int) -> None:
+    if count == 0:
+        raise _LayerUsage(
+            f"Target layer {layer_name!r} never runs in {type(model).__name__}.forward, so it "
+            f"cannot be explained. Layers that run: {', '.join(candidate_layers(model)[:40])}"
+        )
+    raise _LayerUsage(
+        f"Target layer {layer_name!r} runs {count} times in one forward of {type(model).__name__} "
+        "(a module reused in several places, e.g. a shared ReLU); its output is not one feature "
+        "map. Choose a layer that runs once, e.g. the enclosing block."
+    )
+
+
+def _graph_split(gm: fx.GraphModule, layer_name: str) -> SplitModel:
+    nodes = list(gm.graph.nodes)
+    layer_node = next(n for n in nodes if n.op == "call_module" and n.target == layer_name)
+    downstream: set[fx.Node] = set()
+    for node in nodes:
+        if node is layer_node or any(a in downstream or a is layer_node for a in node.all_input_nodes):
+            if node is not layer_node:
+                downstream.add(node)
+    output_node = next(n for n in nodes if n.op == "output")
+    if output_node not in downstream:
+        raise _LayerUsage(f"The model's output does not depend on the target layer {layer_name!r}.")
+
+    # Values from the body that the head needs (get_attr nodes are re-read in the head).
+    crossings: list[fx.Node] = []
+    for node in nodes:
+        if node in downstream:
+            for a in node.all_input_nodes:
+                if a not in downstream and a is not layer_node and a.op != "get_attr" and a not in crossings:
+                    crossings.append(a)
+
+    body_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in nodes:
+        if node in downstream or node.op == "output":
+            continue
+        env[node] = body_graph.node_copy(node, lambda n: env[n])
+    body_graph.output((env[layer_node], tuple(env[c] for c in crossings)))
+    body = fx.GraphModule(gm, body_graph)
+    body.graph.eliminate_dead_code()
+    body.recompile()
+
+    head_graph = fx.Graph()
+    head_env: dict[fx.Node, fx.Node] = {layer_node: head_graph.placeholder("activation")}
+    for i, c in enumerate(crossings):
+        head_env[c] = head_graph.placeholder(f"crossing_{i}")
+    for node in nodes:
+        if node in downstream:
+            for a in node.all_input_nodes:
+                if a.op == "get_attr" and a not in head_env:
+                    head_env[a] = head_graph.node_copy(a, lambda n: head_env[n])
+            head_env[node] = head_graph.node_copy(node, lambda n: head_env[n])
+    head = fx.GraphModule(gm, head_graph)
+
+    split = SplitModel(layer_name=layer_name, body=_checked_body(body, layer_name), head=head, traced=True)
+    return split
+
+
+def _checked_body(body: Callable, layer_name: str) -> Callable:
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        activation, crossings = body(x)
+        _check_activation(activation, layer_name)
+        return activation, tuple(crossings)
+
+    return run
+
+
+def _check_activation(activation: object, layer_name: str) -> None:
+    if not isinstance(activation, torch.Tensor) or activation.dim() != 4:
+        shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
+        raise ValueError(
+            f"Target layer {layer_name!r} outputs {shape}; CAM methods need a (B, K, h, w) "
+            "feature map. Choose a convolutional layer or block."
+        )
+
+
+def _logits(out: object, layer_name: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"The model must return class scores of shape (B, num_classes); it returned {shape}."
+        )
+    return out
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _hook_split(model: nn.Module, layer_name: str) -> SplitModel:
+    layer = model.get_submodule(layer_name)
+
+    def body(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        captured: list[torch.Tensor] = []
+
+        def capture(module: nn.Module, args: object, output: torch.Tensor) -> None:
+            captured.append(output)
+            raise _StopForward
+
+        handle = layer.register_forward_hook(capture)
+        try:
+            model(x)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            _raise_usage(model, layer_name, 0)
+        _check_activation(captured[0], layer_name)
+        return captured[0], (x,)
+
+    def head(activation: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        calls = [0]
+        grad_enabled = torch.is_grad_enabled()
+
+        def replace(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            torch.set_grad_enabled(grad_enabled)  # record the graph only after L
+            return activation
+
+        handle = layer.register_forward_hook(replace)
+        try:
+            torch.set_grad_enabled(False)
+            out = model(x)
+        finally:
+            torch.set_grad_enabled(grad_enabled)
+            handle.remove()
+        if calls[0] != 1:
+            _raise_usage(model, layer_name, calls[0])
+        return out
+
+    return SplitModel(layer_name=layer_name, body=body, head=head, traced=False)
+
+
+def batched_flags(crossings: Sequence[object], batch_size: int) -> tuple[bool, ...]:
+    """Which crossing values carry the batch in their first dimension."""
+    return tuple(isinstance(c, torch.Tensor) and c.dim() > 0 and c.shape[0] == batch_size for c in crossings)

@@ -1,0 +1,54 @@
+"""Faithfulness and localisation metrics of the CAM literature, batched on the model's device.
+
+* :func:`insertion_deletion` - insertion / deletion AUCs (Petsiuk et al., RISE, BMVC 2018).
+* :func:`confidence_change` - Average Drop %, Increase in Confidence % (Chattopadhyay et al.,
+  Grad-CAM++, WACV 2018) and Average Drop in Deletion %.
+* :func:`pointing_game` - pointing game (Zhang et al., ECCV 2016) and energy-based pointing game
+  (Wang et al., Score-CAM, CVPR-W 2020).
+* torchmetrics classes :class:`InsertionDeletion`, :class:`ConfidenceChange`,
+  :class:`PointingGame` (imported lazily, so the functions do not import torchmetrics).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
+from lightning_cam.metrics.insertion_deletion import (
+    InsertionDeletionResult,
+    auc,
+    blur,
+    gaussian_kernel,
+    insertion_deletion,
+    make_substrate,
+)
+from lightning_cam.metrics.pointing import PointingResult, pointing_game
+
+if TYPE_CHECKING:
+    from lightning_cam.metrics.metric_classes import ConfidenceChange, InsertionDeletion, PointingGame
+
+__all__ = [
+    "ConfidenceChange",
+    "ConfidenceResult",
+    "InsertionDeletion",
+    "InsertionDeletionResult",
+    "PointingGame",
+    "PointingResult",
+    "auc",
+    "blur",
+    "confidence_change",
+    "gaussian_kernel",
+    "insertion_deletion",
+    "make_substrate",
+    "pointing_game",
+]
+
+_LAZY = {"ConfidenceChange", "InsertionDeletion", "PointingGame"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from lightning_cam.metrics import metric_classes
+
+        return getattr(metric_classes, name)
+    raise AttributeError(f"module 'lightning_cam.metrics' has no attribute {name!r}")

@@ -1,0 +1,158 @@
+"""Shared helpers of the metrics: input checks, model evaluation context, scoring."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Literal, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Score = Literal["softmax", "logit"]
+TargetsLike = Union[None, int, Sequence[int], Tensor]
+
+_SCORES = ("softmax", "logit")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode, ``no_grad`` and autocast off (float32) for the duration; the
+    per-module ``training`` flags are restored exactly afterwards.
+
+    Works inside ``torch.inference_mode()`` (nothing here needs autograd).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            types = {"cpu", device.type}
+            if torch.cuda.is_available():
+                types.add("cuda")
+            for device_type in sorted(types):
+                with contextlib.suppress(RuntimeError, ValueError):
+                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def check_images(images: Tensor, name: str = "images") -> Tensor:
+    """(B,C,H,W) float32 view/copy of ``images``; clear ValueError otherwise."""
+    if not isinstance(images, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor (normalised model input), got {images.dtype}")
+    images = images.detach().float()
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return images
+
+
+def check_model_device(model: nn.Module, device: torch.device) -> None:
+    """Raise a clear error when the model's parameters live on another device."""
+    for p in model.parameters():
+        if p.device.type != device.type or (
+            device.index is not None and p.device.index is not None and p.device.index != device.index
+        ):
+            raise ValueError(
+                f"model parameters are on {p.device} but images are on {device}; move them to the same device"
+            )
+        return
+
+
+def check_score(score: str) -> Score:
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    return score  # type: ignore[return-value]
+
+
+def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: str = "saliency") -> Tensor:
+    """Validate a saliency batch and upsample it bilinearly (align_corners=False) to ``size``.
+
+    Accepts (B,h,w) or (B,1,h,w); returns float32 (B,H,W) on the same device.
+    """
+    if not isinstance(saliency, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, h, w), got {type(saliency).__name__}")
+    if saliency.ndim == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, h, w) or (B, 1, h, w), got shape {tuple(saliency.shape)}")
+    if saliency.shape[0] != batch:
+        raise ValueError(f"{name} has batch size {saliency.shape[0]} but there are {batch} images/masks")
+    if saliency.shape[1] == 0 or saliency.shape[2] == 0:
+        raise ValueError(f"{name} has an empty spatial size {tuple(saliency.shape[1:])}")
+    saliency = saliency.detach().float()
+    bad = ~torch.isfinite(saliency).flatten(1).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or infinite values (images {bad.nonzero().flatten().tolist()})")
+    if tuple(saliency.shape[1:]) != tuple(size):
+        saliency = F.interpolate(saliency[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return saliency
+
+
+def resolve_targets(targets: TargetsLike, batch: int, num_classes: int, device: torch.device) -> Tensor | None:
+    """None, an int, a sequence of B ints or an integer tensor of shape () / (B,) -> (B,) long, or None."""
+    if targets is None:
+        return None
+    allowed = "None, an int, a list of B ints or an integer tensor of shape () or (B,)"
+    if isinstance(targets, bool):
+        raise ValueError(f"targets must be {allowed}; got a bool")
+    if isinstance(targets, int):
+        t = torch.full((batch,), targets, dtype=torch.long)
+    elif isinstance(targets, Tensor):
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise ValueError(f"targets must be {allowed}; got a tensor of dtype {targets.dtype}")
+        if targets.ndim == 0:
+            t = targets.reshape(1).expand(batch)
+        elif targets.ndim == 1:
+            t = targets
+        else:
+            raise ValueError(f"targets must be {allowed}; got a tensor of shape {tuple(targets.shape)}")
+        t = t.detach().long()
+    elif isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)):
+        items = list(targets)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+            raise ValueError(f"targets must be {allowed}; got a sequence containing non-int values")
+        t = torch.tensor(items, dtype=torch.long)
+    else:
+        raise ValueError(f"targets must be {allowed}; got {type(targets).__name__}")
+    if t.shape[0] != batch:
+        raise ValueError(f"targets has {t.shape[0]} entries but there are {batch} images")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
+        raise ValueError(f"targets must lie in [0, {num_classes - 1}] (the model has {num_classes} outputs)")
+    return t.to(device)
+
+
+def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
+    """Score of ``classes`` (N,) in the model output (N, C): softmax probability or raw output."""
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"the model must return class scores of shape (N, num_classes), got {shape}")
+    logits = logits.float()
+    if score == "softmax":
+        logits = logits.softmax(dim=1)
+    return logits.gather(1, classes[:, None]).squeeze(1)
+
+
+def forward_chunks(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """Model output for ``images`` evaluated ``batch_size`` images at a time."""
+    outs = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
+    for o in outs:
+        if not isinstance(o, Tensor) or o.ndim != 2:
+            shape = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
+            raise ValueError(f"the model must return class scores of shape (N, num_classes), got {shape}")
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size

@@ -1,0 +1,150 @@
+"""Average Drop, Increase in Confidence (Chattopadhyay et al., Grad-CAM++, WACV 2018) and
+Average Drop in Deletion (the LIFT-CAM authors' line of work)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cam.metrics._common import (
+    Score,
+    TargetsLike,
+    check_batch_size,
+    check_images,
+    check_model_device,
+    check_score,
+    class_scores,
+    evaluating,
+    forward_chunks,
+    resolve_targets,
+    saliency_to_size,
+)
+
+__all__ = ["ConfidenceResult", "confidence_change"]
+
+_RANGE_TOL = 1e-6
+
+
+@dataclass
+class ConfidenceResult:
+    """Per-image confidence changes (tensors on the images' device).
+
+    score: Y, the score of ``targets`` on x. masked_score: O, on ``x * E``.
+    deleted_score: D, on ``x * (1 - E)``.
+    drop: ``max(0, Y - O) / Y`` (fraction). increase: ``O > Y`` (bool).
+    drop_in_deletion: ``(Y - D) / Y`` (fraction; can be negative).
+    Images whose Y is 0 (softmax underflow) get drop = drop_in_deletion = 0.
+    """
+
+    score: Tensor
+    masked_score: Tensor
+    deleted_score: Tensor
+    drop: Tensor
+    increase: Tensor
+    drop_in_deletion: Tensor
+    targets: Tensor
+
+    @property
+    def average_drop(self) -> float:
+        """Average Drop in %: ``mean(max(0, Y - O) / Y) * 100`` (lower is better)."""
+        return float(self.drop.mean()) * 100.0
+
+    @property
+    def increase_in_confidence(self) -> float:
+        """Increase in Confidence in %: ``mean(O > Y) * 100`` (higher is better)."""
+        return float(self.increase.float().mean()) * 100.0
+
+    @property
+    def average_drop_in_deletion(self) -> float:
+        """Average Drop in Deletion in %: ``mean((Y - D) / Y) * 100`` (higher is better)."""
+        return float(self.drop_in_deletion.mean()) * 100.0
+
+
+def explanation_map(saliency: Tensor, batch: int, size: tuple[int, int], normalize: bool) -> Tensor:
+    """E: saliency upsampled (bilinear) to ``size``, optionally min-max scaled per image, checked in [0, 1]."""
+    e = saliency_to_size(saliency, batch, size)
+    if normalize:
+        flat = e.flatten(1)
+        lo = flat.min(dim=1).values[:, None, None]
+        hi = flat.max(dim=1).values[:, None, None]
+        span = hi - lo
+        e = torch.where(span > 0, (e - lo) / span.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(e))
+    elif bool((e < -_RANGE_TOL).any() or (e > 1 + _RANGE_TOL).any()):
+        raise ValueError(
+            f"saliency must lie in [0, 1] (got values in [{float(e.min()):.4g}, {float(e.max()):.4g}]); "
+            "pass normalize=True to min-max scale each map, or use Explanation.saliency()"
+        )
+    return e.clamp(0.0, 1.0)
+
+
+def confidence_change(
+    model: nn.Module,
+    images: Tensor,
+    saliency: Tensor,
+    targets: TargetsLike = None,
+    *,
+    score: Score = "softmax",
+    normalize: bool = False,
+    batch_size: int = 256,
+) -> ConfidenceResult:
+    """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
+
+    ``Y`` = score of class c on x (c = top-1 prediction, or ``targets``); ``O`` = score on
+    ``x * E`` and ``D`` = score on ``x * (1 - E)``, with E the [0, 1] map upsampled bilinearly to
+    the input. Average Drop % = ``mean(max(0, Y-O)/Y) * 100``; Increase in Confidence % =
+    ``mean(O > Y) * 100``; Average Drop in Deletion % = ``mean((Y-D)/Y) * 100``.
+
+    The images are multiplied by E *in normalised input space*, as the Grad-CAM++ authors' code
+    (and torchcam, pytorch-grad-cam) does: masked pixels go to the normalised value 0, i.e. the
+    dataset mean, not to black.
+
+    Args:
+        saliency: (B,H,W) or (B,h,w) maps in [0, 1] (e.g. ``Explanation.saliency()``); raw maps
+            need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
+        score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
+            With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+    """
+    score = check_score(score)
+    batch_size = check_batch_size(batch_size)
+    images = check_images(images)
+    b, _, h, w = images.shape
+    device = images.device
+    check_model_device(model, device)
+    e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
+
+    with evaluating(model, device):
+        logits = forward_chunks(model, images, batch_size)
+        classes = resolve_targets(targets, b, logits.shape[1], device)
+        if classes is None:
+            classes = logits.argmax(dim=1)
+        y = class_scores(logits, classes, score)
+        if score == "logit" and bool((y <= 0).any()):
+            raise ValueError(
+                "Average Drop divides by the clean score Y, which must be > 0; with score='logit' images "
+                f"{(y <= 0).nonzero().flatten().tolist()} have Y <= 0. Use score='softmax'."
+            )
+        # x*E and x*(1-E) for all images, chunked together (2B images)
+        outs = []
+        for i in range(0, 2 * b, batch_size):
+            idx = torch.arange(i, min(i + batch_size, 2 * b), device=device)
+            img_idx = idx % b
+            m = e.index_select(0, img_idx)
+            m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
+            outs.append(class_scores(model(images.index_select(0, img_idx) * m), classes.index_select(0, img_idx), score))
+        both = torch.cat(outs)
+    o, d = both[:b], both[b:]
+    valid = y > 0
+    denom = torch.where(valid, y, torch.ones_like(y))
+    drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
+    drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
+    return ConfidenceResult(
+        score=y,
+        masked_score=o,
+        deleted_score=d,
+        drop=drop,
+        increase=o > y,
+        drop_in_deletion=drop_in_deletion,
+        targets=classes,
+    )

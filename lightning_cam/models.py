@@ -1,0 +1,219 @@
+"""Models for the app: a small CAM-ready CNN, torchvision architectures, a LightningModule.
+
+* :class:`SmallCNN`: conv blocks -> global average pool -> Linear, so every CAM
+  method (including the original CAM) applies. Its convolutional trunk is
+  ``features`` (target layer ``features``; inside :class:`LitClassifier` it is
+  ``net.features``, and the suffix ``features`` resolves to it).
+* :func:`build_model`: torchvision architectures by name, optionally with the
+  ImageNet weights (``weights="DEFAULT"``, downloaded when online), with the
+  classifier replaced when ``num_classes != 1000``.
+* :class:`LitClassifier`: cross-entropy classifier that keeps the network as
+  ``self.net``; ``forward`` returns logits; logs ``train/loss``, ``train/acc``,
+  ``val/loss``, ``val/acc`` (and ``test/*``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Architectures build_model knows, with their usual CAM target layer.
+TORCHVISION_MODELS: dict[str, str] = {
+    "resnet18": "layer4",
+    "resnet34": "layer4",
+    "resnet50": "layer4",
+    "resnet101": "layer4",
+    "vgg16": "features.29",
+    "vgg16_bn": "features.42",
+    "mobilenet_v3_small": "features",
+    "mobilenet_v3_large": "features",
+    "efficientnet_b0": "features",
+    "convnext_tiny": "features",
+    "densenet121": "features",
+}
+DEFAULT_TARGET_LAYERS: dict[str, str] = {"smallcnn": "features", **TORCHVISION_MODELS}
+
+
+def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class SmallCNN(nn.Module):
+    """A compact CNN for the embedded dataset (~0.3 M parameters, ~25 MFLOPs at 64x64).
+
+    ``features``: ``len(widths)`` conv-BN-ReLU blocks, a 2x2 max-pool after each
+    but the last (feature map of ``image_size / 2**(len(widths)-1)``, 8x8 at
+    64x64); then global average pooling and one ``Linear``: exactly the
+    architecture the original CAM needs.
+    """
+
+    def __init__(self, num_classes: int = 6, in_channels: int = 3, widths: tuple[int, ...] | list[int] = (16, 32, 64, 128, 128), dropout: float = 0.0) -> None:
+        super().__init__()
+        widths = list(widths)
+        blocks = []
+        cin = in_channels
+        for i, w in enumerate(widths):
+            blocks.append(_block(cin, w, pool=i < len(widths) - 2))
+            cin = w
+        self.features = nn.Sequential(*blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(cin, num_classes)
+        self.min_image_size = 2 ** max(0, len(widths) - 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.classifier(self.dropout(x))
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
+    last_name = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last_name = name
+    if last_name is None:
+        raise ValueError(f"{type(model).__name__}: no nn.Linear classifier to replace")
+    parent_name, _, attr = last_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    setattr(parent, attr, new)
+
+
+def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a network by name.
+
+    ``"smallcnn"`` -> :class:`SmallCNN` (``kwargs`` go to it); any torchvision
+    classification model name (e.g. those in :data:`TORCHVISION_MODELS`) ->
+    ``torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)``,
+    then its last ``nn.Linear`` is replaced by a fresh one when
+    ``num_classes != 1000``. Pretrained weights download into the torch hub
+    cache when online (an error says so when offline).
+    """
+    key = name.lower()
+    if key == "smallcnn":
+        if pretrained:
+            raise ValueError("smallcnn has no pretrained weights; set model.pretrained=false")
+        return SmallCNN(num_classes=num_classes, **kwargs)
+    import torchvision
+
+    available = set(torchvision.models.list_models(module=torchvision.models))
+    if key not in available:
+        known = ", ".join(["smallcnn", *TORCHVISION_MODELS])
+        raise ValueError(f"Unknown model {name!r}. Known: {known} (or any torchvision classification model).")
+    weights = "DEFAULT" if pretrained else None
+    try:
+        net = torchvision.models.get_model(key, weights=weights, **kwargs)
+    except Exception as err:  # noqa: BLE001 - make offline downloads understandable
+        if pretrained and ("URL" in type(err).__name__ or "urlopen" in str(err) or "resolve" in str(err).lower()):
+            raise RuntimeError(
+                f"Could not download the pretrained weights of {key} (offline?): {err}. "
+                "Put them in the torch hub cache (~/.cache/torch/hub/checkpoints) or set model.pretrained=false."
+            ) from err
+        raise
+    if num_classes != 1000:
+        _replace_last_linear(net, num_classes)
+    return net
+
+
+class LitClassifier(pl.LightningModule):
+    """Image classifier: cross-entropy, accuracy, configurable optimizer and scheduler.
+
+    Args:
+        net: the network (``nn.Module``); stored as ``self.net``.
+        num_classes: number of classes (for the accuracy metric).
+        lr, weight_decay: optimizer settings.
+        optimizer: ``"adamw"`` (default), ``"adam"`` or ``"sgd"`` (momentum ``momentum``, nesterov).
+        scheduler: ``"cosine"`` (per-epoch cosine to 0 over ``trainer.max_epochs``),
+            ``"onecycle"`` (per step), or ``"none"``.
+        label_smoothing: cross-entropy label smoothing.
+        compile: wrap ``net`` with ``torch.compile`` in ``setup("fit")``
+            (explanations still hook the original module).
+
+    Batches are ``(images, labels)`` or ``(images, labels, masks)``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: str = "adamw",
+        momentum: float = 0.9,
+        scheduler: str = "cosine",
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.net = net
+        self.num_classes = int(num_classes)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.optimizer_name = optimizer.lower()
+        self.momentum = float(momentum)
+        self.scheduler_name = (scheduler or "none").lower()
+        self.label_smoothing = float(label_smoothing)
+        self.compile = compile
+        if self.optimizer_name not in ("adamw", "adam", "sgd"):
+            raise ValueError(f"optimizer must be adamw, adam or sgd, got {optimizer!r}")
+        if self.scheduler_name not in ("cosine", "onecycle", "none"):
+            raise ValueError(f"scheduler must be cosine, onecycle or none, got {scheduler!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def setup(self, stage: str) -> None:
+        if self.compile and stage == "fit" and not hasattr(self.net, "_orig_mod"):
+            self.net = torch.compile(self.net)
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
+        acc = (logits.argmax(1) == y).float().mean()
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", sync_dist=stage != "train", batch_size=x.shape[0])
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train", batch_size=x.shape[0])
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(1)
+
+    def configure_optimizers(self) -> Any:
+        params = self.parameters()
+        if self.optimizer_name == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0, weight_decay=self.weight_decay)
+        elif self.optimizer_name == "adam":
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler_name == "none" or self._trainer is None:
+            return opt
+        if self.scheduler_name == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(1, total))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        t_max = max(1, int(self.trainer.max_epochs or 1))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -1,0 +1,233 @@
+"""Overlays and grids for explanation maps, computed in torch.
+
+Everything here works on batches of tensors on any device and returns either
+float tensors in [0, 1] or uint8 ``(H, W, 3)`` numpy arrays ready for
+``wandb.Image`` / PNG files (W&B casts float images instead of scaling them,
+so the logged arrays are always uint8).
+
+* :func:`colormap_lut` - a 256-entry RGB look-up table of a matplotlib
+  colormap (perceptual ones by default: ``inferno``; ``viridis``, ``magma``,
+  ``plasma``, ``cividis``, ``turbo`` ... work too).
+* :func:`apply_colormap` - ``(B, H, W)`` maps in [0, 1] -> ``(B, 3, H, W)`` RGB.
+* :func:`denormalize` - undo ``transforms.Normalize(mean, std)`` for display.
+* :func:`overlay` - alpha-blend the colour map over the image.
+* :func:`overlay_grid` - rows of images followed by rows of their overlays.
+* :func:`comparison_grid` - one row of images, then one row per method.
+* :func:`to_uint8_hwc` / :func:`save_png`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "apply_colormap",
+    "colormap_lut",
+    "comparison_grid",
+    "denormalize",
+    "overlay",
+    "overlay_grid",
+    "resize",
+    "save_png",
+    "to_uint8_hwc",
+]
+
+
+@functools.lru_cache(maxsize=16)
+def _lut_numpy(name: str) -> np.ndarray:
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown colormap {name!r}; use a matplotlib colormap such as "
+            "'inferno', 'viridis', 'magma', 'plasma', 'cividis' or 'turbo'"
+        ) from None
+    return np.asarray(cmap(np.linspace(0.0, 1.0, 256))[:, :3], dtype=np.float32)
+
+
+def colormap_lut(name: str = "inferno", device: torch.device | str | None = None) -> Tensor:
+    """``(256, 3)`` float32 RGB table of matplotlib colormap ``name``."""
+    return torch.from_numpy(_lut_numpy(name)).to(device)
+
+
+def apply_colormap(maps: Tensor, colormap: str = "inferno") -> Tensor:
+    """Colour ``(B, H, W)`` (or ``(H, W)``) maps in [0, 1]: returns ``(B, 3, H, W)`` in [0, 1].
+
+    Values are clamped to [0, 1] and quantised to the 256 LUT entries; NaN
+    becomes 0.
+    """
+    if maps.dim() == 2:
+        maps = maps[None]
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be (B, H, W), got shape {tuple(maps.shape)}")
+    m = torch.nan_to_num(maps.detach().float(), nan=0.0).clamp(0.0, 1.0)
+    idx = (m * 255.0).round().long()
+    lut = colormap_lut(colormap, device=maps.device)
+    return lut[idx].permute(0, 3, 1, 2).contiguous()
+
+
+def _as_stat(v: Sequence[float] | Tensor | float, channels: int, device: torch.device) -> Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32, device=device).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise ValueError(f"mean/std has {t.numel()} values but the images have {channels} channels")
+    return t.view(1, channels, 1, 1)
+
+
+def denormalize(
+    images: Tensor,
+    mean: Sequence[float] | Tensor | float | None = None,
+    std: Sequence[float] | Tensor | float | None = None,
+) -> Tensor:
+    """Images for display: ``(B, C, H, W)`` -> ``(B, 3, H, W)`` float in [0, 1].
+
+    With ``mean``/``std`` (those given to ``transforms.Normalize``) the
+    normalisation is undone: ``x * std + mean``. Without them, images already in
+    [0, 1] are kept and anything else is min-max scaled per image. One-channel
+    images are repeated to RGB; more than 3 channels keep the first three.
+    """
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    x = images.detach().float()
+    c = x.shape[1]
+    if mean is not None or std is not None:
+        mean_t = _as_stat(0.0 if mean is None else mean, c, x.device)
+        std_t = _as_stat(1.0 if std is None else std, c, x.device)
+        x = x * std_t + mean_t
+    elif x.numel() and (x.min() < 0.0 or x.max() > 1.0):
+        flat = x.flatten(1)
+        lo = flat.min(1).values.view(-1, 1, 1, 1)
+        hi = flat.max(1).values.view(-1, 1, 1, 1)
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    x = x.clamp(0.0, 1.0)
+    if c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif c == 2:
+        x = torch.cat([x, x[:, :1]], dim=1)
+    elif c > 3:
+        x = x[:, :3]
+    return x.contiguous()
+
+
+def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of ``(B, H, W)`` maps (no-op when already ``size``)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def overlay(
+    images: Tensor,
+    maps: Tensor,
+    alpha: float = 0.5,
+    colormap: str = "inferno",
+    mean: Sequence[float] | Tensor | float | None = None,
+    std: Sequence[float] | Tensor | float | None = None,
+) -> Tensor:
+    """Blend coloured maps over the (un-normalised) images: ``(B, 3, H, W)`` in [0, 1].
+
+    ``maps`` are ``(B, h, w)`` in [0, 1]; they are resized to the images.
+    """
+    rgb = denormalize(images, mean, std)
+    maps = resize(maps.to(rgb.device), tuple(rgb.shape[-2:]))
+    heat = apply_colormap(maps, colormap)
+    return ((1.0 - alpha) * rgb + alpha * heat).clamp(0.0, 1.0)
+
+
+def _upscale(x: Tensor, min_size: int) -> Tensor:
+    """Nearest-neighbour integer upscaling so tiny images stay readable."""
+    h, w = x.shape[-2:]
+    factor = max(1, -(-min_size // max(1, min(h, w))))
+    if factor == 1:
+        return x
+    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
+def _grid(tiles: Tensor, ncol: int, padding: int) -> Tensor:
+    from torchvision.utils import make_grid
+
+    return make_grid(tiles, nrow=ncol, padding=padding, pad_value=1.0)
+
+
+def overlay_grid(
+    images: Tensor,
+    maps: Tensor,
+    ncol: int = 8,
+    alpha: float = 0.5,
+    colormap: str = "inferno",
+    mean: Sequence[float] | Tensor | float | None = None,
+    std: Sequence[float] | Tensor | float | None = None,
+    min_size: int = 64,
+    padding: int = 2,
+) -> Tensor:
+    """Grid of a row of images, then a row of their overlays, repeated per ``ncol`` images.
+
+    Returns ``(3, H, W)`` float in [0, 1] (see :func:`to_uint8_hwc`).
+    """
+    rgb = denormalize(images, mean, std)
+    ov = overlay(images, maps, alpha=alpha, colormap=colormap, mean=mean, std=std)
+    rgb, ov = _upscale(rgb, min_size), _upscale(ov, min_size)
+    ncol = max(1, min(ncol, rgb.shape[0]))
+    tiles = []
+    for start in range(0, rgb.shape[0], ncol):
+        img_row, ov_row = rgb[start : start + ncol], ov[start : start + ncol]
+        short = ncol - img_row.shape[0]
+        if short:  # pad the last chunk with white tiles so rows stay aligned
+            blank = torch.ones((short, *img_row.shape[1:]), device=img_row.device)
+            img_row, ov_row = torch.cat([img_row, blank]), torch.cat([ov_row, blank])
+        tiles += [img_row, ov_row]
+    return _grid(torch.cat(tiles), ncol, padding)
+
+
+def comparison_grid(
+    images: Tensor,
+    maps_by_method: Mapping[str, Tensor],
+    alpha: float = 0.5,
+    colormap: str = "inferno",
+    mean: Sequence[float] | Tensor | float | None = None,
+    std: Sequence[float] | Tensor | float | None = None,
+    min_size: int = 64,
+    padding: int = 2,
+) -> Tensor:
+    """One column per image; first row the images, then one row per method (in dict order)."""
+    rgb = denormalize(images, mean, std)
+    rows = [_upscale(rgb, min_size)]
+    for maps in maps_by_method.values():
+        rows.append(_upscale(overlay(images, maps, alpha, colormap, mean, std), min_size))
+    return _grid(torch.cat(rows), rgb.shape[0], padding)
+
+
+def to_uint8_hwc(image: Tensor) -> np.ndarray:
+    """``(3, H, W)`` (or ``(H, W)``) float in [0, 1] -> ``(H, W, 3)`` uint8 numpy array."""
+    x = image.detach().float()
+    if x.dim() == 2:
+        x = x[None].expand(3, -1, -1)
+    if x.dim() != 3:
+        raise ValueError(f"expected (C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    x = (x.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return x.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def save_png(image: Tensor | np.ndarray, path: str | Path) -> Path:
+    """Write a ``(3, H, W)`` float tensor or ``(H, W, 3)`` uint8 array as PNG."""
+    from PIL import Image
+
+    arr = to_uint8_hwc(image) if isinstance(image, Tensor) else np.asarray(image, dtype=np.uint8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
