@@ -91,6 +91,14 @@ def _canonical(name: Any) -> str | None:
         return None
 
 
+def _logging_step(trainer: pl.Trainer) -> int:
+    """The step Lightning gives to epoch-end ``self.log`` values (so media line up with scalars)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except Exception:  # private attribute: fall back to the public counter
+        return int(trainer.global_step)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"CAMCallback: {name} must be an int >= {minimum}, got {value!r}")
@@ -662,13 +670,14 @@ class CAMCallback(Callback):
         overview = viz.to_uint8_hwc(
             viz.comparison_grid(images, maps, alpha=self.alpha, colormap=self.colormap, mean=mean, std=std)
         )
-        epoch, step = trainer.current_epoch, trainer.global_step
+        epoch, step = trainer.current_epoch, _logging_step(trainer)
         prefix = "" if stage == "val" else f"{stage}_"
 
         if wandb_loggers:
             payload = self._wandb_payload(trainer, stage, results, grids, overview, mean, std)
             for lg in wandb_loggers:
-                lg.experiment.log(dict(payload, **{"trainer/global_step": step}))
+                # no step=: W&B's x-axis is trainer/global_step (WandbLogger's define_metric)
+                lg.experiment.log(dict(payload, **{"trainer/global_step": step, "epoch": epoch}))
         for lg in tb_loggers:
             for m, g in grids.items():
                 lg.experiment.add_image(f"cam/{prefix}{m}", g, global_step=step, dataformats="HWC")

@@ -158,9 +158,10 @@ class OfflineRun:
         """
         ref = self.rows_with(key)[row][key]
         latest = ref.get("_latest_artifact_path") or ref.get("artifact_path") or ""
-        fname = latest.rsplit("/", 1)[-1]
+        # "wandb-client-artifact://<id>:latest/<path in artifact>" (the path may contain "/")
+        inner = latest.split("://", 1)[-1].split("/", 1)[-1]
         for art in reversed(self.artifacts):
-            local = art["entries"].get(fname)
+            local = art["entries"].get(inner)
             if local and Path(local).exists():
                 out = json.loads(Path(local).read_text())
                 out["_artifact"] = art

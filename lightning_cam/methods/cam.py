@@ -22,7 +22,7 @@ class CAM(BaseCAM):
     name = "cam"
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        linear = self._classifier(layer_pass.activation.shape[1])
+        linear = self._classifier(layer_pass.activation.shape[1], layer_pass.logits.shape[1])
         pooled = layer_pass.activation.mean(dim=(2, 3))
         predicted = torch.nn.functional.linear(pooled, linear.weight.float(), None if linear.bias is None else linear.bias.float())
         scale = layer_pass.logits.abs().max().clamp_min(1.0)
@@ -31,8 +31,11 @@ class CAM(BaseCAM):
         weights = linear.weight.detach().float()[layer_pass.targets]
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
 
-    def _classifier(self, channels: int) -> nn.Linear:
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+    def _classifier(self, channels: int, num_classes: int) -> nn.Linear:
+        linears = [
+            m for m in self.model.modules()
+            if isinstance(m, nn.Linear) and m.in_features == channels and m.out_features == num_classes
+        ]
         if not linears:
             raise ValueError(self._not_gap_linear())
         return linears[-1]

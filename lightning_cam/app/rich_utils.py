@@ -1,0 +1,131 @@
+"""Rich console output: the config tree, the final metrics table, where things are."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import rich
+import rich.syntax
+import rich.tree
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+# Column order of the summary table, with the direction that is better.
+CAM_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("insertion", "ins ↑"),
+    ("deletion", "del ↓"),
+    ("average_drop", "AD% ↓"),
+    ("increase_in_confidence", "IC% ↑"),
+    ("pointing_game", "PG ↑"),
+    ("energy_pointing_game", "EPG ↑"),
+    ("completeness_residual", "Δcompl"),
+    ("shap_pearson", "ρ shap"),
+    ("seconds", "s/img"),
+)
+LEGEND = (
+    "ins/del: insertion/deletion AUC; AD%/IC%: Average Drop / Increase in Confidence; "
+    "PG/EPG: (energy) pointing game; Δcompl: LIFT-CAM completeness residual; s/img: seconds per image"
+)
+FIRST_FIELDS = ("data", "model", "cam", "callbacks", "logger", "trainer", "paths", "extras")
+
+
+def console() -> Console:
+    con = Console(soft_wrap=False)
+    if not con.is_terminal:  # logs / CI: do not squeeze tables into 80 columns
+        con = Console(soft_wrap=False, width=140)
+    return con
+
+
+def print_config_tree(cfg: DictConfig, resolve: bool = True, save_to: str | Path | None = None) -> None:
+    """Print the resolved config as a tree (one branch per group)."""
+    tree = rich.tree.Tree("CONFIG", style="dim", guide_style="dim")
+    fields = [f for f in FIRST_FIELDS if f in cfg] + [f for f in cfg if f not in FIRST_FIELDS]
+    for f in fields:
+        branch = tree.add(f, style="bold yellow", guide_style="dim")
+        node = cfg.get(f)
+        if isinstance(node, DictConfig):
+            try:
+                text = OmegaConf.to_yaml(node, resolve=resolve)
+            except Exception:  # noqa: BLE001 - e.g. hydra resolvers outside a job
+                text = OmegaConf.to_yaml(node, resolve=False)
+        else:
+            text = str(node)
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    rich.print(tree)
+    if save_to is not None:
+        with open(save_to, "w") as fh:
+            rich.print(tree, file=fh)
+
+
+def _fmt(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    a = abs(v)
+    if a != 0 and (a < 1e-3 or a >= 1e4):
+        return f"{v:.2e}"
+    return f"{v:.4f}" if a < 10 else f"{v:.2f}"
+
+
+def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None) -> Table | None:
+    """Table of ``cam/<method>/<metric>`` values, one row per method."""
+    per: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "cam":
+            per.setdefault(parts[1], {})[parts[2]] = float(value)
+    if not per:
+        return None
+    order = [m for m in (methods or []) if m in per] + sorted(m for m in per if m not in (methods or []))
+    known = [c for c, _ in CAM_COLUMNS]
+    cols = [(c, d) for c, d in CAM_COLUMNS if any(c in v for v in per.values())]
+    extra = sorted({k for v in per.values() for k in v if k not in known})
+    table = Table(title="CAM faithfulness (held-out images, last evaluated epoch)", header_style="bold cyan",
+                  caption=LEGEND, caption_justify="left")
+    table.add_column("method", style="bold", no_wrap=True)
+    for c, d in cols:
+        table.add_column(d, justify="right", no_wrap=True)
+    for c in extra:
+        table.add_column(c.replace("_", " "), justify="right")
+    for m in order:
+        row = [m] + [_fmt(per[m].get(c)) for c, _ in cols] + [_fmt(per[m].get(c)) for c in extra]
+        table.add_row(*row)
+    return table
+
+
+def print_summary(
+    metrics: Mapping[str, float],
+    methods: Sequence[str] | None,
+    seconds: float,
+    locations: Mapping[str, str | None],
+    optimized_metric: str | None = None,
+) -> None:
+    """Final summary: model metrics, the per-method CAM table, where the outputs are."""
+    con = console()
+    head = Table(title="Model", header_style="bold cyan")
+    head.add_column("metric")
+    head.add_column("value", justify="right")
+    for k in sorted(metrics):
+        if k.endswith(("_step", "_epoch")) or k.count("/") >= 2:
+            continue
+        head.add_row(k, _fmt(float(metrics[k])))
+    head.add_row("wall time (s)", f"{seconds:.1f}")
+    if optimized_metric:
+        head.add_row(f"optimized_metric ({optimized_metric})", _fmt(metrics.get(optimized_metric)))
+    con.print(head)
+    table = cam_table(metrics, methods)
+    if table is not None:
+        con.print(table)
+    lines = [f"[bold]{k}:[/bold] {v}" for k, v in locations.items() if v]
+    con.print(Panel("\n".join(lines), title="Where things are", border_style="green"))
+
+
+def print_error(message: str) -> None:
+    Console(stderr=True).print(Panel(message, title="[bold red]Configuration error", border_style="red"))
+
+
+__all__ = ["cam_table", "print_config_tree", "print_error", "print_summary"]

@@ -1,0 +1,344 @@
+"""LIFT-CAM exactness, Shapley properties, batching, model hygiene and errors."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import lightning_cam as lc
+from lightning_cam.methods import LayerPass
+from lightning_cam.methods.shapley import exact_shapley_matrix
+
+from models import NonlinearHead, TinyCNN, Untraceable
+
+ALL = ["liftcam", "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "scorecam", "ablationcam", "shap"]
+
+
+def captum_liftcam(model: nn.Module, layer: str, head: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The authors' computation: captum DeepLift on the head, zero baseline, one image at a time."""
+    from captum.attr import DeepLift
+
+    captured = []
+    handle = model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    activation = captured[0]
+    deeplift = DeepLift(copy.deepcopy(head).eval())
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(x.shape[0]):
+            a = activation[i : i + 1]
+            rows.append(deeplift.attribute(a, baselines=torch.zeros_like(a), target=int(targets[i])).sum(dim=(2, 3)))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet50"])
+def test_liftcam_equals_authors_captum_computation(arch: str) -> None:
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    if arch == "vgg16":
+        layer, head = "features.29", nn.Sequential(model.features[30], model.avgpool, nn.Flatten(), model.classifier)
+    else:
+        layer, head = "layer4", nn.Sequential(model.avgpool, nn.Flatten(), model.fc)
+    x = torch.randn(3, 3, 64, 64)
+    exp = lc.LiftCAM(model, layer).explain(x)
+    reference = captum_liftcam(model, layer, head, x, exp.targets)
+    scale = reference.abs().max()
+    assert torch.allclose(exp.weights, reference, atol=1e-5 * float(scale), rtol=1e-4)
+    assert exp.delta.abs().max() < 1e-4 * float(exp.logits.abs().max().clamp_min(1))
+
+
+def _completeness_cases():
+    return [
+        ("resnet18", "layer4"), ("resnet18", "layer3"), ("resnet18", "layer4.0.conv2"),
+        ("mobilenet_v3_small", "features"), ("mobilenet_v3_small", "features.6"),
+        ("efficientnet_b0", "features.6"), ("convnext_tiny", "features"), ("convnext_tiny", "features.5"),
+        ("densenet121", "features"), ("vgg16_bn", "features.32"),
+    ]
+
+
+@pytest.mark.parametrize("arch,layer", _completeness_cases())
+def test_liftcam_completeness_on_torchvision_models(arch: str, layer: str) -> None:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=7).eval()
+    for m in model.modules():  # make the scores non-trivial (torchvision zero-inits some heads)
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.2)
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "no DeepLIFT rule" warning expected
+        exp = lc.LiftCAM(model, layer).explain(x)
+    difference = exp.logits.gather(1, exp.targets[:, None])[:, 0]
+    scale = float(difference.abs().max().clamp_min(1e-3))
+    assert exp.delta.abs().max() <= 2e-4 * scale + 1e-6
+    assert torch.isfinite(exp.maps).all()
+
+
+def test_liftcam_completeness_through_nonlinear_head_and_reused_relu() -> None:
+    model = NonlinearHead().eval()
+    x = torch.randn(4, 3, 8, 8)
+    exp = lc.LiftCAM(model, "features").explain(x)
+    zero_score = _head_score_at_zero(model, x, exp.targets)
+    y = exp.logits.gather(1, exp.targets[:, None])[:, 0]
+    assert torch.allclose(exp.weights.sum(1), y - zero_score, atol=1e-5)
+    assert exp.delta.abs().max() < 1e-5
+
+
+def _head_score_at_zero(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    handle = model.features.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+    with torch.no_grad():
+        out = model(x)
+    handle.remove()
+    return out.gather(1, targets[:, None])[:, 0]
+
+
+def test_liftcam_is_exact_shap_on_linear_head() -> None:
+    model = TinyCNN(channels=8).eval()
+    x = torch.randn(3, 3, 10, 10)
+    lift = lc.LiftCAM(model, "features").explain(x)
+    shap = lc.ShapCAM(model, "features").explain(x)  # K=8: exact enumeration
+    w = model.fc.weight[lift.targets]
+    closed_form = w * lift_activation(model, x).mean(dim=(2, 3))
+    assert torch.allclose(lift.weights, closed_form, atol=1e-5)
+    assert torch.allclose(lift.weights, shap.weights, atol=1e-5)
+
+
+def lift_activation(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.features(x)
+
+
+def test_shap_exact_matches_brute_force_on_nonlinear_head() -> None:
+    model = NonlinearHead(channels=4).eval()
+    x = torch.randn(2, 3, 8, 8)
+    exp = lc.ShapCAM(model, "features").explain(x)
+    activation = lift_activation(model, x)
+    for b in range(2):
+        target = int(exp.targets[b])
+
+        def value(coalition: tuple[int, ...]) -> float:
+            mask = torch.zeros(4)
+            mask[list(coalition)] = 1
+            replaced = activation[b : b + 1] * mask[None, :, None, None]
+            handle = model.features.register_forward_hook(lambda m, i, o: replaced)
+            with torch.no_grad():
+                out = model(x[b : b + 1])
+            handle.remove()
+            return float(out[0, target])
+
+        for k in range(4):
+            others = [j for j in range(4) if j != k]
+            phi = 0.0
+            for size in range(4):
+                for s in itertools.combinations(others, size):
+                    weight = math.factorial(size) * math.factorial(4 - size - 1) / math.factorial(4)
+                    phi += weight * (value(tuple(s) + (k,)) - value(s))
+            assert exp.weights[b, k].item() == pytest.approx(phi, abs=1e-5)
+
+
+def test_exact_shapley_matrix_is_efficient() -> None:
+    masks, weights = exact_shapley_matrix(5)
+    assert masks.shape == (32, 5)
+    # phi of v(S) = |S| is 1 for everyone; efficiency: sum phi = v(N) - v(0)
+    phi = masks.sum(1).double() @ weights
+    assert torch.allclose(phi, torch.ones(5, dtype=torch.float64))
+
+
+def test_shap_sampling_converges_to_exact_and_is_seeded() -> None:
+    model = NonlinearHead(channels=6).eval()
+    x = torch.randn(2, 3, 8, 8)
+    exact = lc.ShapCAM(model, "features").explain(x).weights
+    sampled = lc.ShapCAM(model, "features", max_exact_channels=2, num_permutations=400, seed=1).explain(x).weights
+    again = lc.ShapCAM(model, "features", max_exact_channels=2, num_permutations=400, seed=1).explain(x).weights
+    assert torch.equal(sampled, again)
+    assert torch.allclose(sampled.sum(1), exact.sum(1), atol=1e-4)  # efficiency holds per permutation
+    assert (sampled - exact).abs().max() < 0.15 * exact.abs().max() + 1e-3
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_equals_one_by_one(method: str) -> None:
+    model = TinyCNN().eval()
+    x = torch.randn(3, 3, 12, 12)
+    batched = lc.get_method(method)(model, "features").explain(x)
+    for i in range(3):
+        single = lc.get_method(method)(model, "features").explain(x[i : i + 1], targets=int(batched.targets[i]))
+        assert torch.allclose(batched.maps[i], single.maps[0], atol=1e-5, rtol=1e-4)
+        if batched.weights is not None:
+            assert torch.allclose(batched.weights[i], single.weights[0], atol=1e-5, rtol=1e-4)
+
+
+def test_explain_all_equals_individual_explainers() -> None:
+    model = NonlinearHead().eval()
+    x = torch.randn(2, 3, 8, 8)
+    methods = ["liftcam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "ablationcam"]
+    together = lc.explain_all(model, "features", x, methods=methods, targets=[0, 2])
+    assert list(together) == methods
+    for name in methods:
+        alone = lc.get_method(name)(model, "features").explain(x, targets=[0, 2])
+        assert torch.allclose(together[name].maps, alone.maps, atol=1e-6)
+        assert together[name].seconds > 0
+
+
+def test_saliency_is_normalised_and_nan_free() -> None:
+    model = TinyCNN().eval()
+    x = torch.randn(2, 3, 12, 16)
+    maps = lc.GradCAM(model, "features")(x)
+    assert maps.shape == (2, 12, 16) and maps.min() >= 0 and maps.max() <= 1
+    constant = lc.maps.normalize_maps(torch.ones(1, 3, 3), (6, 6)) if hasattr(lc, "maps") else None
+    from lightning_cam.maps import normalize_maps
+
+    constant = normalize_maps(torch.ones(1, 3, 3), (6, 6))
+    assert torch.equal(constant, torch.zeros(1, 6, 6))
+
+
+def _snapshot(model: nn.Module):
+    return (
+        [m.training for m in model.modules()],
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [p.grad for p in model.parameters()],
+        [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
+    )
+
+
+@pytest.mark.parametrize("context", ["plain", "no_grad", "inference_mode", "autocast"])
+def test_model_left_untouched_in_every_caller_context(context: str) -> None:
+    model = TinyCNN(dropout=0.5).train()
+    x = torch.randn(2, 3, 12, 12)
+    before = _snapshot(model)
+    rng = torch.get_rng_state()
+    reference = lc.explain_all(model, "features", x, methods=ALL)
+    ctx = {
+        "plain": torch.enable_grad(), "no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+        "autocast": torch.autocast("cpu", dtype=torch.bfloat16),
+    }[context]
+    with ctx:
+        inside = x.clone()
+        result = lc.explain_all(model, "features", inside, methods=ALL)
+        assert torch.is_grad_enabled() == (context in ("plain", "autocast"))
+    after = _snapshot(model)
+    assert before[0] == after[0]
+    assert all(torch.equal(before[1][k], after[1][k]) for k in before[1])  # BN statistics included
+    assert all(g is None for g in after[2])
+    assert before[3] == after[3]
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name in ALL:
+        assert result[name].maps.dtype == torch.float32
+        assert torch.allclose(result[name].maps, reference[name].maps, atol=1e-6)
+
+
+def test_untraceable_model_falls_back_to_hooks_with_same_results() -> None:
+    traced_model = TinyCNN().eval()
+    fallback_model = Untraceable().eval()
+    fallback_model.load_state_dict(traced_model.state_dict())
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.warns(UserWarning, match="cannot trace"):
+        fallback = lc.explain_all(fallback_model, "features", x, methods=["liftcam", "gradcam", "ablationcam"])
+    traced = lc.explain_all(traced_model, "features", x, methods=["liftcam", "gradcam", "ablationcam"])
+    for name in traced:
+        assert torch.allclose(fallback[name].maps, traced[name].maps, atol=1e-5)
+    assert all(len(m._forward_hooks) == 0 for m in fallback_model.modules())
+
+
+def test_hooks_removed_after_an_exception() -> None:
+    model = Untraceable().eval()
+    x = torch.randn(2, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="targets must lie in"):
+            lc.GradCAM(model, "features").explain(x, targets=99)
+        with pytest.raises(RuntimeError):
+            lc.GradCAM(model, "features").explain(torch.randn(2, 4, 10, 10))  # wrong channel count
+    assert all(len(m._forward_hooks) == 0 and len(m._forward_pre_hooks) == 0 for m in model.modules())
+    assert all(m.training is False for m in model.modules())
+
+
+def test_unknown_layer_lists_candidates() -> None:
+    model = torchvision.models.resnet18(weights=None)
+    with pytest.raises(ValueError, match=r"Unknown target layer 'layer5'.*Did you mean.*layer4.*Candidate layers: .*layer1"):
+        lc.GradCAM(model, "layer5")
+
+
+def test_suffix_name_resolves_inside_a_wrapper() -> None:
+    wrapper = nn.Module()
+    wrapper.net = TinyCNN()
+    wrapper.forward = lambda x: wrapper.net(x)
+    explainer = lc.GradCAM(wrapper.net, "features")
+    assert explainer.layer_name == "features"
+    from lightning_cam.layers import resolve_layer
+
+    assert resolve_layer(wrapper, "features")[0] == "net.features"
+
+
+@pytest.mark.parametrize("bad", [torch.randn(3, 12, 12), torch.randn(1, 2, 3, 12, 12), "image"])
+def test_non_4d_input_is_a_clear_error(bad) -> None:
+    with pytest.raises((ValueError, TypeError), match=r"\(B, C, H, W\)"):
+        lc.LiftCAM(TinyCNN(), "features").explain(bad)
+
+
+def test_layer_that_never_runs_is_a_clear_error() -> None:
+    model = TinyCNN()
+    model.unused = nn.Conv2d(3, 3, 1)
+    with pytest.raises(ValueError, match="never runs"):
+        lc.GradCAM(model, "unused").explain(torch.randn(1, 3, 8, 8))
+
+
+def test_layer_that_runs_twice_is_a_clear_error() -> None:
+    model = NonlinearHead()
+    with pytest.raises(ValueError, match="runs 2 times"):
+        lc.GradCAM(model, "relu").explain(torch.randn(1, 3, 8, 8))
+
+
+def test_non_spatial_layer_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"\(B, K, h, w\) feature map"):
+        lc.GradCAM(TinyCNN(), "fc").explain(torch.randn(1, 3, 8, 8))
+
+
+def test_cam_requires_gap_linear_head() -> None:
+    with pytest.raises(ValueError, match="CAM needs global average pooling"):
+        lc.CAM(NonlinearHead(), "features").explain(torch.randn(1, 3, 8, 8))
+    model = TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    cam, grad = lc.CAM(model, "features").explain(x), lc.GradCAM(model, "features").explain(x)
+    # On GAP+Linear heads Grad-CAM's weights are CAM's divided by h*w.
+    assert torch.allclose(cam.weights / 64, grad.weights, atol=1e-6)
+
+
+def test_unknown_method_lists_allowed() -> None:
+    with pytest.raises(ValueError, match="Allowed: liftcam, cam, gradcam"):
+        lc.get_method("gradkam")
+    assert lc.get_method("GradCAMpp") is lc.GradCAMPlusPlus
+
+
+def test_targets_forms() -> None:
+    model = TinyCNN().eval()
+    x = torch.randn(3, 3, 8, 8)
+    explainer = lc.GradCAM(model, "features")
+    a = explainer.explain(x, targets=2).maps
+    b = explainer.explain(x, targets=[2, 2, 2]).maps
+    c = explainer.explain(x, targets=torch.tensor([2, 2, 2])).maps
+    assert torch.equal(a, b) and torch.equal(b, c)
+    with pytest.raises(ValueError, match="3 images"):
+        explainer.explain(x, targets=[1, 2])
+    with pytest.raises(TypeError, match="integer class"):
+        explainer.explain(x, targets=torch.tensor([0.5, 1.0, 2.0]))
+
+
+def test_layer_pass_gradient_is_wrt_activation_only() -> None:
+    model = TinyCNN().eval()
+    x = torch.randn(2, 3, 8, 8)
+    from lightning_cam._state import explaining
+
+    with explaining(model):
+        layer_pass = LayerPass(model, "features", x)
+        g = layer_pass.gradient
+    w = model.fc.weight[layer_pass.targets]
+    assert torch.allclose(g, (w / 64)[:, :, None, None].expand_as(g), atol=1e-7)
+    assert all(p.grad is None for p in model.parameters())

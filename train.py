@@ -1,0 +1,32 @@
+"""Train (or evaluate) a classifier with the CAM callback; configured by Hydra (conf/).
+
+    python train.py                                   # SmallCNN on the embedded shapes data, CPU, W&B offline
+    python train.py model=resnet18 trainer=gpu        # swap any config group
+    python train.py cam.methods=[liftcam,gradcam] cam.target_layer=layer3
+    python train.py -m model=resnet18,mobilenet_v3_small,convnext_tiny   # one W&B run per model, grouped
+
+See conf/train.yaml for every group and README.md for sweeps, DDP and SLURM.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from lightning_cam.app import ConfigError, run
+from lightning_cam.app.rich_utils import print_error
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except ConfigError as err:
+        print_error(str(err))
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
