@@ -739,7 +739,10 @@ class CAMCallback(Callback):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
 
         def small(x: Tensor) -> Tensor:
-            return x if tuple(x.shape[-2:]) == size else F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            """Shrink big images to table_image_size; blow tiny ones up to >= 64 px (nearest)."""
+            if tuple(x.shape[-2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            return viz._upscale(x, min(64, self.table_image_size))
 
         rgb = small(viz.denormalize(images, mean, std))
         overlays = {

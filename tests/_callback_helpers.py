@@ -123,3 +123,35 @@ def trainer_kwargs(tmp_path, **kw):
     )
     base.update(kw)
     return base
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: 1 intra-op thread is ~10x faster than
+    oversubscribed OpenMP threads. Import this fixture into a test module to use it."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+from lightning_cam import CAMCallback  # noqa: E402
+
+
+class SavingCAMCallback(CAMCallback):
+    """A CAMCallback that saves each rank's gathered results (for the DDP test)."""
+
+    def __init__(self, out_dir, **kwargs):
+        super().__init__(**kwargs)
+        self.out_dir = str(out_dir)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        super().on_validation_epoch_end(trainer, pl_module)
+        if self.last_results is not None:
+            torch.save(
+                {"results": self.last_results, "scalars": self.last_scalars, "indices": self.heldout.indices},
+                f"{self.out_dir}/rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt",
+            )

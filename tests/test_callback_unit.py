@@ -11,7 +11,7 @@ from scipy import stats
 from lightning_cam import CAMCallback, heldout
 from lightning_cam.callback import _pearson, _spearman
 
-from _callback_helpers import LitTiny, ToyShapes
+from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,9 @@ def test_sharded_results_gather_to_the_single_process_ones(world):
     model = LitTiny().eval()
     ds = ToyShapes(7, seed=3)
     held = heldout.gather_from_dataset(ds, list(range(7)))
-    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], shap_samples=3, explain_batch_size=2)
+    cb = CAMCallback(
+        target_layer="layer4", methods=["liftcam", "gradcam"], shap_samples=3, explain_batch_size=2, n_steps=8
+    )
     cb.setup(None, model, "fit")
     cb._held = held
     single = cb._gather(model, cb._compute_local(model, held, 0, 1), 1, len(held))
@@ -103,7 +105,7 @@ def test_sharded_results_gather_to_the_single_process_ones(world):
 def test_more_ranks_than_images():
     model = LitTiny().eval()
     held = heldout.gather_from_dataset(ToyShapes(2, seed=3), [0, 1])
-    cb = CAMCallback(target_layer="layer4")
+    cb = CAMCallback(target_layer="layer4", n_steps=4)
     cb.setup(None, model, "fit")
     loc = cb._compute_local(model, held, 3, 4)  # rank 3 of 4 has no image
     assert float(loc["count"]) == 0 and loc["liftcam/insertion"].shape == (1,)

@@ -175,7 +175,7 @@ def test_auc_hand_values():
 # ---------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize("size,step", [((16, 16), 20), ((24, 32), 50), ((16, 16), 256), ((13, 11), 1)])
+@pytest.mark.parametrize("size,step", [((16, 16), 20), ((24, 32), 50), ((16, 16), 256), ((7, 5), 1)])
 def test_matches_per_image_reference_loop(net, size, step):
     torch.manual_seed(1)
     b = 3
@@ -407,7 +407,7 @@ def test_works_under_inference_mode_and_no_grad(net):
     torch.testing.assert_close(r3.insertion_curve, ref.insertion_curve)
 
 
-def test_float64_and_half_inputs_are_evaluated_in_float32(net):
+def test_float64_inputs_are_evaluated_in_float32(net):
     x = torch.randn(1, 3, 16, 16)
     sal = torch.rand(1, 16, 16)
     ref = insertion_deletion(net, x, sal, step=64)

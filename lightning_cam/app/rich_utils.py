@@ -84,7 +84,7 @@ def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None
     known = [c for c, _ in CAM_COLUMNS]
     cols = [(c, d) for c, d in CAM_COLUMNS if any(c in v for v in per.values())]
     extra = sorted({k for v in per.values() for k in v if k not in known})
-    table = Table(title="CAM faithfulness (held-out images, last evaluated epoch)", header_style="bold cyan",
+    table = Table(title="CAM faithfulness (held-out set, last evaluated epoch)", header_style="bold cyan",
                   caption=LEGEND, caption_justify="left")
     table.add_column("method", style="bold", no_wrap=True)
     for c, d in cols:

@@ -32,8 +32,8 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "st
 # Per-channel statistics of the default dataset (64x64, 6 classes, seed 0),
 # measured on 2000 images with ``ShapesDataset(...).stats()``; values in [0, 1]
 # before normalisation. Used to normalise and to un-normalise for overlays.
-SHAPES_MEAN: tuple[float, float, float] = (0.4982, 0.4938, 0.4966)
-SHAPES_STD: tuple[float, float, float] = (0.2118, 0.2141, 0.2102)
+SHAPES_MEAN: tuple[float, float, float] = (0.4983, 0.4941, 0.4966)
+SHAPES_STD: tuple[float, float, float] = (0.2104, 0.2126, 0.2087)
 
 _MAX_DISTRACTORS = 6
 _CHUNK = 256
@@ -102,21 +102,21 @@ def _render(params: torch.Tensor, size: int, noise_seeds: torch.Tensor) -> tuple
 
     # ---- target object --------------------------------------------------------------
     r = (0.16 + 0.14 * col(2)) * s  # radius 0.16..0.30 of the side
-    cx = r + col(0) * (s - 2 * r)
-    cy = r + col(1) * (s - 2 * r)
+    cx = r + 1 + col(0) * (s - 2 * r - 2)  # the object never touches the border
+    cy = r + 1 + col(1) * (s - 2 * r - 2)
     th = 2 * math.pi * col(3)
     dxo, dyo = (xs - cx) / r, (ys - cy) / r
     pu = dxo * torch.cos(th) + dyo * torch.sin(th)
     pv = -dxo * torch.sin(th) + dyo * torch.cos(th)
     rho2 = pu ** 2 + pv ** 2
     circle = rho2 <= 1.0
-    square = torch.maximum(pu.abs(), pv.abs()) <= 0.78
+    square = torch.maximum(pu.abs(), pv.abs()) <= 0.7  # corners at 0.99 r
     tri = torch.ones_like(circle)
     for k in range(3):
         a = math.pi / 2 + 2 * math.pi * k / 3
         tri = tri & (pu * math.cos(a) + pv * math.sin(a) <= 0.5)
     arm = 0.3
-    cross = ((pu.abs() <= arm) & (pv.abs() <= 1.0)) | ((pv.abs() <= arm) & (pu.abs() <= 1.0))
+    cross = ((pu.abs() <= arm) & (pv.abs() <= 0.95)) | ((pv.abs() <= arm) & (pu.abs() <= 0.95))
     ring = (rho2 <= 1.0) & (rho2 >= 0.55 ** 2)
     phi = torch.atan2(pv, pu)
     star = torch.sqrt(rho2) <= 0.42 + 0.58 * ((1 + torch.cos(5 * phi)) / 2) ** 2

@@ -16,7 +16,9 @@ upstream part is recomputed on every head call).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -57,8 +59,25 @@ class SplitModel:
         return _logits(out, self.layer_name)
 
 
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def split_model(model: nn.Module, layer_name: str) -> SplitModel:
-    """Split ``model`` at the module named ``layer_name`` (see module docstring)."""
+    """Split ``model`` at the module named ``layer_name`` (see module docstring).
+
+    Splits are cached per model and layer; the cache key includes the identity
+    of every submodule, so replacing a module (e.g. a new classifier) retraces.
+    """
+    fingerprint = (layer_name, tuple((name, id(m)) for name, m in model.named_modules()))
+    cached = _CACHE.setdefault(model, {})
+    if fingerprint not in cached:
+        if len(cached) >= 8:
+            cached.clear()
+        cached[fingerprint] = _split_model(model, layer_name)
+    return dataclasses.replace(cached[fingerprint])
+
+
+def _split_model(model: nn.Module, layer_name: str) -> SplitModel:
     try:
         graph_module = _trace(model, layer_name)
     except _LayerUsage:

@@ -1,0 +1,149 @@
+"""The embedded shapes dataset and the data modules (fast, CPU, no download)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from lightning_cam.data import (
+    CLASSES,
+    SHAPES_MEAN,
+    SHAPES_STD,
+    CIFAR10DataModule,
+    ImageFolderDataModule,
+    ShapesDataModule,
+    ShapesDataset,
+)
+
+
+def test_item_types_and_shapes():
+    ds = ShapesDataset(16, image_size=32, seed=3)
+    x, y, m = ds[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert y.dtype == torch.long and y.shape == () and 0 <= int(y) < len(CLASSES)
+    assert m.shape == (32, 32) and m.dtype == torch.bool
+    assert len(ds) == 16
+    with pytest.raises(IndexError):
+        ds.raw(16)
+
+
+def test_deterministic_per_index_cached_or_not():
+    a = ShapesDataset(40, image_size=48, seed=7, cache=True)
+    b = ShapesDataset(40, image_size=48, seed=7, cache=False)
+    for i in (0, 5, 39):
+        xa, ya, ma = a[i]
+        xb, yb, mb = b[i]
+        assert torch.equal(xa, xb) and int(ya) == int(yb) and torch.equal(ma, mb)
+    # an index renders the same regardless of which other indices are rendered with it
+    im1, m1, l1 = a.render([11])
+    im2, m2, l2 = a.render([3, 11, 25])
+    assert torch.equal(im1[0], im2[1]) and torch.equal(m1[0], m2[1]) and l1[0] == l2[1]
+    # another seed gives other images
+    c = ShapesDataset(40, image_size=48, seed=8)
+    assert not torch.equal(a.raw(0)[0], c.raw(0)[0])
+
+
+def test_masks_labels_and_balance():
+    ds = ShapesDataset(600, image_size=64, seed=0)
+    _, masks, labels = ds.render(range(600))
+    counts = torch.bincount(labels, minlength=6)
+    assert counts.min() > 60, counts  # roughly balanced over 6 classes
+    area = masks.float().mean((1, 2))
+    assert area.min() > 0.01 and area.max() < 0.5  # every image has one sizeable, bounded object
+    # the object is never cut by the border (it is fully inside the image)
+    assert not masks[:, 0, :].any() or masks.shape[1] < 16
+    # fewer classes -> labels in range
+    small = ShapesDataset(50, image_size=32, num_classes=3, seed=1)
+    assert int(small.render(range(50))[2].max()) < 3 and small.classes == CLASSES[:3]
+    with pytest.raises(ValueError):
+        ShapesDataset(10, num_classes=7)
+
+
+def test_object_has_contrast_with_background():
+    ds = ShapesDataset(200, image_size=64, seed=2)
+    im, masks, _ = ds.render(range(200))
+    x = im.float() / 255
+    for i in range(0, 200, 10):
+        m = masks[i]
+        ring = torch.nn.functional.max_pool2d(m[None, None].float(), 7, 1, 3)[0, 0].bool() & ~m
+        inside = x[i][:, m].mean(1)
+        around = x[i][:, ring].mean(1)
+        assert (inside - around).abs().mean() > 0.1
+
+
+def test_generation_is_fast():
+    t0 = time.perf_counter()
+    ShapesDataset(2000, image_size=64, seed=0)
+    assert time.perf_counter() - t0 < 20.0  # ~1 s on one idle core
+
+
+def test_normalisation_constants_match_data():
+    ds = ShapesDataset(400, image_size=64, seed=0, cache=False)
+    mean, std = ds.stats(400)
+    assert torch.allclose(torch.tensor(mean), torch.tensor(SHAPES_MEAN), atol=0.03)
+    assert torch.allclose(torch.tensor(std), torch.tensor(SHAPES_STD), atol=0.03)
+    x, _, _ = ds[0]
+    raw = ds.raw(0)[0].float() / 255
+    back = x * torch.tensor(SHAPES_STD).view(3, 1, 1) + torch.tensor(SHAPES_MEAN).view(3, 1, 1)
+    assert torch.allclose(back, raw, atol=1e-5)
+
+
+def test_shapes_datamodule_batches():
+    dm = ShapesDataModule(num_train=40, num_val=24, num_test=8, image_size=32, batch_size=16, eval_batch_size=12)
+    dm.setup("fit")
+    x, y, m = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32) and y.shape == (16,) and m.shape == (16, 32, 32) and m.dtype == torch.bool
+    xv, _, _ = next(iter(dm.val_dataloader()))
+    assert xv.shape[0] == 12
+    assert dm.num_classes == 6 and len(dm.classes) == 6 and dm.mean == SHAPES_MEAN
+    # train and val never share images (different seeds)
+    assert not torch.equal(dm.data_train.raw(0)[0], dm.data_val.raw(0)[0])
+    dm.setup("test")
+    assert len(dm.data_test) == 8
+
+
+def test_cifar10_datamodule_constructs_without_download(tmp_path):
+    dm = CIFAR10DataModule(data_dir=str(tmp_path), image_size=64, download=False)
+    assert dm.num_classes == 10 and dm.image_size == 64
+    t = dm.transforms(train=True)
+    from PIL import Image
+
+    out = t(Image.new("RGB", (32, 32), (10, 200, 30)))
+    assert out.shape == (3, 64, 64)
+    with pytest.raises(ValueError):
+        CIFAR10DataModule(num_classes=5)
+    assert not any(tmp_path.iterdir())  # nothing downloaded
+
+
+def _fake_imagefolder(root, classes=("a", "b", "c"), n=4, size=40):
+    from PIL import Image
+
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (size, size + 8), (40 * ci, 10 * i, 100)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_imagefolder_datamodule_split_and_dirs(tmp_path):
+    root = _fake_imagefolder(tmp_path / "all")
+    dm = ImageFolderDataModule(data_dir=str(root), image_size=32, val_fraction=0.25, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    assert dm.num_classes == 3 and dm.classes == ["a", "b", "c"]
+    assert len(dm.data_train) == 9 and len(dm.data_val) == 3
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4,)
+    # val only (evaluation of a pretrained model)
+    dm2 = ImageFolderDataModule(val_dir=str(root), image_size=32, num_classes=3, num_workers=0, eval_batch_size=5)
+    dm2.setup("validate")
+    x, _ = next(iter(dm2.val_dataloader()))
+    assert x.shape == (5, 3, 32, 32)
+    with pytest.raises(ValueError, match="num_classes"):
+        bad = ImageFolderDataModule(val_dir=str(root), num_classes=10, num_workers=0)
+        bad.setup("validate")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ImageFolderDataModule(val_dir=str(tmp_path / "missing"), num_workers=0).setup("validate")
+    with pytest.raises(ValueError):
+        ImageFolderDataModule()
