@@ -342,3 +342,14 @@ def test_layer_pass_gradient_is_wrt_activation_only() -> None:
     w = model.fc.weight[layer_pass.targets]
     assert torch.allclose(g, (w / 64)[:, :, None, None].expand_as(g), atol=1e-7)
     assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_equals_cuda() -> None:
+    model = NonlinearHead().eval()
+    x = torch.randn(3, 3, 8, 8)
+    cpu = lc.explain_all(model, "features", x, methods=ALL)
+    gpu = lc.explain_all(copy.deepcopy(model).cuda(), "features", x.cuda(), methods=ALL)
+    for name in ALL:
+        assert gpu[name].maps.device.type == "cuda"
+        assert torch.allclose(cpu[name].maps, gpu[name].maps.cpu(), atol=1e-4, rtol=1e-3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,8 +73,5 @@ def explain_all(
             cls = get_method(method)
             explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
     with explaining(model):
-        start = time.perf_counter()
         layer_pass = LayerPass(model, layer_name, as_float_input(x), targets)
-        results = {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}
-        _ = start
-    return results
+        return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}
