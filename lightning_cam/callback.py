@@ -72,7 +72,7 @@ METRIC_KEYS = (
     "shap_spearman",
 )
 ON_ERROR = ("warn", "raise")
-DEFAULT_N_STEPS = 24  # 25 points per curve unless step / n_steps are given
+DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
 
 
 def _method_names() -> list[str]:
@@ -97,6 +97,25 @@ def _logging_step(trainer: pl.Trainer) -> int:
         return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
     except Exception:  # private attribute: fall back to the public counter
         return int(trainer.global_step)
+
+
+def _as_floats(name: str, value: Any) -> tuple[float, ...] | None:
+    """``mean`` / ``std`` as a tuple of floats (accepts numbers, sequences, tensors, OmegaConf lists)."""
+    if value is None:
+        return None
+    try:
+        vals = (
+            tuple(float(v) for v in value.flatten().tolist())
+            if isinstance(value, Tensor)
+            else (float(value),)
+            if isinstance(value, (int, float))
+            else tuple(float(v) for v in value)
+        )
+    except (TypeError, ValueError):
+        raise ValueError(f"CAMCallback: {name} must be a number or a sequence of numbers, got {value!r}") from None
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"CAMCallback: {name} must be finite numbers, got {value!r}")
+    return vals
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -151,7 +170,7 @@ class CAMCallback(Callback):
             when ``N`` is larger). Default: drawn from the validation dataset.
         seed: seed of the held-out selection (and of any sampling inside).
         step, n_steps: insertion/deletion granularity (pixels per step, or
-            number of steps); default ``n_steps=24`` (25 points per curve).
+            number of steps); default ``n_steps=16`` (17 points per curve).
         metric_batch_size: forward batch size of the metrics.
         shap_samples: number of held-out images on which each method's channel
             weights are compared with ShapCAM's (Pearson / Spearman); 0 = off.
@@ -236,12 +255,8 @@ class CAMCallback(Callback):
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}")
         viz.colormap_lut(colormap)  # raises ValueError listing examples
-        for name, stat in (("mean", mean), ("std", std)):
-            if stat is not None:
-                t = torch.as_tensor(stat, dtype=torch.float32).flatten()
-                if t.numel() == 0 or not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"CAMCallback: {name} must be finite numbers, got {stat!r}")
-        if std is not None and bool((torch.as_tensor(std, dtype=torch.float32) <= 0).any()):
+        mean, std = _as_floats("mean", mean), _as_floats("std", std)
+        if std is not None and min(std) <= 0:
             raise ValueError(f"CAMCallback: std must be > 0, got {std!r}")
         if images is None and (labels is not None or masks is not None):
             raise ValueError("CAMCallback: labels/masks were given without images")

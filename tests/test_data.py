@@ -46,10 +46,10 @@ def test_deterministic_per_index_cached_or_not():
 
 
 def test_masks_labels_and_balance():
-    ds = ShapesDataset(600, image_size=64, seed=0)
-    _, masks, labels = ds.render(range(600))
+    ds = ShapesDataset(360, image_size=64, seed=0, cache=False)
+    _, masks, labels = ds.render(range(360))
     counts = torch.bincount(labels, minlength=6)
-    assert counts.min() > 60, counts  # roughly balanced over 6 classes
+    assert counts.min() > 35, counts  # roughly balanced over 6 classes
     area = masks.float().mean((1, 2))
     assert area.min() > 0.01 and area.max() < 0.5  # every image has one sizeable, bounded object
     # the object is never cut by the border (it is fully inside the image)
@@ -75,8 +75,8 @@ def test_object_has_contrast_with_background():
 
 def test_generation_is_fast():
     t0 = time.perf_counter()
-    ShapesDataset(2000, image_size=64, seed=0)
-    assert time.perf_counter() - t0 < 20.0  # ~1 s on one idle core
+    ShapesDataset(1000, image_size=64, seed=0)
+    assert time.perf_counter() - t0 < 15.0  # ~0.4 s on one idle core
 
 
 def test_normalisation_constants_match_data():

@@ -19,7 +19,7 @@ def test_smallcnn_is_cam_ready():
     assert feats.shape == (2, 128, 8, 8)
     # GAP -> Linear right after the features: the original CAM applies
     assert isinstance(net.avgpool, nn.AdaptiveAvgPool2d) and isinstance(net.classifier, nn.Linear)
-    assert net(torch.randn(1, 3, 8, 8)).shape == (1, 5)  # smallest size
+    assert net.eval()(torch.randn(1, 3, 8, 8)).shape == (1, 5)  # smallest size
     assert sum(p.numel() for p in net.parameters()) < 500_000
 
 
@@ -72,17 +72,18 @@ def test_lit_classifier_fits_a_tiny_problem(optimizer, scheduler):
     pl.seed_everything(0)
     from torch.utils.data import DataLoader, TensorDataset
 
+    y = torch.arange(64) % 2
     x = torch.randn(64, 3, 16, 16)
-    y = (x[:, 0].mean((1, 2)) > 0).long()
+    x[:, 0] += (2 * y - 1).view(-1, 1, 1).float()  # class = brightness of channel 0
     dl = DataLoader(TensorDataset(x, y), batch_size=16)
     model = LitClassifier(SmallCNN(2, widths=(8, 16, 16)), num_classes=2, lr=1e-2, optimizer=optimizer, scheduler=scheduler)
-    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, dl, dl)
     m = trainer.callback_metrics
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert key in m
-    assert float(m["val/acc"]) > 0.5
+    assert float(m["val/acc"]) > 0.7
 
 
 def test_lit_classifier_rejects_bad_optimizer():

@@ -67,7 +67,12 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def instantiate_trainer(cfg: DictConfig, callbacks: list | None = None, loggers: list | None = None) -> pl.Trainer:
-    return _instantiate(cfg.trainer, drop=(), callbacks=callbacks or [], logger=loggers or False)
+    node = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if node.get("sync_batchnorm") and str(node.get("accelerator", "")).lower() == "cpu":
+        # SyncBatchNorm needs GPU modules; DDP on CPU (gloo) keeps per-process BN statistics
+        log.info("trainer.sync_batchnorm disabled: it needs GPUs (accelerator=cpu)")
+        node["sync_batchnorm"] = False
+    return _instantiate(node, drop=(), callbacks=callbacks or [], logger=loggers or False)
 
 
 def resolve_group(cfg: DictConfig) -> str | None:

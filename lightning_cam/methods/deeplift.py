@@ -54,6 +54,12 @@ _INPLACE_TO_OUTPLACE: dict[Callable, Callable] = {
     torch.Tensor.sigmoid_: torch.sigmoid,
     torch.tanh_: torch.tanh,
     torch.Tensor.tanh_: torch.tanh,
+    F.hardtanh_: F.hardtanh,
+    F.elu_: F.elu,
+    F.leaky_relu_: F.leaky_relu,
+    F.threshold_: F.threshold,
+    torch.Tensor.clamp_: torch.clamp,
+    torch.Tensor.exp_: torch.exp,
 }
 
 _ELEMENTWISE: set[Callable] = {

@@ -1,0 +1,160 @@
+"""End to end: real ``python train.py`` runs (subprocesses, tiny settings, CPU, W&B offline).
+
+* one run -> a W&B offline run holding the callback's cam/* keys and its images,
+  outputs only in the Hydra run dir, a summary printed;
+* a 2-architecture multirun -> two separate, finished, grouped W&B runs;
+* a 2-process DDP run on CPU (gloo);
+* bad configs -> the documented error, before training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.wandb_offline import find_run_files, iter_records, read_run_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "train.py")
+# tiny but real: 96 train / 32 val images at 32 px, 1 epoch, 8 held-out images
+TINY = [
+    "data.num_train=96",
+    "data.num_val=32",
+    "data.batch_size=32",
+    "model.image_size=32",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
+    "cam.num_samples=8",
+    "cam.n_steps=8",
+    "cam.methods=[liftcam,gradcam]",
+]
+
+
+def run_train(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1", "OMP_NUM_THREADS": "1",
+              "PYTHONPATH": str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")})
+    if env:
+        e.update(env)
+        for k, v in env.items():
+            if v is None:
+                e.pop(k)
+    return subprocess.run([sys.executable, TRAIN, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+def _out(p: subprocess.CompletedProcess) -> str:
+    return p.stdout + "\n" + p.stderr
+
+
+def run_info(path: Path) -> dict:
+    """Run id, group and whether the run finished (exit record) of a .wandb file."""
+    info = {"id": None, "group": None, "exit": False, "exit_code": None}
+    for rec in iter_records(path):
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            info["id"], info["group"] = rec.run.run_id, rec.run.run_group
+        elif kind == "exit":
+            info["exit"], info["exit_code"] = True, rec.exit.exit_code
+    return info
+
+
+def _snapshot(root: Path) -> set[str]:
+    skip = {".git", ".pytest_cache", "__pycache__"}
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not (set(p.relative_to(root).parts) & skip)}
+
+
+@pytest.mark.slow
+def test_single_run_logs_cam_keys_to_wandb_offline(tmp_path):
+    before = _snapshot(ROOT)
+    p = run_train([*TINY, "cam.methods=[liftcam,gradcam,gradcam++]"], cwd=tmp_path)
+    assert p.returncode == 0, _out(p)[-4000:]
+    out = _out(p)
+    # everything under <cwd>/outputs/train/runs/<time>: Hydra's run dir
+    run_dirs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(run_dirs) == 1
+    run_dir = run_dirs[0]
+    assert "Where things are" in out and str(run_dir) in out.replace("\n", "").replace("│", "").replace(" ", "") or str(run_dir) in out
+    assert "CAM faithfulness" in out and "liftcam" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert "val/acc" in metrics and "cam/liftcam/insertion" in metrics
+    assert (run_dir / ".hydra" / "config.yaml").exists() and list((run_dir / "checkpoints").glob("*.ckpt"))
+
+    files = find_run_files(run_dir)
+    assert len(files) == 1
+    run = read_run_file(files[0])
+    keys = run.keys()
+    for method in ("liftcam", "gradcam", "gradcam++"):
+        for metric in ("insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "seconds"):
+            assert f"cam/{method}/{metric}" in keys, sorted(keys)
+    assert "cam/liftcam/completeness_residual" in keys and "val/acc" in keys and "train/loss_epoch" in keys
+    assert run.media("images"), "the callback's heatmap grids should be in the W&B run"
+    assert run.config.get("model", {}).get("name") == "smallcnn"  # resolved Hydra config logged
+    info = run_info(files[0])
+    assert info["exit"] and info["exit_code"] == 0
+    # nothing written into the source tree (other processes may touch it, so look for run outputs)
+    new = _snapshot(ROOT) - before
+    suspicious = {"outputs", "multirun", "wandb", "lightning_logs", "checkpoints", "cam", "csv", "tensorboard"}
+    assert not [n for n in new if set(Path(n).parts) & suspicious or n.endswith((".ckpt", ".wandb", ".png"))], new
+
+
+@pytest.mark.slow
+def test_multirun_two_architectures_two_finished_grouped_runs(tmp_path):
+    p = run_train(
+        ["-m", "model=smallcnn,resnet18", *TINY, "model.image_size=64", "data.num_train=64", "data.num_val=16",
+         "cam.num_samples=4", "cam.methods=[liftcam]", f"hydra.sweep.dir={tmp_path / 'sweep'}", "callbacks=none"],
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, _out(p)[-4000:]
+    files = find_run_files(tmp_path / "sweep")
+    assert len(files) == 2, files
+    infos = [run_info(f) for f in files]
+    assert all(i["exit"] and i["exit_code"] == 0 for i in infos), infos  # each job called wandb.finish()
+    assert infos[0]["id"] != infos[1]["id"]
+    assert infos[0]["group"] == infos[1]["group"] == "train-sweep"
+    names = sorted(read_run_file(f).config["model"]["name"] for f in files)
+    assert names == ["resnet18", "smallcnn"]
+    for f in files:
+        assert "cam/liftcam/insertion" in read_run_file(f).keys()
+    assert {d.name for d in (tmp_path / "sweep").iterdir() if d.is_dir()} >= {"0", "1"}
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    p = run_train(
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, _out(p)[-4000:]
+    files = find_run_files(tmp_path / "run")
+    assert len(files) == 1  # only rank zero logs
+    run = read_run_file(files[0])
+    assert "cam/liftcam/insertion" in run.keys() and "val/acc" in run.keys()
+    assert run_info(files[0])["exit"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["cam/liftcam/insertion"] <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,env,message",
+    [
+        (["cam.methods=[liftcam,gradcamm]"], {}, "Unknown CAM method 'gradcamm'"),
+        (["model=resnet18", "cam.target_layer=layer5"], {}, "Unknown target layer 'layer5'"),
+        (["data=imagefolder", "data.data_dir=/nonexistent/imagenet"], {}, "ImageFolder path not found"),
+        (["logger.wandb.mode=online"], {"WANDB_MODE": None, "WANDB_API_KEY": None, "HOME": "{tmp}", "NETRC": "{tmp}/.netrc"},
+         "logger.wandb.mode=offline"),
+    ],
+    ids=["method", "layer", "imagefolder", "wandb-online"],
+)
+def test_bad_configs_fail_before_training(tmp_path, args, env, message):
+    env = {k: (v.format(tmp=tmp_path) if isinstance(v, str) else v) for k, v in env.items()}
+    p = run_train([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, timeout=120)
+    out = _out(p)
+    assert p.returncode == 2, out[-3000:]
+    assert "Configuration error" in out and message in " ".join(out.replace("│", " ").split()), out[-3000:]
+    assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "checkpoints").exists()
