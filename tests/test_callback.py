@@ -21,7 +21,6 @@ from lightning_cam import CAMCallback, heldout
 from lightning_cam.callback import CAMCallback as _CB
 
 from _callback_helpers import (
-    IMG,
     LitTiny,
     SavingCAMCallback,
     ToyDataModule,

@@ -52,6 +52,8 @@ def iter_payloads(path: str | Path) -> Iterator[bytes]:
         if rtype == 0 and length == 0:  # zero padding / preallocated tail
             pos += BLOCK_SIZE - (pos % BLOCK_SIZE) if pos % BLOCK_SIZE else 0
             continue
+        if pos + length > n:  # a record still being written: stop at the last complete one
+            return
         chunk = data[pos : pos + length]
         pos += length
         if rtype == FULL:
@@ -75,9 +77,14 @@ def iter_records(path: str | Path) -> Iterator[Any]:
     """Yield ``wandb_internal_pb2.Record`` messages of a ``.wandb`` file."""
     from wandb.proto import wandb_internal_pb2 as pb
 
+    from google.protobuf.message import DecodeError
+
     for payload in iter_payloads(path):
         rec = pb.Record()
-        rec.ParseFromString(payload)
+        try:
+            rec.ParseFromString(payload)
+        except DecodeError:  # torn write at the end of a file still being written
+            return
         yield rec
 
 
@@ -216,12 +223,25 @@ def read_run_file(path: str | Path) -> OfflineRun:
     return run
 
 
-def read_offline_run(save_dir: str | Path, index: int = -1) -> OfflineRun:
-    """Read the offline run under ``save_dir`` (``index``: -1 = newest)."""
-    files = find_run_files(save_dir)
-    if not files:
-        raise FileNotFoundError(f"no run-*.wandb file under {save_dir}")
-    return read_run_file(files[index])
+def read_offline_run(save_dir: str | Path, index: int = -1, wait: float = 30.0) -> OfflineRun:
+    """Read the offline run under ``save_dir`` (``index``: -1 = newest).
+
+    ``wandb.finish()`` can return before W&B's service process has written the
+    last records, so this polls (up to ``wait`` seconds) until the run's
+    ``exit`` record is in the file; after that it returns what is there.
+    """
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        files = find_run_files(save_dir)
+        if files:
+            run = read_run_file(files[index])
+            if "exit" in run.record_types or time.monotonic() > deadline:
+                return run
+        elif time.monotonic() > deadline:
+            raise FileNotFoundError(f"no run-*.wandb file under {save_dir}")
+        time.sleep(0.1)
 
 
 __all__ = ["OfflineRun", "find_run_files", "iter_payloads", "iter_records", "read_offline_run", "read_run_file"]
