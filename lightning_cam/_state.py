@@ -41,15 +41,26 @@ def _autocast_device_types() -> list[str]:
     return types
 
 
-def as_float_input(x: torch.Tensor) -> torch.Tensor:
-    """A float32 copy-free view of ``x`` usable with autograd.
+def as_float_input(x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """``x`` as a floating tensor usable with autograd, in the model's dtype.
 
     Tensors created under ``torch.inference_mode`` cannot enter autograd, so
-    they are cloned (outside inference mode) first.
+    they are cloned (outside inference mode) first. The dtype is float32, or
+    the dtype of the model's parameters for models stored in half precision
+    (Lightning's ``"16-true"`` / ``"bf16-true"``); maps are float32 either way.
     """
     if x.is_inference():
         with torch.inference_mode(False):
             x = x.clone()
-    if x.dtype != torch.float32:
-        x = x.float()
+    dtype = model_dtype(model) if model is not None else torch.float32
+    if x.dtype != dtype:
+        x = x.to(dtype)
     return x
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's parameters (float32 when it has none)."""
+    for param in model.parameters():
+        if param.is_floating_point():
+            return param.dtype
+    return torch.float32

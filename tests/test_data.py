@@ -147,3 +147,29 @@ def test_imagefolder_datamodule_split_and_dirs(tmp_path):
         ImageFolderDataModule(val_dir=str(tmp_path / "missing"), num_workers=0).setup("validate")
     with pytest.raises(ValueError):
         ImageFolderDataModule()
+
+
+def test_augmentation_is_a_dihedral_transform_of_image_and_mask():
+    ds = ShapesDataset(4, image_size=32, seed=5, augment=True, mean=None, std=None)
+    raw, label, mask = ds.raw(1)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(12):
+        x, y, m = ds[1]
+        assert int(y) == label
+        img = (x * 255).round().to(torch.uint8)
+        match = None
+        for k in range(4):
+            for flip in (False, True):
+                r, rm = torch.rot90(raw, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+                if flip:
+                    r, rm = r.flip(2), rm.flip(1)
+                if torch.equal(r, img):
+                    match = (k, flip)
+                    assert torch.equal(rm, m)  # the mask moves with the image
+        assert match is not None
+        seen.add(match)
+    assert len(seen) > 2
+    dm = ShapesDataModule(num_train=4, num_val=4, image_size=16)
+    dm.setup("fit")
+    assert dm.data_train.augment and not dm.data_val.augment

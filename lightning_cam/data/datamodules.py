@@ -69,7 +69,8 @@ class ShapesDataModule(_Base):
     """The embedded procedural dataset (see :mod:`lightning_cam.data.shapes`).
 
     Train / val / test use the seeds ``seed``, ``seed + 1``, ``seed + 2``, so they
-    never share an image. Batches: ``(images, labels, masks)``.
+    never share an image. ``augment``: random 90-degree rotations and flips of the
+    training images (and masks). Batches: ``(images, labels, masks)``.
     """
 
     def __init__(
@@ -87,6 +88,7 @@ class ShapesDataModule(_Base):
         mean: Sequence[float] = SHAPES_MEAN,
         std: Sequence[float] = SHAPES_STD,
         cache: bool = True,
+        augment: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
         if not 2 <= num_classes <= len(CLASSES):
@@ -98,13 +100,14 @@ class ShapesDataModule(_Base):
         self.seed = int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
         self.cache = cache
+        self.augment = augment
 
-    def _ds(self, n: int, seed: int) -> ShapesDataset:
-        return ShapesDataset(n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache)
+    def _ds(self, n: int, seed: int, augment: bool = False) -> ShapesDataset:
+        return ShapesDataset(n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.data_train is None:
-            self.data_train = self._ds(self.num_train, self.seed)
+            self.data_train = self._ds(self.num_train, self.seed, self.augment)
         if stage in (None, "fit", "validate") and self.data_val is None:
             self.data_val = self._ds(self.num_val, self.seed + 1)
         if stage in (None, "test", "predict") and self.data_test is None:

@@ -147,6 +147,9 @@ class ShapesDataset(Dataset):
             (``None`` -> un-normalised in [0, 1]).
         cache: render everything once (vectorised) at construction and keep it as
             uint8 (``3*S*S + S*S`` bytes per image); otherwise render on the fly.
+        augment: random dihedral transform (rotation by k*90 degrees, optional flip) of
+            image and mask in ``__getitem__`` (the classes are invariant to it); uses the
+            global torch RNG, so it follows ``seed_everything``. For training sets only.
 
     Returns per item: image float (3,S,S) normalised, label long (), mask bool (S,S).
     """
@@ -162,6 +165,7 @@ class ShapesDataset(Dataset):
         mean: Sequence[float] | None = SHAPES_MEAN,
         std: Sequence[float] | None = SHAPES_STD,
         cache: bool = True,
+        augment: bool = False,
     ) -> None:
         if not 2 <= num_classes <= len(CLASSES):
             raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
@@ -171,6 +175,7 @@ class ShapesDataset(Dataset):
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
         self.seed = int(seed)
+        self.augment = bool(augment)
         self.classes = CLASSES[:num_classes]
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -211,6 +216,11 @@ class ShapesDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         im, label, mask = self.raw(index)
+        if self.augment:
+            k = int(torch.randint(4, ()))
+            im, mask = torch.rot90(im, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+            if bool(torch.rand(()) < 0.5):
+                im, mask = im.flip(2), mask.flip(1)
         x = im.float() / 255.0
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std

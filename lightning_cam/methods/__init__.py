@@ -73,5 +73,5 @@ def explain_all(
             cls = get_method(method)
             explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
     with explaining(model):
-        layer_pass = LayerPass(model, layer_name, as_float_input(x), targets)
+        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets)
         return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

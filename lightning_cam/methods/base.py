@@ -63,6 +63,7 @@ class LayerPass:
             activation, crossings = self.split.body(x)
         self.crossings = crossings
         self.split.batched_crossings = batched_flags(crossings, x.shape[0])
+        self.split.dtype = activation.dtype
         self.activation = activation.detach().float()
         self._leaf = self.activation.clone().requires_grad_(True)
         self.index = torch.arange(x.shape[0], device=x.device)
@@ -175,7 +176,7 @@ class BaseCAM:
         x = check_images(x)
         check_device(self.model, x)
         with explaining(self.model):
-            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x), targets)
+            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets)
             return self.timed_compute(layer_pass)
 
     def timed_compute(self, layer_pass: LayerPass) -> Explanation:

@@ -135,6 +135,10 @@ class DeepLiftMode(TorchFunctionMode):
             for v in values
         )
 
+    def _eps(self, dtype: torch.dtype) -> float:
+        """``eps`` in float32/64; the dtype's resolution for half precision."""
+        return self.eps if dtype in (torch.float32, torch.float64) else max(self.eps, torch.finfo(dtype).eps)
+
     def _pair_mean(self, t: torch.Tensor) -> torch.Tensor:
         actual, reference = t.detach().chunk(2)
         mean = (actual + reference) / 2
@@ -150,12 +154,14 @@ class DeepLiftMode(TorchFunctionMode):
             return out
         rest = args[1:]
         with torch.no_grad():
-            z_a, z_r = z.detach().chunk(2)
-            o_a, o_r = out.detach().chunk(2)
+            z_a, z_r = z.detach().float().chunk(2)
+            o_a, o_r = out.detach().float().chunk(2)
             dz = z_a - z_r
-            small = dz.abs() < self.eps
+            small = dz.abs() < self._eps(z.dtype)
             m = (o_a - o_r) / torch.where(small, torch.ones_like(dz), dz)
-            m = torch.cat([m, m])
+            if z.dtype not in (torch.float32, torch.float64):  # half precision: keep it finite
+                m = m.clamp(-torch.finfo(z.dtype).max, torch.finfo(z.dtype).max)
+            m = torch.cat([m, m]).to(z.dtype)
             small = torch.cat([small, small])
         if bool(small.any()):
             with torch.enable_grad():
@@ -176,7 +182,7 @@ class DeepLiftMode(TorchFunctionMode):
         stride = p["stride"] if p["stride"] not in (None, [], ()) else p["kernel_size"]
         return _MaxPoolRescale.apply(
             z, _pair(p["kernel_size"]), _pair(stride), _pair(p["padding"]), _pair(p["dilation"]),
-            bool(p["ceil_mode"]), self.eps,
+            bool(p["ceil_mode"]), self._eps(z.dtype),
         )
 
     def _bilinear(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:

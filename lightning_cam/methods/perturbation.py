@@ -61,7 +61,7 @@ class ScoreCAM(BaseCAM):
                 lo = flat.min(dim=1).values[:, None, None, None]
                 hi = flat.max(dim=1).values[:, None, None, None]
                 masks = (masks - lo) / (hi - lo + 1e-8)
-                out = self.model(x[b] * masks).float()
+                out = self.model(x[b] * masks.to(x.dtype)).float()
                 if self.score == "softmax":
                     out = out.softmax(dim=1)
                 scores[rows] = out.gather(1, layer_pass.targets[b][:, None])[:, 0]

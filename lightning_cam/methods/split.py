@@ -46,6 +46,7 @@ class SplitModel:
     traced: bool
     batch_size: int = 0
     batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
+    dtype: torch.dtype = torch.float32  # dtype of the layer's output, which the head expects
 
     def select(self, crossings: tuple, index: torch.Tensor) -> tuple:
         """Pick rows ``index`` of every batched crossing value (others as they are)."""
@@ -53,10 +54,12 @@ class SplitModel:
 
     def run_head(self, activations: torch.Tensor, crossings: tuple, index: torch.Tensor) -> torch.Tensor:
         """Head on rows ``activations`` whose images are ``index`` into the batch."""
-        if activations.is_leaf and activations.requires_grad:
+        if activations.dtype != self.dtype:
+            activations = activations.to(self.dtype)  # half-precision models
+        elif activations.is_leaf and activations.requires_grad:
             activations = activations.clone()  # heads may start with an in-place ReLU (DenseNet)
         out = self.head(activations, *self.select(crossings, index))
-        return _logits(out, self.layer_name)
+        return _logits(out, self.layer_name).float()
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
