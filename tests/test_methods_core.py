@@ -360,9 +360,10 @@ def test_half_precision_models_give_finite_float32_maps(dtype: torch.dtype) -> N
     """Lightning's "16-true"/"bf16-true" keep the weights in half precision."""
     model = NonlinearHead().eval()
     x = torch.randn(2, 3, 8, 8)
-    full = lc.explain_all(model, "features", x, methods=ALL)
-    half = lc.explain_all(copy.deepcopy(model).to(dtype), "features", x, methods=ALL)
-    for name in ALL:
+    methods = [m for m in ALL if m != "cam"]  # CAM needs a GAP+Linear head
+    full = lc.explain_all(model, "features", x, methods=methods)
+    half = lc.explain_all(copy.deepcopy(model).to(dtype), "features", x, methods=methods)
+    for name in methods:
         assert half[name].maps.dtype == torch.float32 and torch.isfinite(half[name].maps).all()
     assert half["liftcam"].delta.abs().max() < 1e-2 * full["liftcam"].weights.abs().sum(1).max()
     assert torch.allclose(half["liftcam"].weights, full["liftcam"].weights, atol=0.05 * float(full["liftcam"].weights.abs().max()))

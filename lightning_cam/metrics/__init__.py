@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
-from lightning_cam.metrics.insertion_deletion import (
+from lightning_cam.metrics.rise import (
     InsertionDeletionResult,
     auc,
     blur,

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from lightning_cam.metrics._common import Score, TargetsLike
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
-from lightning_cam.metrics.insertion_deletion import InsertionDeletionResult, Substrate, insertion_deletion
+from lightning_cam.metrics.rise import InsertionDeletionResult, Substrate, insertion_deletion
 from lightning_cam.metrics.pointing import PointingResult, pointing_game
 
 __all__ = ["ConfidenceChange", "InsertionDeletion", "PointingGame"]
