@@ -414,3 +414,33 @@ def test_float64_inputs_are_evaluated_in_float32(net):
     r = insertion_deletion(net, x.double(), sal.double(), step=64)
     assert r.deletion_curve.dtype == torch.float32
     torch.testing.assert_close(r.deletion_curve, ref.deletion_curve)
+
+
+@pytest.mark.parametrize("sub", ["zeros", "blur", 0.25])
+def test_same_substrate_shares_the_all_substrate_point(net, sub):
+    torch.manual_seed(8)
+    b, step = 3, 40
+    x = torch.randn(b, 3, 16, 16)
+    sal = torch.rand(b, 16, 16)
+    seen: list[int] = []
+    h = net.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        r = insertion_deletion(net, x, sal, step=step, batch_size=5, deletion_substrate=sub, insertion_substrate=sub)
+    finally:
+        h.remove()
+    n = math.ceil(256 / step)
+    assert sum(seen) == b * 2 * n  # one image fewer per curve pair
+    s = make_substrate(sub, x)
+    with torch.no_grad():
+        for i in range(b):
+            d, ins = reference_curves(net, x[i], sal[i], step, s[i].clone(), s[i].clone())
+            torch.testing.assert_close(r.deletion_curve[i], d, atol=1e-5, rtol=0)
+            torch.testing.assert_close(r.insertion_curve[i], ins, atol=1e-5, rtol=0)
+    assert torch.equal(r.insertion_curve[:, 0], r.deletion_curve[:, -1])
+
+
+def test_single_step_curves(net):
+    x = torch.randn(2, 3, 8, 8)
+    for ins_sub in ("zeros", "blur"):
+        r = insertion_deletion(net, x, torch.rand(2, 8, 8), step=64, insertion_substrate=ins_sub)
+        assert r.deletion_curve.shape == (2, 2) and torch.isfinite(r.insertion).all()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wandb_offline import find_run_files, iter_records, read_run_file
+from wandb_offline import find_run_files, iter_records, read_run_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "train.py")

@@ -130,9 +130,9 @@ def confidence_change(
         for i in range(0, 2 * b, batch_size):
             idx = torch.arange(i, min(i + batch_size, 2 * b), device=device)
             img_idx = idx % b
-            m = e.index_select(0, img_idx)
+            m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
-            outs.append(class_scores(model(images.index_select(0, img_idx) * m), classes.index_select(0, img_idx), score))
+            outs.append(class_scores(model(images[img_idx] * m), classes[img_idx], score))
         both = torch.cat(outs)
     o, d = both[:b], both[b:]
     valid = y > 0

@@ -124,6 +124,18 @@ def make_substrate(substrate: Substrate, images: Tensor) -> Tensor:
     raise ValueError(f"substrate must be 'zeros', 'blur', a number or a tensor, got {type(substrate).__name__}")
 
 
+def _same_substrate(a: Substrate, b: Substrate) -> bool:
+    """Whether two substrate specs give the same image (then the all-substrate point is shared)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b
+    if isinstance(a, str) and isinstance(b, str):
+        alias = {"zero": "zeros"}
+        return alias.get(a, a) == alias.get(b, b)
+    if isinstance(a, str) or isinstance(b, str):
+        return False
+    return float(a) == float(b)
+
+
 def auc(curve: Tensor) -> Tensor:
     """RISE's AUC over the last dim: ``(sum(s) - s[0]/2 - s[-1]/2) / (n - 1)`` (trapezoid on [0, 1])."""
     n = curve.shape[-1]
@@ -216,7 +228,8 @@ def insertion_deletion(
             broadcastable to the images (e.g. a (C,) per-channel dataset mean, in input space).
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
-    point n), so ``B * (2*n_steps + 1)`` images are evaluated. Curve images are built per chunk
+    point n), so ``B * (2*n_steps + 1)`` images are evaluated (one fewer per image when both
+    substrates are the same, which then share the all-substrate point). Curve images are built per chunk
     with ``torch.where`` on the rank tensor from (image, step) indices: no per-image loop.
     Note: the authors rank with ``np.flip(np.argsort(...))`` which orders *tied* pixels
     differently; on tie-free maps the curves are identical.
@@ -244,21 +257,27 @@ def insertion_deletion(
             classes = clean_logits.argmax(dim=1)
         clean = class_scores(clean_logits, classes, score)
         del clean_logits
-        substrates = (make_substrate(deletion_substrate, images), make_substrate(insertion_substrate, images))
 
-        # job j in [0, 2*B*n): kind = j // (B*n) (0 deletion, 1 insertion), image = (j % (B*n)) // n,
-        # curve point = j % n + 1 for deletion (points 1..n), j % n for insertion (points 0..n-1).
+        # Deletion jobs j in [0, B*n): image j // n, point j % n + 1 (points 1..n; point 0 = clean).
+        # Insertion jobs j in [B*n, B*n + B*ni): image jj // ni, point jj % ni + shared (points up to
+        # n-1; point n = clean). When both curves use the same substrate, insertion point 0 (all
+        # substrate) is deletion point n and is not evaluated twice (shared = 1).
+        shared = int(_same_substrate(deletion_substrate, insertion_substrate))
+        del_sub = make_substrate(deletion_substrate, images)
+        substrates = (del_sub, del_sub if shared else make_substrate(insertion_substrate, images))
+        ni = n - shared
         per_kind = b * n
-        total = 2 * per_kind
+        total = per_kind + b * ni
         scores = torch.empty(total, device=device, dtype=torch.float32)
         for j0 in range(0, total, batch_size):
             j1 = min(j0 + batch_size, total)
             j = torch.arange(j0, j1, device=device)
-            kind = torch.div(j, per_kind, rounding_mode="floor")
-            rem = j - kind * per_kind
-            img_idx = torch.div(rem, n, rounding_mode="floor")
-            point = rem - img_idx * n + (1 - kind)
-            from_finish = rank.index_select(0, img_idx) < thresholds.index_select(0, point)[:, None]
+            kind = (j >= per_kind).long()
+            jj = j - kind * per_kind
+            width = torch.where(kind.bool(), max(ni, 1), n)
+            img_idx = torch.div(jj, width, rounding_mode="floor")
+            point = jj - img_idx * width + torch.where(kind.bool(), shared, 1)
+            from_finish = rank[img_idx] < thresholds[point][:, None]
             # deletion: finish = substrate; insertion: start = substrate
             take_substrate = (from_finish ^ kind.bool()[:, None]).view(-1, 1, h, w)
             chunk = torch.empty((j1 - j0, c, h, w), device=device, dtype=images.dtype)
@@ -268,17 +287,19 @@ def insertion_deletion(
                     idx = img_idx[lo:hi]
                     torch.where(
                         take_substrate[lo:hi],
-                        substrates[k].index_select(0, idx),
-                        images.index_select(0, idx),
+                        substrates[k][idx],
+                        images[idx],
                         out=chunk[lo:hi],
                     )
+            # advanced indexing (t[idx]) rather than index_select: the latter is ~35x slower on CPU
+            # for 4-D tensors in torch 2.x
             out = model(chunk)
             del chunk
-            scores[j0:j1] = class_scores(out, classes.index_select(0, img_idx), score)
+            scores[j0:j1] = class_scores(out, classes[img_idx], score)
 
-    scores = scores.view(2, b, n)
-    deletion_curve = torch.cat([clean[:, None], scores[0]], dim=1)
-    insertion_curve = torch.cat([scores[1], clean[:, None]], dim=1)
+    deletion_curve = torch.cat([clean[:, None], scores[:per_kind].view(b, n)], dim=1)
+    first = [deletion_curve[:, -1:]] if shared else []
+    insertion_curve = torch.cat([*first, scores[per_kind:].view(b, ni), clean[:, None]], dim=1)
     fractions = thresholds.clamp(max=hw).float() / hw
     return InsertionDeletionResult(
         insertion=auc(insertion_curve),
