@@ -39,9 +39,12 @@ class Explanation:
     logits: torch.Tensor
     delta: torch.Tensor | None = None
     seconds: float = 0.0
+    input_size: tuple[int, int] | None = None
 
-    def saliency(self, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-        """(B,H,W) map in [0,1]: bilinear upsampling then per-image min-max."""
+    def saliency(self, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
+        """(B,H,W) map in [0,1]: bilinear upsampling (to the input size by default) then per-image min-max."""
+        if size is None:
+            size = self.input_size if self.input_size is not None else tuple(self.maps.shape[-2:])
         return normalize_maps(self.maps, tuple(size)[-2:])
 
 
@@ -169,7 +172,7 @@ class BaseCAM:
 
     def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
         """(B,H,W) saliency in [0,1] on ``x``'s device."""
-        return self.explain(x, targets).saliency(x.shape[-2:])
+        return self.explain(x, targets).saliency()
 
     def explain(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
         """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: top-1)."""
@@ -192,4 +195,5 @@ class BaseCAM:
         return Explanation(
             method=self.name, maps=maps.detach(), weights=None if weights is None else weights.detach(),
             targets=layer_pass.targets, logits=layer_pass.logits, delta=None if delta is None else delta.detach(),
+            input_size=(int(layer_pass.x.shape[-2]), int(layer_pass.x.shape[-1])),
         )
