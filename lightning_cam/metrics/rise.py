@@ -287,7 +287,7 @@ def insertion_deletion(
                     idx = img_idx[lo:hi]
                     torch.where(
                         take_substrate[lo:hi],
-                        substrates[k][idx],
+                        substrates[k][:1] if substrates[k].stride(0) == 0 else substrates[k][idx],
                         images[idx],
                         out=chunk[lo:hi],
                     )
