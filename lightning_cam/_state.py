@@ -10,6 +10,33 @@ from torch import nn
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode inside; each module's own ``training`` flag restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def autocast_off(device_type: str | None = None) -> Iterator[None]:
+    """Disable autocast (compute in the model's own dtype) on CPU, CUDA and ``device_type``."""
+    types = {"cpu"}
+    if torch.cuda.is_available():
+        types.add("cuda")
+    if device_type is not None:
+        types.add(device_type)
+    with contextlib.ExitStack() as stack:
+        for kind in sorted(types):
+            with contextlib.suppress(RuntimeError, ValueError):  # device types without autocast
+                stack.enter_context(torch.autocast(device_type=kind, enabled=False))
+        yield
+
+
+@contextlib.contextmanager
 def explaining(model: nn.Module) -> Iterator[None]:
     """Context for explanation work on ``model``.
 
@@ -20,25 +47,10 @@ def explaining(model: nn.Module) -> Iterator[None]:
     Parameter ``.grad`` is never touched: explainers take gradients with
     ``torch.autograd.grad`` w.r.t. activations only.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode(False))
-            stack.enter_context(torch.enable_grad())
-            for device_type in _autocast_device_types():
-                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
-
-
-def _autocast_device_types() -> list[str]:
-    types = ["cpu"]
-    if torch.cuda.is_available():
-        types.append("cuda")
-    return types
+    param = next(model.parameters(), None)
+    device_type = param.device.type if param is not None else None
+    with eval_mode(model), torch.inference_mode(False), torch.enable_grad(), autocast_off(device_type):
+        yield
 
 
 def as_float_input(x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cam._state import autocast_off, eval_mode
+
 Score = Literal["softmax", "logit"]
 TargetsLike = Union[None, int, Sequence[int], Tensor]
 
@@ -23,21 +25,8 @@ def evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
 
     Works inside ``torch.inference_mode()`` (nothing here needs autograd).
     """
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.no_grad())
-            types = {"cpu", device.type}
-            if torch.cuda.is_available():
-                types.add("cuda")
-            for device_type in sorted(types):
-                with contextlib.suppress(RuntimeError, ValueError):
-                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.no_grad(), autocast_off(device.type):
+        yield
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:
