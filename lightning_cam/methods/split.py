@@ -215,8 +215,10 @@ class _StopForward(Exception):
 
 def _hook_split(model: nn.Module, layer_name: str) -> SplitModel:
     layer = model.get_submodule(layer_name)
+    model_ref = weakref.ref(model)  # the split is cached per model: no strong reference back
 
     def body(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        model = model_ref()
         captured: list[torch.Tensor] = []
 
         def capture(module: nn.Module, args: object, output: torch.Tensor) -> None:
@@ -236,6 +238,7 @@ def _hook_split(model: nn.Module, layer_name: str) -> SplitModel:
         return captured[0], (x,)
 
     def head(activation: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        model = model_ref()
         calls = [0]
         grad_enabled = torch.is_grad_enabled()
 
