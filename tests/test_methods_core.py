@@ -327,7 +327,7 @@ def test_targets_forms() -> None:
     assert torch.equal(a, b) and torch.equal(b, c)
     with pytest.raises(ValueError, match="3 images"):
         explainer.explain(x, targets=[1, 2])
-    with pytest.raises(TypeError, match="integer class"):
+    with pytest.raises(ValueError, match="integer tensor.*dtype torch.float32"):
         explainer.explain(x, targets=torch.tensor([0.5, 1.0, 2.0]))
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lightning_cam._state import as_float_input, explaining
+from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
@@ -106,30 +107,8 @@ class LayerPass:
 
 def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
     """``None`` -> top-1 prediction; int -> same class for all; sequence/tensor -> per image."""
-    batch, num_classes = logits.shape
-    if targets is None:
-        return logits.argmax(dim=1)
-    if isinstance(targets, bool):
-        raise TypeError("targets must be None, an int, a sequence of ints or a LongTensor, not a bool.")
-    if isinstance(targets, int):
-        result = torch.full((batch,), targets, dtype=torch.long, device=logits.device)
-    else:
-        try:
-            result = torch.as_tensor(targets, device=logits.device)
-        except (TypeError, ValueError) as error:
-            raise TypeError(
-                f"targets must be None, an int, a sequence of ints or a LongTensor; got {targets!r}."
-            ) from error
-        if result.is_floating_point() or result.is_complex() or result.dtype == torch.bool:
-            raise TypeError(f"targets must hold integer class indices, got dtype {result.dtype}.")
-        result = result.long().reshape(-1)
-        if result.numel() == 1 and batch != 1:
-            result = result.expand(batch).clone()
-        if result.numel() != batch:
-            raise ValueError(f"targets has {result.numel()} entries for a batch of {batch} images.")
-    if bool(((result < 0) | (result >= num_classes)).any()):
-        raise ValueError(f"targets must lie in [0, {num_classes - 1}] (the model has {num_classes} classes); got {result.tolist()}.")
-    return result
+    resolved = normalise_targets(targets, logits.shape[0], logits.shape[1], logits.device)
+    return logits.argmax(dim=1) if resolved is None else resolved
 
 
 def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
