@@ -367,3 +367,13 @@ def test_half_precision_models_give_finite_float32_maps(dtype: torch.dtype) -> N
         assert half[name].maps.dtype == torch.float32 and torch.isfinite(half[name].maps).all()
     assert half["liftcam"].delta.abs().max() < 1e-2 * full["liftcam"].weights.abs().sum(1).max()
     assert torch.allclose(half["liftcam"].weights, full["liftcam"].weights, atol=0.05 * float(full["liftcam"].weights.abs().max()))
+
+
+def test_compiled_model_is_explained_through_the_original_module() -> None:
+    """Hooks/tracing after torch.compile are ignored by the compiled graph: we use _orig_mod."""
+    model = TinyCNN().eval()
+    compiled = torch.compile(model)  # lazy: nothing is compiled unless it is called
+    x = torch.randn(2, 3, 8, 8)
+    explainer = lc.LiftCAM(compiled, "features")
+    assert explainer.model is model
+    assert torch.allclose(explainer.explain(x).maps, lc.LiftCAM(model, "features").explain(x).maps)
