@@ -78,10 +78,6 @@ class LayerPass:
         self.seconds = time.perf_counter() - start
 
     @property
-    def batch_size(self) -> int:
-        return self.activation.shape[0]
-
-    @property
     def gradient(self) -> torch.Tensor:
         """``g = dy_c/dA`` (B,K,h,w), computed once."""
         if self._grad is None:

@@ -44,7 +44,6 @@ class SplitModel:
     body: Callable[[torch.Tensor], tuple[torch.Tensor, tuple]]
     head: Callable[..., torch.Tensor]
     traced: bool
-    batch_size: int = 0
     batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
     dtype: torch.dtype = torch.float32  # dtype of the layer's output, which the head expects
 
