@@ -99,7 +99,8 @@ def _summarise(names: list[str], limit: int = 60) -> str:
 def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 64, 64)) -> str:
     """The usual CAM layer of ``model``: its last spatial feature map.
 
-    Known layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
+    Transformers: see :func:`_transformer_layer` (e.g. ViT ``blocks[-1].norm1``).
+    Known CNN layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
     the LIFT-CAM authors' code, before the last max-pool); ``features`` for
     MobileNet, EfficientNet, ConvNeXt, DenseNet and similar. Anything else is
     probed with one forward pass on zeros of ``input_shape``: the outermost
@@ -110,9 +111,12 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     prefix = ""
     # LightningModules and wrappers often keep the network in one attribute.
     for attr in ("net", "model", "backbone", "network"):
-        if attr in named and attr + ".layer4" in named or attr + ".features" in named:
+        if attr in named and any(attr + "." + n in named for n in ("layer4", "features", "blocks", "stages", "layers", "encoder")):
             prefix = attr + "."
             break
+    transformer = _transformer_layer(named, prefix)
+    if transformer is not None:
+        return transformer
     if prefix + "layer4" in named:
         return prefix + "layer4"
     features = named.get(prefix + "features")
@@ -123,6 +127,42 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     if features is not None:
         return prefix + "features"
     return _probe_last_spatial_layer(model, input_shape)
+
+
+def _last(named: dict[str, nn.Module], name: str) -> str | None:
+    """``name.<last child>`` when ``name`` is a non-empty Sequential/ModuleList."""
+    module = named.get(name)
+    if isinstance(module, (nn.Sequential, nn.ModuleList)) and len(module) > 0:
+        return f"{name}.{list(module._modules)[-1]}"
+    return None
+
+
+def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
+    """Peers' conventions (pytorch-grad-cam's docs): the first norm of the last block for
+    ViT-style models (torchvision ``encoder.layers[-1].ln_1``; timm ViT/DeiT/BEiT/EVA/Mixer
+    ``blocks[-1].norm1``; Swin ``layers[-1].blocks[-1].norm1`` / torchvision
+    ``features[-1][-1].norm1``); the last stage for hybrid and convolutional timm models
+    (LeViT, MaxViT, ConvNeXt: ``stages[-1]``) and torchvision MaxViT (``blocks[-1]``)."""
+    candidates = []
+    layers = _last(named, prefix + "encoder.layers")
+    if layers:
+        candidates.append(layers + ".ln_1")
+    blocks = _last(named, prefix + "blocks")
+    if blocks:
+        candidates += [blocks + ".norm1", blocks]
+    stage = _last(named, prefix + "layers")
+    if stage:
+        candidates.append(f"{_last(named, stage + '.blocks')}.norm1")
+    stage = _last(named, prefix + "features")
+    if stage and _last(named, stage):
+        candidates.append(f"{_last(named, stage)}.norm1")
+    stage = _last(named, prefix + "stages")
+    if stage:
+        candidates.append(stage)
+    for name in candidates:
+        if name in named and "None" not in name.split("."):
+            return name
+    return None
 
 
 def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:

@@ -12,6 +12,7 @@ from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
 from lightning_cam.methods.cam import CAM
+from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from lightning_cam.methods.liftcam import LiftCAM
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
@@ -48,6 +49,7 @@ def explain_all(
     methods: Sequence[str | BaseCAM] = ("liftcam",),
     targets: Targets = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    reshape: Reshape | None = None,
 ) -> dict[str, Explanation]:
     """Explain ``x`` with several methods from ONE shared forward pass.
 
@@ -56,7 +58,9 @@ def explain_all(
     the head. Returns ``{method name: Explanation}`` in the order given;
     ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
     ``method_kwargs`` passes constructor options by name, e.g.
-    ``{"scorecam": {"batch_size": 64}}``.
+    ``{"scorecam": {"batch_size": 64}}``. ``reshape``: optional callable turning the
+    layer's raw output into (B, K, h, w) (token and channels-last layouts are
+    recognised without it; see :mod:`lightning_cam.methods.layout`).
     """
     model = unwrap_model(model)
     x = check_images(x)
@@ -73,5 +77,5 @@ def explain_all(
             cls = get_method(method)
             explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
     with explaining(model):
-        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets)
+        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets, reshape)
         return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

@@ -14,6 +14,7 @@ from lightning_cam._state import as_float_input, explaining
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.maps import normalize_maps
+from lightning_cam.methods.layout import Layout, Reshape, infer_layout
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
 
 __all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
@@ -52,13 +53,16 @@ class Explanation:
 class LayerPass:
     """One forward pass of a batch, split at the target layer, shared by all methods.
 
-    Holds ``A`` (the layer's output), the logits, the explained ``targets`` and,
-    computed on first use, ``g = dy_c/dA`` (taken with ``torch.autograd.grad``
-    through the head only: no parameter gradients, no backward through the
-    layers before ``L``).
+    Holds ``A`` (the layer's output as (B, K, h, w) maps, see
+    :mod:`~lightning_cam.methods.layout` for token and channels-last layers),
+    the logits, the explained ``targets`` and, computed on first use,
+    ``g = dy_c/dA`` (taken with ``torch.autograd.grad`` through the head only:
+    no parameter gradients, no backward through the layers before ``L``).
     """
 
-    def __init__(self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None, reshape: Reshape | None = None,
+    ) -> None:
         start = time.perf_counter()
         self.model = model
         self.x = x
@@ -68,10 +72,11 @@ class LayerPass:
         self.crossings = crossings
         self.split.batched_crossings = batched_flags(crossings, x.shape[0])
         self.split.dtype = activation.dtype
-        self.activation = activation.detach().float()
+        self.layout: Layout = infer_layout(model, layer_name, activation, (int(x.shape[-2]), int(x.shape[-1])), reshape)
+        self.activation = self.layout.to_maps(activation.detach().float())
         self._leaf = self.activation.clone().requires_grad_(True)
         self.index = torch.arange(x.shape[0], device=x.device)
-        self._head_out = self.split.run_head(self._leaf, crossings, self.index)
+        self._head_out = self.head(self._leaf, self.index)
         self.logits = self._head_out.detach()
         self.targets = resolve_targets(targets, self.logits)
         self._grad: torch.Tensor | None = None
@@ -87,8 +92,8 @@ class LayerPass:
         return self._grad
 
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Logits of the head on ``activations`` (rows of images ``index``)."""
-        return self.split.run_head(activations, self.crossings, index)
+        """Logits of the head on ``activations`` (B', K, h, w maps of images ``index``)."""
+        return self.split.run_head(self.layout.to_raw(activations, index), self.crossings, index)
 
     def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``y_c`` of the head on many activation rows, in chunks of ``batch_size`` (no grad)."""
@@ -135,12 +140,16 @@ class BaseCAM:
     """Base class: resolves the layer, runs the shared pass, times the method.
 
     Subclasses implement :meth:`compute` from a :class:`LayerPass`.
+    ``reshape``: optional callable turning the layer's raw output into
+    (B, K, h, w) (like pytorch-grad-cam's ``reshape_transform``); token and
+    channels-last layouts are recognised without it.
     """
 
     name: ClassVar[str] = ""
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None) -> None:
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, *, reshape: Reshape | None = None) -> None:
         self.model = unwrap_model(model)
+        self.reshape = reshape
         if target_layer is None:
             target_layer = default_target_layer(self.model)
         self.layer_name, self.layer = resolve_layer(self.model, target_layer)
@@ -154,7 +163,7 @@ class BaseCAM:
         x = check_images(x)
         check_device(self.model, x)
         with explaining(self.model):
-            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets)
+            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets, self.reshape)
             return self.timed_compute(layer_pass)
 
     def timed_compute(self, layer_pass: LayerPass) -> Explanation:

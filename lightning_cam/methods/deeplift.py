@@ -22,9 +22,19 @@ Rules (Shrikumar et al., ICML 2017; captum's conventions):
   ``matmul``): the exact two-player rule
   ``Δ(ab) = ā Δb + Δa b̄`` with ``ā = (a + a')/2``;
 * division by an activation-dependent tensor: reciprocal (Rescale) then product;
-* layer / group normalisation: statistics frozen at the actual input (the
-  "LN-rule" of Ali et al., ICML 2022), exact when the reference input is
-  constant over the normalised dimensions (e.g. ConvNeXt's head, where it is 0);
+* softmax / log-softmax: ``exp(z - c) / sum exp(z - c)`` with one constant ``c``
+  per row shared by the actual and reference halves (softmax is shift
+  invariant), the exp (and log) by Rescale, the division by the rules above;
+* attention: ``scaled_dot_product_attention`` and ``multi_head_attention_forward``
+  (``nn.MultiheadAttention``) are decomposed into their products, masks and
+  softmax, each with its rule above;
+* layer normalisation: where the reference input is constant over the
+  normalised dimensions (e.g. 0 right after the target layer), statistics frozen
+  at the actual input (the "LN-rule" of Ali et al., ICML 2022), which is exact
+  there; elsewhere (inside transformer blocks, after residual additions)
+  ``centred * rsqrt(mean(centred^2) + eps)`` with Rescale on the square and the
+  rsqrt and the product rule, which is exact too. Group normalisation: frozen
+  statistics;
 * everything linear (conv, linear, pooling by averaging, eval batch norm,
   dropout, additions, reshapes) keeps its gradient.
 
@@ -80,9 +90,13 @@ _BILINEAR: set[Callable] = {
 _DIVISION: set[Callable] = {torch.div, torch.Tensor.div, torch.Tensor.__truediv__}
 
 # Nonlinear calls without a rule here; reported, never silently trusted.
+_SOFTMAX: set[Callable] = {F.softmax, torch.softmax, torch.Tensor.softmax}
+_LOG_SOFTMAX: set[Callable] = {F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax}
+_SDPA_SIGNATURE = inspect.signature(
+    lambda query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False: None
+)
 _KNOWN_UNHANDLED: set[Callable] = {
-    F.softmax, torch.softmax, torch.Tensor.softmax, F.log_softmax, torch.log_softmax,
-    torch.Tensor.log_softmax, torch.max, torch.Tensor.max, torch.amax, torch.Tensor.amax,
+    torch.max, torch.Tensor.max, torch.amax, torch.Tensor.amax,
     torch.min, torch.Tensor.min, torch.amin, F.adaptive_max_pool2d, F.adaptive_max_pool1d,
     torch.pow, torch.Tensor.pow, torch.Tensor.__pow__, torch.norm, torch.Tensor.norm,
     torch.topk, torch.sort, torch.einsum, torch.Tensor.__rtruediv__, F.normalize,
@@ -119,6 +133,12 @@ class DeepLiftMode(TorchFunctionMode):
                 return self._layer_norm(args, kwargs)
             if func is F.group_norm:
                 return self._group_norm(args, kwargs)
+            if func in _SOFTMAX or func in _LOG_SOFTMAX:
+                return self._softmax_call(func, args, kwargs)
+            if func is F.scaled_dot_product_attention:
+                return self._sdpa(args, kwargs)
+            if func is F.multi_head_attention_forward:
+                return self._multi_head_attention(args, kwargs)
         except TypeError:
             # Unhashable callables (bound builtins) are never in our tables.
             pass
@@ -128,10 +148,14 @@ class DeepLiftMode(TorchFunctionMode):
 
     # ----------------------------------------------------------------- helpers
     def _tracked(self, *values: object) -> bool:
-        """A tensor of the [actual; reference] batch that depends on the activations."""
+        """A tensor of the [actual; reference] batch that depends on the activations.
+
+        Its first dimension is the batch, possibly merged with an inner one
+        (Swin's windows: (2n * windows, ...)), so its halves are actual and reference.
+        """
         return any(
-            isinstance(v, torch.Tensor) and v.requires_grad and v.dim() > 0 and v.shape[0] == self.batch_size
-            and not isinstance(v, torch.nn.Parameter)
+            isinstance(v, torch.Tensor) and v.requires_grad and v.dim() > 0 and v.shape[0] > 0
+            and v.shape[0] % self.batch_size == 0 and not isinstance(v, torch.nn.Parameter)
             for v in values
         )
 
@@ -154,8 +178,9 @@ class DeepLiftMode(TorchFunctionMode):
             return out
         rest = args[1:]
         with torch.no_grad():
-            z_a, z_r = z.detach().float().chunk(2)
-            o_a, o_r = out.detach().float().chunk(2)
+            wide = torch.promote_types(z.dtype, torch.float32)  # half precision computed in float32
+            z_a, z_r = z.detach().to(wide).chunk(2)
+            o_a, o_r = out.detach().to(wide).chunk(2)
             dz = z_a - z_r
             small = dz.abs() < self._eps(z.dtype)
             m = (o_a - o_r) / torch.where(small, torch.ones_like(dz), dz)
@@ -214,7 +239,114 @@ class DeepLiftMode(TorchFunctionMode):
         if not self._tracked(z):
             return out
         dims = tuple(range(-len(p["normalized_shape"]), 0))
-        return self._frozen_norm(z, out, dims, p["weight"], p["eps"], lambda t, w: t * w)
+        centred = z - z.mean(dims, keepdim=True)
+        constant = (centred.detach().chunk(2)[1] == 0).all(dim=dims, keepdim=True)
+        if bool(constant.all()):
+            return self._frozen_norm(z, out, dims, p["weight"], p["eps"], lambda t, w: t * w)
+        # Exact decomposition: centred * rsqrt(mean(centred^2) + eps).
+        variance = self._elementwise(torch.square, (centred,), {}).mean(dims, keepdim=True)
+        scale = self._elementwise(torch.rsqrt, (variance + p["eps"],), {})
+        linear = self._bilinear(torch.mul, (centred, scale), {})
+        if bool(constant.any()):
+            frozen = centred * torch.cat([torch.rsqrt(z.detach().var(dims, unbiased=False, keepdim=True) + p["eps"]).chunk(2)[0]] * 2)
+            linear = torch.where(torch.cat([constant, constant]), frozen, linear)
+        if p["weight"] is not None:
+            linear = linear * p["weight"]
+        return out.detach() + (linear - linear.detach())
+
+    def _softmax_call(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+        z = args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        dtype = kwargs.get("dtype", args[3] if func in (F.softmax, F.log_softmax) and len(args) > 3 else args[2] if func not in (F.softmax, F.log_softmax) and len(args) > 2 else None)
+        if dim is None or not self._tracked(z):
+            if dim is None and self._tracked(z):
+                self.unhandled.add("softmax(dim=None)")
+            return func(*args, **kwargs)
+        if dtype is not None:
+            z = z.to(dtype)
+        return self._softmax(z, dim, log=func in _LOG_SOFTMAX)
+
+    def _softmax(self, z: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
+        """``exp(z - c) / sum exp(z - c)`` (or its log), ``c`` shared by actual and reference rows."""
+        with torch.no_grad():
+            z_a, z_r = z.detach().chunk(2)
+            c = torch.maximum(z_a.amax(dim, keepdim=True), z_r.amax(dim, keepdim=True))
+            c = torch.cat(2 * [torch.where(torch.isfinite(c), c, torch.zeros_like(c))])
+            finite = torch.isfinite(z.detach())  # masked (-inf) logits stay out of every rule
+        shifted = torch.where(finite, z - c, torch.zeros_like(z))
+        exp = torch.where(finite, self._elementwise(torch.exp, (shifted,), {}), torch.zeros_like(z))
+        total = exp.sum(dim, keepdim=True)
+        if log:
+            out = shifted - self._elementwise(torch.log, (total,), {})
+            return torch.where(finite, out, torch.full_like(out, float("-inf")))
+        return self._bilinear(torch.mul, (exp, self._elementwise(torch.reciprocal, (total,), {})), {})
+
+    def _sdpa(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        bound = _SDPA_SIGNATURE.bind(*args, **kwargs)
+        bound.apply_defaults()
+        p = bound.arguments
+        q, k, v = p["query"], p["key"], p["value"]
+        if not self._tracked(q, k, v):
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        if p["dropout_p"]:
+            self.unhandled.add("scaled_dot_product_attention(dropout_p > 0)")
+            return F.scaled_dot_product_attention(*args, **kwargs)
+        if p["enable_gqa"] and k.shape[-3] != q.shape[-3]:
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+            v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)
+        return self._attention(q, k, v, p["attn_mask"], p["is_causal"], p["scale"])[0]
+
+    def _attention(self, q, k, v, mask, is_causal, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """``softmax(q k^T * scale + mask) v`` with the product and softmax rules; also the probabilities."""
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        scores = self._bilinear(torch.matmul, (q * scale, k.transpose(-2, -1)), {})
+        if is_causal:
+            allowed = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        probs = self._softmax(scores, -1)
+        return self._bilinear(torch.matmul, (probs, v), {}), probs
+
+    def _multi_head_attention(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``nn.MultiheadAttention``'s functional form, decomposed (inputs are (L, N, E))."""
+        bound = inspect.signature(F.multi_head_attention_forward).bind(*args, **kwargs)
+        bound.apply_defaults()
+        p = bound.arguments
+        query, key, value = p["query"], p["key"], p["value"]
+        batch_first = [t.transpose(0, 1) if t.dim() == 3 else t for t in (query, key, value)]
+        if not self._tracked(*batch_first):
+            return F.multi_head_attention_forward(*args, **kwargs)
+        unsupported = [
+            name for name, bad in (
+                ("bias_k/bias_v", p["bias_k"] is not None or p["bias_v"] is not None), ("add_zero_attn", p["add_zero_attn"]),
+                ("static_k/static_v", p["static_k"] is not None or p["static_v"] is not None),
+                ("key_padding_mask", p["key_padding_mask"] is not None), ("dropout", p["training"] and p["dropout_p"] > 0),
+                ("unbatched input", query.dim() != 3),
+            ) if bad
+        ]
+        if unsupported:
+            self.unhandled.add(f"multi_head_attention_forward({', '.join(unsupported)})")
+            return F.multi_head_attention_forward(*args, **kwargs)
+        heads = p["num_heads"]
+        if p["use_separate_proj_weight"]:
+            weights = (p["q_proj_weight"], p["k_proj_weight"], p["v_proj_weight"])
+        else:
+            weights = p["in_proj_weight"].chunk(3)
+        biases = p["in_proj_bias"].chunk(3) if p["in_proj_bias"] is not None else (None, None, None)
+        q, k, v = (
+            F.linear(t, w, b).unflatten(-1, (heads, -1)).transpose(1, 2) for t, w, b in zip(batch_first, weights, biases)
+        )  # (N, heads, L, head_dim)
+        mask = p["attn_mask"]
+        if mask is not None:
+            mask = ~mask if mask.dtype == torch.bool else mask  # MHA: True = masked; sdpa: True = allowed
+            if mask.dim() == 3:
+                mask = mask.view(q.shape[0], heads, *mask.shape[1:])
+        out, probs = self._attention(q, k, v, mask, p["is_causal"] and mask is None, None)
+        out = F.linear(out.transpose(1, 2).flatten(2), p["out_proj_weight"], p["out_proj_bias"]).transpose(0, 1)
+        if not p["need_weights"]:
+            return out, None
+        return out, probs.mean(dim=1) if p["average_attn_weights"] else probs
 
     def _group_norm(self, args: tuple, kwargs: dict) -> torch.Tensor:
         bound = inspect.signature(F.group_norm).bind(*args, **kwargs)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 
 __all__ = ["LiftCAM", "deeplift_coefficients"]
@@ -30,8 +31,8 @@ class LiftCAM(BaseCAM):
 
     name = "liftcam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = EPS) -> None:
-        super().__init__(model, target_layer)
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = EPS, *, reshape: Reshape | None = None) -> None:
+        super().__init__(model, target_layer, reshape=reshape)
         self.eps = eps
 
     def compute(self, layer_pass: LayerPass) -> Explanation:

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+from lightning_cam.methods.layout import Reshape
+from lightning_cam.methods.layout import Reshape
 
 __all__ = ["ScoreCAM", "AblationCAM"]
 
@@ -36,9 +38,9 @@ class ScoreCAM(BaseCAM):
 
     def __init__(
         self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 128,
-        score: str = "softmax", align_corners: bool = False,
+        score: str = "softmax", align_corners: bool = False, *, reshape: Reshape | None = None,
     ) -> None:
-        super().__init__(model, target_layer)
+        super().__init__(model, target_layer, reshape=reshape)
         if score not in ("softmax", "logit"):
             raise ValueError(f"score must be 'softmax' or 'logit', got {score!r}.")
         if batch_size < 1:
@@ -78,8 +80,8 @@ class AblationCAM(BaseCAM):
 
     name = "ablationcam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 256) -> None:
-        super().__init__(model, target_layer)
+    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 256, *, reshape: Reshape | None = None) -> None:
+        super().__init__(model, target_layer, reshape=reshape)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = batch_size

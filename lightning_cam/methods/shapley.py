@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+from lightning_cam.methods.layout import Reshape
 
 __all__ = ["ShapCAM", "exact_shapley_matrix"]
 
@@ -41,9 +42,9 @@ class ShapCAM(BaseCAM):
 
     def __init__(
         self, model: nn.Module, target_layer: str | nn.Module | None = None, num_permutations: int = 64,
-        max_exact_channels: int = 12, batch_size: int = 512, seed: int = 0,
+        max_exact_channels: int = 12, batch_size: int = 512, seed: int = 0, *, reshape: Reshape | None = None,
     ) -> None:
-        super().__init__(model, target_layer)
+        super().__init__(model, target_layer, reshape=reshape)
         if num_permutations < 2 or num_permutations % 2:
             raise ValueError(f"num_permutations must be an even number >= 2 (antithetic pairs), got {num_permutations}.")
         if max_exact_channels > 20:

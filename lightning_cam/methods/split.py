@@ -17,6 +17,7 @@ upstream part is recomputed on every head call).
 from __future__ import annotations
 
 import dataclasses
+import operator
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -145,6 +146,7 @@ def _graph_split(gm: fx.GraphModule, layer_name: str) -> SplitModel:
     output_node = next(n for n in nodes if n.op == "output")
     if output_node not in downstream:
         raise _LayerUsage(f"The model's output does not depend on the target layer {layer_name!r}.")
+    downstream |= _pulled_shapes(downstream, layer_node)
 
     # Values from the body that the head needs (get_attr nodes are re-read in the head).
     crossings: list[fx.Node] = []
@@ -181,6 +183,35 @@ def _graph_split(gm: fx.GraphModule, layer_name: str) -> SplitModel:
     return split
 
 
+_SHAPE_ARITHMETIC = {operator.getitem, operator.mul, operator.floordiv, operator.add, operator.sub, operator.truediv, operator.neg}
+
+
+def _shape_derived(node: fx.Node) -> bool:
+    """``t.shape``, ``t.size()``, ``t.dim()`` and integer arithmetic on them (e.g. ``B, H, W, C = x.shape``)."""
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1 and node.args[1] == "shape":
+        return True
+    if node.op == "call_method" and node.target in ("size", "dim"):
+        return True
+    if node.op == "call_function" and node.target in _SHAPE_ARITHMETIC:
+        inputs = node.all_input_nodes
+        return bool(inputs) and all(_shape_derived(a) for a in inputs)
+    return False
+
+
+def _pulled_shapes(downstream: set[fx.Node], layer_node: fx.Node) -> set[fx.Node]:
+    """Shape values computed before ``L`` that the head uses: recomputed in the head from their
+    (batched) tensor, so that the head also runs on more rows than the body (``[A; A']``)."""
+    pulled: set[fx.Node] = set()
+    work = [a for n in downstream for a in n.all_input_nodes]
+    while work:
+        node = work.pop()
+        if node in downstream or node in pulled or node is layer_node or not _shape_derived(node):
+            continue
+        pulled.add(node)
+        work.extend(node.all_input_nodes)
+    return pulled
+
+
 def _checked_body(body: Callable, layer_name: str) -> Callable:
     def run(x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         activation, crossings = body(x)
@@ -191,11 +222,12 @@ def _checked_body(body: Callable, layer_name: str) -> Callable:
 
 
 def _check_activation(activation: object, layer_name: str) -> None:
-    if not isinstance(activation, torch.Tensor) or activation.dim() != 4:
+    if not isinstance(activation, torch.Tensor) or activation.dim() not in (3, 4):
         shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
         raise ValueError(
-            f"Target layer {layer_name!r} outputs {shape}; CAM methods need a (B, K, h, w) "
-            "feature map. Choose a convolutional layer or block."
+            f"Target layer {layer_name!r} outputs {shape}; CAM methods need a (B, K, h, w) feature map, "
+            "channels-last (B, h, w, K) or tokens (B, N, K). Choose a convolutional layer, a block, "
+            "or a transformer block's first norm."
         )
 
 
