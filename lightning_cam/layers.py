@@ -126,6 +126,9 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
         return prefix + "features"
     if features is not None:
         return prefix + "features"
+    info = getattr(named.get(prefix[:-1], model), "feature_info", None)  # timm: the last feature stage
+    if isinstance(info, list) and info and isinstance(info[-1], dict) and prefix + str(info[-1].get("module")) in named:
+        return prefix + str(info[-1]["module"])
     return _probe_last_spatial_layer(model, input_shape)
 
 

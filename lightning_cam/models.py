@@ -35,7 +35,53 @@ TORCHVISION_MODELS: dict[str, str] = {
     "convnext_tiny": "features",
     "densenet121": "features",
 }
-DEFAULT_TARGET_LAYERS: dict[str, str] = {"smallcnn": "features", **TORCHVISION_MODELS}
+DEFAULT_TARGET_LAYERS: dict[str, str] = {
+    "smallcnn": "features", "vit_tiny": "encoder.layers.encoder_layer_3.ln_1", **TORCHVISION_MODELS,
+}
+TIMM_PREFIX = "timm/"
+
+
+def vit_tiny(num_classes: int = 6, image_size: int = 64, patch_size: int = 8, num_layers: int = 4,
+             num_heads: int = 4, hidden_dim: int = 128, mlp_dim: int = 256) -> nn.Module:
+    """A small torchvision ``VisionTransformer`` for the 64 px shapes data (~0.55 M parameters):
+    8x8 patches (an 8x8 token grid at 64 px), 4 blocks of width 128, a class token.
+    Default CAM layer: ``encoder.layers.encoder_layer_3.ln_1`` (the last block's first norm)."""
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(image_size=image_size, patch_size=patch_size, num_layers=num_layers, num_heads=num_heads,
+                             hidden_dim=hidden_dim, mlp_dim=mlp_dim, num_classes=num_classes)
+
+
+def timm_image_size(name: str) -> int:
+    """The input size of timm model ``name`` from its ``pretrained_cfg`` (no download)."""
+    import timm
+
+    return int(timm.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX)).input_size[-1])
+
+
+def build_timm(name: str, num_classes: int = 1000, pretrained: bool = False, image_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, pretrained, num_classes=...)``; ``img_size=image_size`` for models
+    with a fixed input size (ViT, DeiT, Swin, ...) when it differs from the pretrained size."""
+    try:
+        import timm
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("timm models need timm: pip install 'lightning-cam[timm]'") from err
+    name = name.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ValueError(f"Unknown timm model {name!r}. Similar names: {', '.join(close) or 'none'} (see timm.list_models()).")
+    cfg = timm.get_pretrained_cfg(name)
+    if image_size is not None and cfg is not None and cfg.fixed_input_size and image_size != cfg.input_size[-1]:
+        kwargs.setdefault("img_size", image_size)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except Exception as err:  # noqa: BLE001 - make offline downloads understandable
+        if pretrained and any(word in str(err).lower() for word in ("connect", "resolve", "offline", "url", "hub")):
+            raise RuntimeError(
+                f"Could not download the pretrained weights of timm model {name} (offline?): {err}. "
+                "Put them in the Hugging Face cache or set model.pretrained=false."
+            ) from err
+        raise
 
 
 def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -89,9 +135,12 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     setattr(parent, attr, new)
 
 
-def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, image_size: int | None = None, **kwargs: Any) -> nn.Module:
     """Build a network by name.
 
+    ``"timm/<name>"`` (or a timm name that is not a torchvision one) -> :func:`build_timm`;
+    ``"vit_tiny"`` -> :func:`vit_tiny`; ``image_size`` sets the input size of models that
+    need one (ViTs), CNNs ignore it.
     ``"smallcnn"`` -> :class:`SmallCNN` (``kwargs`` go to it); any torchvision
     classification model name (e.g. those in :data:`TORCHVISION_MODELS`) ->
     ``torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)``,
@@ -104,12 +153,23 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **
         if pretrained:
             raise ValueError("smallcnn has no pretrained weights; set model.pretrained=false")
         return SmallCNN(num_classes=num_classes, **kwargs)
+    if key == "vit_tiny":
+        if pretrained:
+            raise ValueError("vit_tiny has no pretrained weights; set model.pretrained=false")
+        return vit_tiny(num_classes=num_classes, **({"image_size": image_size} if image_size else {}), **kwargs)
     import torchvision
 
     available = set(torchvision.models.list_models(module=torchvision.models))
+    if key.startswith(TIMM_PREFIX) or (key not in available and _is_timm_model(name)):
+        return build_timm(name, num_classes, pretrained, image_size, **kwargs)
     if key not in available:
-        known = ", ".join(["smallcnn", *TORCHVISION_MODELS])
-        raise ValueError(f"Unknown model {name!r}. Known: {known} (or any torchvision classification model).")
+        known = ", ".join(["smallcnn", "vit_tiny", *TORCHVISION_MODELS])
+        raise ValueError(
+            f"Unknown model {name!r}. Known: {known} (or any torchvision classification model, "
+            "or a timm model as timm/<name>)."
+        )
+    if image_size is not None and key.startswith("vit_") and not pretrained:
+        kwargs.setdefault("image_size", image_size)
     weights = "DEFAULT" if pretrained else None
     try:
         net = torchvision.models.get_model(key, weights=weights, **kwargs)
@@ -123,6 +183,14 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **
     if num_classes != 1000:
         _replace_last_linear(net, num_classes)
     return net
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        import timm
+    except ImportError:
+        return False
+    return bool(timm.is_model(name))
 
 
 class LitClassifier(pl.LightningModule):

@@ -41,6 +41,10 @@ def wandb_mode(mode: str | None = "auto") -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``${wandb_mode:...}`` (idempotent)."""
+    """Register ``${wandb_mode:...}`` and ``${timm_image_size:<timm name>}`` (idempotent)."""
     if not OmegaConf.has_resolver("wandb_mode"):
         OmegaConf.register_new_resolver("wandb_mode", wandb_mode)
+    if not OmegaConf.has_resolver("timm_image_size"):
+        from lightning_cam.models import timm_image_size
+
+        OmegaConf.register_new_resolver("timm_image_size", timm_image_size)

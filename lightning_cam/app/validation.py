@@ -104,7 +104,7 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
         return
     try:
         with torch.device("meta"):
-            holder = _Holder(build_model(str(name), int(num_classes), pretrained=False))
+            holder = _Holder(build_model(str(_sel(cfg, "model.module.net.name", name)), int(num_classes), pretrained=False, image_size=image_size))
     except ValueError as err:
         errors.append(str(err))
         return
@@ -154,12 +154,12 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
     shape = shapes.get(qual)
     if shape is None:
         errors.append(f"Target layer {layer!r} of model {name!r} is never called in the forward pass; candidates: {listing}")
-    elif len(shape) != 4:
+    elif len(shape) not in (3, 4):
         errors.append(
-            f"Target layer {layer!r} of model {name!r} outputs shape {shape}, not a (B,K,h,w) feature map; "
-            f"choose a convolutional layer: {listing}"
+            f"Target layer {layer!r} of model {name!r} outputs shape {shape}, not a (B,K,h,w) feature map "
+            f"or tokens (B,N,K); choose a convolutional layer or a transformer block's norm1: {listing}"
         )
-    elif shape[-1] * shape[-2] <= 1:
+    elif len(shape) == 4 and shape[-1] * shape[-2] <= 1:
         errors.append(
             f"Image size {image_size} is too small for model {name!r}: its target layer {layer!r} gives a "
             f"{shape[-2]}x{shape[-1]} map, so every CAM would be constant. Use a larger model.image_size "

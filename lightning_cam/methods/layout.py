@@ -207,7 +207,8 @@ def _custom_layout(raw: torch.Tensor, reshape: Reshape, layer_name: str) -> Layo
         got = tuple(mapped.shape) if isinstance(mapped, torch.Tensor) else type(mapped).__name__
         raise ValueError(f"reshape must return a (B, C, h, w) tensor; for a {tuple(raw[:1].shape)} input it returned {got}.")
     index = mapped.reshape(-1)
-    valid = (index == index.round()).all() and index.unique().numel() == index.numel()
+    valid = bool((index == index.round()).all()) and index.unique().numel() == index.numel()
+    valid = valid and index.numel() > 0 and 0 <= float(index.min()) and float(index.max()) < numbers.numel()
     index = index.long()
     if not valid or not torch.equal(reshape(raw[:1].detach().float()).reshape(-1), raw[:1].detach().float().reshape(-1)[index]):
         raise ValueError(

@@ -1,0 +1,224 @@
+"""Vision transformers, token and channels-last layouts, timm models, LIFT-CAM through attention.
+
+Random weights, small inputs. For every model: the map is on the patch / feature grid, finite
+and not all zero; LIFT-CAM's completeness residual is at float32 precision with no operation
+left without a DeepLIFT rule; a batch gives the same maps as its images one by one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_cam import explain_all
+from lightning_cam.layers import default_target_layer
+from lightning_cam.methods import GradCAM, LiftCAM, ShapCAM
+from lightning_cam.methods.base import LayerPass
+from lightning_cam.methods.layout import infer_layout
+from lightning_cam.models import build_model
+
+timm = pytest.importorskip("timm")
+torchvision = pytest.importorskip("torchvision")
+
+EPS32 = 2.0**-23
+METHODS = ["liftcam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
+
+
+def _timm(name: str, **kwargs):
+    return lambda: timm.create_model(name, pretrained=False, num_classes=5, **kwargs)
+
+
+def _tv_vit():
+    return build_model("vit_tiny", num_classes=5, image_size=32, num_layers=2, hidden_dim=32, mlp_dim=64)
+
+
+def _channels_last_resnet():
+    return torchvision.models.resnet18(num_classes=5).to(memory_format=torch.channels_last)
+
+
+# id -> (builder, input size, expected default layer, expected map grid (h, w), layout name)
+CASES = {
+    "timm-vit": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2), 32, "blocks.1.norm1", (4, 4), "BNC (1 prefix)"),
+    "timm-deit-distilled": (_timm("deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, depth=2), 32, "blocks.1.norm1", (4, 4), "BNC (2 prefix)"),
+    "timm-vit-registers": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, reg_tokens=4), 32, "blocks.1.norm1", (4, 4), "BNC (5 prefix)"),
+    "timm-vit-gap-noncls": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, class_token=False, global_pool="avg"), 32, "blocks.1.norm1", (4, 4), "BNC"),
+    "timm-swin": (_timm("swin_tiny_patch4_window7_224", img_size=64, window_size=2, depths=(1, 1, 1, 1), embed_dim=32, num_heads=(1, 2, 2, 4)), 64, "layers.3.blocks.0.norm1", (2, 2), "BHWC"),
+    "timm-mixer": (lambda: timm.models.mlp_mixer.MlpMixer(num_classes=5, img_size=32, patch_size=8, num_blocks=2, embed_dim=32), 32, "blocks.1.norm1", (4, 4), "BNC"),
+    "timm-levit": (_timm("levit_128s", img_size=128), 128, "stages.2", (2, 2), "BNC"),
+    "timm-convnext": (_timm("convnext_atto"), 64, "stages.3", (2, 2), "BCHW"),
+    "tv-vit": (_tv_vit, 32, "encoder.layers.encoder_layer_1.ln_1", (4, 4), "BNC (1 prefix)"),
+    "tv-swin": (lambda: torchvision.models.swin_t(num_classes=5), 64, "features.7.1.norm1", (2, 2), "BHWC"),
+    "tv-resnet-channels-last": (_channels_last_resnet, 64, "layer4", (2, 2), "BCHW"),
+}
+
+
+def _setup(case: str) -> tuple[nn.Module, torch.Tensor, str]:
+    builder, size, layer, _, _ = CASES[case]
+    torch.manual_seed(0)
+    model = builder().eval()
+    for module in model.modules():  # torchvision/timm zero-initialise some classifiers (all logits 0)
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.5)
+    x = torch.randn(3, 3, size, size)
+    if case.endswith("channels-last"):
+        x = x.to(memory_format=torch.channels_last)
+    return model, x, layer
+
+
+def completeness_tolerance(phi: torch.Tensor, logits: torch.Tensor, grid: int) -> torch.Tensor:
+    """float32 roundoff of ``sum_k phi_k - (y(A) - y(0))``: each term carries a relative error of
+    a few ulps per operation along the head, summed over ``K*h*w`` products and ``K`` channels
+    (sqrt growth for random-sign errors, with a factor 16 for the depth of a transformer block)."""
+    terms = phi.abs().sum(1) + 2 * logits.abs().amax(1)
+    return 16 * EPS32 * math.sqrt(phi.shape[1] * grid) * terms
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_transformer_maps_and_liftcam_completeness(case):
+    model, x, layer = _setup(case)
+    _, size, _, grid, layout_name = CASES[case]
+    assert default_target_layer(model, (1, 3, size, size)) == layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # LIFT-CAM warns about any operation without a DeepLIFT rule
+        exps = explain_all(model, None, x, methods=METHODS)
+    pass_ = LayerPass(model, layer, x)
+    assert pass_.layout.name == layout_name
+    for name, exp in exps.items():
+        assert exp.maps.shape == (x.shape[0], *grid), name
+        assert torch.isfinite(exp.maps).all(), name
+        sal = exp.saliency()
+        assert sal.shape == (x.shape[0], size, size) and torch.isfinite(sal).all(), name
+    assert (exps["liftcam"].maps > 0).any() and (exps["gradcam"].maps > 0).any()
+    lift = exps["liftcam"]
+    difference = lift.weights.sum(1) - lift.delta
+    assert (difference != 0).any(), "the head ignores the patch tokens"
+    tol = completeness_tolerance(lift.weights, lift.logits, grid[0] * grid[1])
+    assert (lift.delta.abs() <= tol).all(), (lift.delta, tol)
+
+
+@pytest.mark.parametrize("case", ["timm-vit", "timm-deit-distilled", "timm-swin", "tv-vit"])
+def test_batch_equals_one_by_one(case):
+    model, x, layer = _setup(case)
+    batch = explain_all(model, layer, x, methods=["liftcam", "gradcam"])
+    for i in range(x.shape[0]):
+        single = explain_all(model, layer, x[i : i + 1], methods=["liftcam", "gradcam"])
+        for name in batch:
+            a, b = batch[name].maps[i], single[name].maps[0]
+            # Same computation, other batch size: kernels may sum in another order.
+            tol = 1e3 * EPS32 * (batch[name].weights[i].abs().sum() * a.new_tensor(1.0) if batch[name].weights is not None else 1.0)
+            assert torch.allclose(a, b, rtol=1e-4, atol=float(tol) * 1e-2 + 1e-6), (name, (a - b).abs().max())
+
+
+def test_liftcam_is_exact_through_attention_in_float64():
+    """In float64 the rules (softmax, attention products, LayerNorm, GELU) leave a residual at the
+    float64 roundoff of the logits: every rule is exact, not an approximation."""
+    model, x, layer = _setup("timm-vit")
+    model = model.double()
+    lift = LiftCAM(model, layer).explain(x.double())
+    # The engine keeps the activation in float32 and reports float32 logits.
+    tol = completeness_tolerance(lift.weights, lift.logits, 16)
+    assert (lift.delta.abs() <= tol).all()
+
+
+def test_prefix_tokens_keep_their_values_in_the_reference():
+    """Completeness reads sum_k phi_k = y(A) - y(A with patch tokens 0, prefix tokens as they are)."""
+    model, x, layer = _setup("timm-deit-distilled")
+    lp = LayerPass(model, layer, x)
+    zero = lp.head(torch.zeros_like(lp.activation), lp.index)
+    raw = lp.layout.to_raw(torch.zeros_like(lp.activation), lp.index)
+    assert torch.equal(raw[:, :2], lp.layout.base[:, :2]) and (raw[:, 2:] == 0).all()
+    lift = LiftCAM(model, layer).explain(x)
+    y = lift.logits.gather(1, lift.targets[:, None])[:, 0]
+    expected = y - zero.gather(1, lift.targets[:, None])[:, 0]
+    assert torch.allclose(lift.weights.sum(1) - lift.delta, expected, atol=1e-5 * float(y.abs().max()))
+
+
+def _pgc_reshape(h: int, w: int, prefix: int):
+    def reshape(t: torch.Tensor) -> torch.Tensor:  # pytorch-grad-cam's vit_example.py, generalised
+        return t[:, prefix:, :].reshape(t.size(0), h, w, t.size(2)).transpose(2, 3).transpose(1, 2)
+
+    return reshape
+
+
+def test_explicit_reshape_equals_automatic_layout():
+    model, x, layer = _setup("timm-deit-distilled")
+    auto = explain_all(model, layer, x, methods=["liftcam", "gradcam"])
+    manual = explain_all(model, layer, x, methods=["liftcam", "gradcam"], reshape=_pgc_reshape(4, 4, 2))
+    for name in auto:
+        assert torch.equal(auto[name].maps, manual[name].maps)
+
+
+def test_reshape_that_is_not_a_selection_is_refused():
+    model, x, layer = _setup("timm-vit")
+    with pytest.raises(ValueError, match="only select and rearrange"):
+        GradCAM(model, layer, reshape=lambda t: 2 * _pgc_reshape(4, 4, 1)(t)).explain(x)
+
+
+def test_unreadable_token_layout_says_how_to_pass_reshape():
+    model = nn.Identity()
+    with pytest.raises(ValueError, match="reshape=") as info:
+        infer_layout(model, "blocks.1", torch.zeros(2, 7, 32), (32, 32))
+    assert "(2, 7, 32)" in str(info.value) and "32x32" in str(info.value)
+    with pytest.raises(ValueError, match="no spatial dimensions"):
+        infer_layout(model, "head", torch.zeros(2, 10), (32, 32))
+
+
+def test_channels_last_swin_is_not_read_as_channels_first():
+    """The issue's report: timm Swin gave (7, 768) "maps" (channels read as width)."""
+    model, x, layer = _setup("timm-swin")
+    lp = LayerPass(model, layer, x)
+    raw, _ = lp.split.body(x)
+    assert raw.shape[1:3] == (2, 2) and lp.activation.shape[1:] == (raw.shape[-1], 2, 2)
+    assert torch.equal(lp.activation, raw.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"])
+def test_gradient_methods_on_vit_match_pytorch_grad_cam(method):
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classes = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM", "hirescam": "HiResCAM"}
+    model, x, layer = _setup("timm-vit")
+    # pytorch-grad-cam's Grad-CAM++ adds 1e-6 to the denominator 2 g^2 + sum(A) g^3 (REFERENCE.md's
+    # formula has no eps); with timm's std-0.02 head |g| ~ 1e-3, so g^2 ~ eps. A head of std 1
+    # makes |g| ~ 0.1 and the eps negligible, so the comparison tests the formula, not the eps.
+    nn.init.normal_(model.head.weight, std=1.0)
+    ours = explain_all(model, layer, x, methods=[method])[method]
+    with getattr(pgc, classes[method])(model=model, target_layers=[model.blocks[-1].norm1], reshape_transform=_pgc_reshape(4, 4, 1)) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in ours.targets]))
+    model.zero_grad(set_to_none=True)
+    mine = ours.saliency()
+    for i in range(x.shape[0]):
+        a, b = mine[i].flatten(), theirs[i].flatten()
+        if a.std() == 0 or b.std() == 0:  # both constant (an all-negative map): identical after ReLU
+            assert a.std() == 0 and b.std() == 0
+            continue
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] >= 0.99, (method, i)
+
+
+def test_shapcam_sampled_agrees_with_liftcam_on_tiny_vit():
+    """LIFT-CAM's coefficients estimate the Shapley values of the K channel players."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2, embed_dim=24, num_heads=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    exps = explain_all(model, "blocks.1.norm1", x, methods=[LiftCAM(model, "blocks.1.norm1"), ShapCAM(model, "blocks.1.norm1", num_permutations=64)])
+    lift, shap = exps["liftcam"].weights, exps["shap"].weights
+    # Efficiency of both: the same total.
+    assert torch.allclose(lift.sum(1), shap.sum(1), atol=1e-4 * float(lift.abs().sum(1).max()))
+    corr = [float(torch.corrcoef(torch.stack([lift[i], shap[i]]))[0, 1]) for i in range(2)]
+    assert min(corr) > 0.5, corr
+
+
+def test_build_model_timm_and_vit_tiny():
+    model = build_model("timm/vit_tiny_patch16_224", num_classes=3, image_size=32)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    assert build_model("deit_tiny_patch16_224", num_classes=3, image_size=32).num_prefix_tokens == 1
+    tiny = build_model("vit_tiny", num_classes=6)
+    assert tiny(torch.randn(1, 3, 64, 64)).shape == (1, 6)
+    assert default_target_layer(tiny) == "encoder.layers.encoder_layer_3.ln_1"
+    with pytest.raises(ValueError, match="Unknown timm model"):
+        build_model("timm/not_a_model_xyz")
