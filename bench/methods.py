@@ -24,11 +24,18 @@ once (rotating order, so machine-load drift hits all entries alike); the table s
     python bench/methods.py --model vgg16                     # target features.29
     python bench/methods.py --batch 2 --size 64 --repeats 2   # quick check
     python bench/methods.py --perturbation --perturbation-model resnet18 --perturbation-batch 1
+    python bench/methods.py --model vit_b_16                  # ViT: tokens (B, 197, 768), pytorch-grad-cam
+                                                              # with its reshape_transform as the peer
+
+Vision transformers (torchvision ``vit_*``, ``swin_*``): the target layer is the engine's default
+(``encoder.layers[-1].ln_1`` for ViT, pytorch-grad-cam's usual choice); CAM and the authors'
+LIFT-CAM (captum on a head module) do not apply, so their rows are ours only.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's perturbation loops print progress bars
@@ -56,6 +63,7 @@ PGC = {
     "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
 }
 LAYERS = {"resnet": "layer4", "vgg": "features.29"}
+TRANSFORMERS = ("vit_", "swin_")
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -64,14 +72,42 @@ LAYERS = {"resnet": "layer4", "vgg": "features.29"}
 def build(name: str, device: torch.device, seed: int = 0) -> nn.Module:
     """A torchvision classifier with random weights (no download), eval mode."""
     torch.manual_seed(seed)
-    return torchvision.models.get_model(name, weights=None).eval().to(device)
+    model = torchvision.models.get_model(name, weights=None).eval().to(device)
+    for module in model.modules():  # torchvision zero-initialises ViT's head: all logits would be 0
+        if isinstance(module, nn.Linear) and not module.weight.any():
+            nn.init.normal_(module.weight, std=0.02)
+    return model
 
 
-def target_layer(name: str) -> str:
+def target_layer(name: str, model: nn.Module | None = None) -> str:
     for prefix, layer in LAYERS.items():
         if name.startswith(prefix):
             return layer
-    raise SystemExit(f"--model {name}: only resnet* and vgg* have a known target layer here.")
+    if name.startswith(TRANSFORMERS) and model is not None:
+        from lightning_cam.layers import default_target_layer
+
+        return default_target_layer(model)
+    raise SystemExit(f"--model {name}: only resnet*, vgg*, vit_* and swin_* have a known target layer here.")
+
+
+def reshape_transform(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> Callable | None:
+    """pytorch-grad-cam's reshape_transform for a token / channels-last layer (None for CNNs)."""
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        model(x[:1])
+    handle.remove()
+    out = captured[0]
+    if out.dim() == 4 and out.shape[-1] == out.shape[-2]:
+        return None
+    if out.dim() == 4:  # (B, h, w, C), Swin
+        return lambda t: t.permute(0, 3, 1, 2)
+    side = int(math.isqrt(out.shape[1] - 1))  # (B, 1 + h*w, C), ViT: pytorch-grad-cam's vit_example.py
+
+    def vit(t: torch.Tensor) -> torch.Tensor:
+        return t[:, 1:, :].reshape(t.size(0), side, side, t.size(2)).transpose(2, 3).transpose(1, 2)
+
+    return vit
 
 
 def authors_head(model: nn.Module, name: str) -> nn.Module:
@@ -110,7 +146,8 @@ def ours_all(model: nn.Module, layer: str, methods: list[str], x: torch.Tensor) 
     return run
 
 
-def peer_pgc(model: nn.Module, layer: nn.Module, method: str, x: torch.Tensor, batch_size: int | None = None) -> Callable[[], object] | None:
+def peer_pgc(model: nn.Module, layer: nn.Module, method: str, x: torch.Tensor, batch_size: int | None = None,
+             reshape: Callable | None = None) -> Callable[[], object] | None:
     try:
         import pytorch_grad_cam
     except ImportError:
@@ -119,7 +156,7 @@ def peer_pgc(model: nn.Module, layer: nn.Module, method: str, x: torch.Tensor, b
 
     def run():
         kwargs = {"batch_size": batch_size} if method == "ablationcam" and batch_size else {}
-        with cls(model=model, target_layers=[layer], **kwargs) as cam:
+        with cls(model=model, target_layers=[layer], reshape_transform=reshape, **kwargs) as cam:
             if method == "scorecam" and batch_size:
                 cam.batch_size = batch_size  # its get_cam_weights reads self.batch_size (default 16)
             return cam(input_tensor=x, targets=None)
@@ -237,11 +274,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     device = torch.device(args.device)
-    layer_name = target_layer(args.model)
     model = build(args.model, device)
+    layer_name = target_layer(args.model, model)
     layer = model.get_submodule(layer_name)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)
+    transformer = args.model.startswith(TRANSFORMERS)
+    reshape = reshape_transform(model, layer, x) if transformer else None
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(
@@ -250,8 +289,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at start"
     )
 
-    methods = [m for m in args.methods if not (m == "cam" and args.model.startswith("vgg"))]  # VGG has no GAP+fc
-    all_methods = [m for m in OURS if not (m == "cam" and args.model.startswith("vgg"))]
+    no_cam = args.model.startswith(("vgg", *TRANSFORMERS))  # no GAP+fc right after the layer
+    methods = [m for m in args.methods if not (m == "cam" and no_cam)]
+    all_methods = [m for m in OURS if not (m == "cam" and no_cam)]
     entries: dict[str, Callable[[], object]] = {"forward": plain_forward(model, x)}
     for method in methods:
         entries[f"ours:{method}"] = ours_single(model, layer_name, method, x)
@@ -260,12 +300,12 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_peers:
         for method in all_methods:
             if method == "liftcam":
-                authors = peer_authors_liftcam(model, layer, authors_head(model, args.model), x)
+                authors = None if transformer else peer_authors_liftcam(model, layer, authors_head(model, args.model), x)
                 peer = authors
             elif method == "cam":
                 peer = peer_torchcam_cam(model, layer_name, x)
             else:
-                peer = peer_pgc(model, layer, method, x)
+                peer = peer_pgc(model, layer, method, x, reshape=reshape)
             if peer is not None:
                 entries[f"peer:{method}"] = peer
 
@@ -277,6 +317,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# LIFT-CAM coefficients vs the authors' captum DeepLift: max |diff| {diff:.3g} "
               f"(max |phi| {phi_authors.abs().max().item():.3g})")
 
+    if transformer:
+        lift = explain_all(model, layer_name, x, methods=["liftcam"])["liftcam"]
+        difference = lift.weights.sum(1) - lift.delta
+        print(f"# LIFT-CAM completeness through attention: max |delta| {lift.delta.abs().max().item():.3g}, "
+              f"max |delta| / |y(A) - y(0)| {(lift.delta.abs() / difference.abs()).max().item():.3g}, "
+              f"max |delta| / max |logit| {(lift.delta.abs().max() / lift.logits.abs().max()).item():.3g}")
+
     seconds = measure(entries, args.repeats, device)
     forward, batch = seconds["forward"], args.batch
     peer_names = {"liftcam": "authors' style (captum DeepLift per image)", "cam": "torchcam CAM"}
@@ -285,11 +332,11 @@ def main(argv: list[str] | None = None) -> None:
     for method in methods:
         lines.append(row(LABELS[method], seconds[f"ours:{method}"], seconds.get(f"peer:{method}"), forward, batch,
                          peer_names.get(method, f"pytorch-grad-cam {PGC.get(method, '')}")))
-    peer_parts = [seconds.get(f"peer:{m}") for m in all_methods]
+    peer_parts = [seconds.get(f"peer:{m}") for m in all_methods if not (transformer and m == "liftcam")]
     peer_all = None if args.no_peers or any(p is None for p in peer_parts) else sum(peer_parts)
     label = " + ".join(LABELS[m] for m in all_methods)
     lines.append(row(f"all {len(all_methods)} ({label})", seconds["ours:all"], peer_all, forward, batch,
-                     "sum of the separate peer calls"))
+                     "sum of the separate pytorch-grad-cam calls (no LIFT-CAM peer)" if transformer else "sum of the separate peer calls"))
     print("\n".join(lines))
     single = [seconds[f"ours:{m}"] / forward for m in methods]
     print(

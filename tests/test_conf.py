@@ -76,7 +76,8 @@ def test_outputs_default_to_hydra_run_dir():
 @pytest.mark.parametrize("model", group_options("model"))
 def test_model_configs(model, tmp_path):
     cfg = make_cfg(tmp_path, f"model={model}")
-    assert cfg.model.name == model and cfg.model.target_layer and cfg.model.image_size >= cfg.model.min_image_size
+    assert cfg.model.name == model or model == "timm"  # model=timm takes model.name=<timm name>
+    assert (cfg.model.target_layer or model == "timm") and cfg.model.image_size >= cfg.model.min_image_size
     validate_config(cfg)  # meta-device forward at the model's image size, target layer resolves
     if model in ("smallcnn", "resnet18", "mobilenet_v3_small"):
         cfg = make_cfg(tmp_path, f"model={model}", "model.image_size=64")
@@ -297,3 +298,17 @@ def test_all_problems_reported_together(tmp_path):
     cfg = make_cfg(tmp_path, "cam.methods=[nope]", "data=imagefolder", "model=resnet18", "cam.target_layer=zzz")
     with pytest.raises(ConfigError, match=r"\(3 problems\)"):
         validate_config(cfg)
+
+
+def test_timm_model_config_takes_any_timm_name(tmp_path):
+    pytest.importorskip("timm")
+    cfg = make_cfg(tmp_path, "model=timm", "model.name=deit_tiny_patch16_224")
+    assert cfg.model.image_size == 224 and cfg.model.module.net.name == "timm/deit_tiny_patch16_224"
+    validate_config(cfg)
+    cfg = make_cfg(tmp_path, "model=timm", "model.name=vit_tiny_patch16_224", "model.image_size=32")
+    lit = app.instantiate_model(cfg)
+    from lightning_cam.layers import default_target_layer
+
+    assert default_target_layer(lit) == "net.blocks.11.norm1"
+    with torch.no_grad():
+        assert lit.eval()(torch.randn(1, 3, 32, 32)).shape == (1, cfg.data.num_classes)
