@@ -152,7 +152,9 @@ def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
         candidates.append(layers + ".ln_1")
     blocks = _last(named, prefix + "blocks")
     if blocks:
-        candidates += [blocks + ".norm1", blocks]
+        candidates.append(blocks + ".norm1")
+        if "MaxVit" in type(named[blocks]).__name__:
+            candidates.append(blocks)
     stage = _last(named, prefix + "layers")
     if stage:
         candidates.append(f"{_last(named, stage + '.blocks')}.norm1")

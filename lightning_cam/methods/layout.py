@@ -70,7 +70,6 @@ def infer_layout(
             f"Target layer {layer_name!r} returns {type(raw).__name__}, not a tensor; choose a layer that "
             "outputs a feature map or tokens (e.g. a block, or a block's first norm)."
         )
-    shape = tuple(raw.shape[1:])
     if reshape is not None:
         layout = _custom_layout(raw, reshape, layer_name)
     elif raw.dim() == 4:
@@ -81,7 +80,6 @@ def infer_layout(
         raise ValueError(_explain(layer_name, raw, input_size, "it has no spatial dimensions" if raw.dim() < 3 else "it has more than 3 non-batch dimensions"))
     if layout.index is not None:
         layout.base = raw.detach().float()
-    layout.raw_shape = shape
     return layout
 
 
