@@ -4,6 +4,8 @@
   method (including the original CAM) applies. Its convolutional trunk is
   ``features`` (target layer ``features``; inside :class:`LitClassifier` it is
   ``net.features``, and the suffix ``features`` resolves to it).
+* :class:`SmallVGG`: the same trunk followed by max-pool and fully connected
+  layers (a nonlinear head, as VGG16's), where LIFT-CAM differs from CAM/Grad-CAM.
 * :func:`build_model`: torchvision architectures by name, optionally with the
   ImageNet weights (``weights="DEFAULT"``, downloaded when online), with the
   classifier replaced when ``num_classes != 1000``.
@@ -35,7 +37,7 @@ TORCHVISION_MODELS: dict[str, str] = {
     "convnext_tiny": "features",
     "densenet121": "features",
 }
-DEFAULT_TARGET_LAYERS: dict[str, str] = {"smallcnn": "features", **TORCHVISION_MODELS}
+DEFAULT_TARGET_LAYERS: dict[str, str] = {"smallcnn": "features", "smallvgg": "features", **TORCHVISION_MODELS}
 
 
 def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
@@ -74,6 +76,41 @@ class SmallCNN(nn.Module):
         return self.classifier(self.dropout(x))
 
 
+class SmallVGG(nn.Module):
+    """A VGG-style CNN for the embedded dataset: a NONLINEAR head after the target layer.
+
+    ``features``: conv-BN-ReLU blocks with a 2x2 max-pool after each but the
+    last (8x8 maps at 64x64, like :class:`SmallCNN`); then, as in VGG16 where
+    LIFT-CAM's authors explain ``features[-2]``: a 2x2 max-pool,
+    adaptive average pooling to 4x4, and fully connected layers
+    ``Linear(C*16, hidden) -> ReLU -> Dropout -> Linear(hidden, classes)``.
+    After ``features`` the network is not ``GAP -> Linear``, so CAM does not
+    apply and LIFT-CAM, Grad-CAM and the Shapley values differ.
+    """
+
+    def __init__(
+        self, num_classes: int = 6, in_channels: int = 3, widths: tuple[int, ...] | list[int] = (16, 32, 64, 64),
+        hidden: int = 128, dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        widths = list(widths)
+        blocks, cin = [], in_channels
+        for i, w in enumerate(widths):
+            blocks.append(_block(cin, w, pool=i < len(widths) - 1))
+            cin = w
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.MaxPool2d(2)
+        self.avgpool = nn.AdaptiveAvgPool2d(4)
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 16, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+        self.min_image_size = 2 ** len(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.pool(self.features(x)))
+        return self.classifier(torch.flatten(x, 1))
+
+
 def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     last_name = None
     for name, module in model.named_modules():
@@ -92,7 +129,8 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
 def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Build a network by name.
 
-    ``"smallcnn"`` -> :class:`SmallCNN` (``kwargs`` go to it); any torchvision
+    ``"smallcnn"`` -> :class:`SmallCNN`, ``"smallvgg"`` -> :class:`SmallVGG`
+    (``kwargs`` go to them); any torchvision
     classification model name (e.g. those in :data:`TORCHVISION_MODELS`) ->
     ``torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)``,
     then its last ``nn.Linear`` is replaced by a fresh one when
@@ -100,15 +138,15 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, **
     cache when online (an error says so when offline).
     """
     key = name.lower()
-    if key == "smallcnn":
+    if key in ("smallcnn", "smallvgg"):
         if pretrained:
-            raise ValueError("smallcnn has no pretrained weights; set model.pretrained=false")
-        return SmallCNN(num_classes=num_classes, **kwargs)
+            raise ValueError(f"{key} has no pretrained weights; set model.pretrained=false")
+        return (SmallCNN if key == "smallcnn" else SmallVGG)(num_classes=num_classes, **kwargs)
     import torchvision
 
     available = set(torchvision.models.list_models(module=torchvision.models))
     if key not in available:
-        known = ", ".join(["smallcnn", *TORCHVISION_MODELS])
+        known = ", ".join(["smallcnn", "smallvgg", *TORCHVISION_MODELS])
         raise ValueError(f"Unknown model {name!r}. Known: {known} (or any torchvision classification model).")
     weights = "DEFAULT" if pretrained else None
     try:
