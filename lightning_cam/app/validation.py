@@ -159,6 +159,13 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
             f"Target layer {layer!r} of model {name!r} outputs shape {shape}, not a (B,K,h,w) feature map; "
             f"choose a convolutional layer: {listing}"
         )
+    elif "cam" in [str(m).strip().lower() for m in (_sel(cfg, "cam.methods", []) or [])] and _cam_refused(holder, qual):
+        errors.append(
+            f"cam.methods contains 'cam', but CAM needs global average pooling followed by one Linear layer "
+            f"right after the target layer, and model {name!r} after {layer!r} is not like that (e.g. fully "
+            f"connected layers, as in VGG). Remove it, e.g. cam.methods=[liftcam,gradcam,ablationcam]: "
+            f"LIFT-CAM and Ablation-CAM are the CAM-like methods for such heads."
+        )
     elif shape[-1] * shape[-2] <= 1:
         errors.append(
             f"Image size {image_size} is too small for model {name!r}: its target layer {layer!r} gives a "
@@ -231,6 +238,15 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
     parts = str(metric).split("/")
     if len(parts) >= 3 and methods and parts[1] not in methods:
         errors.append(f"optimized_metric={metric}: method {parts[1]!r} is not in cam.methods={methods}.")
+
+
+def _cam_refused(holder: nn.Module, layer_name: str) -> bool:
+    from lightning_cam.methods.cam import head_is_gap_linear
+
+    try:
+        return head_is_gap_linear(holder, layer_name) is False
+    except Exception:  # noqa: BLE001 - undecidable here; CAM still checks at run time
+        return False
 
 
 def validate_config(cfg: DictConfig) -> None:
