@@ -36,3 +36,22 @@ def test_app_refuses_cam_for_smallvgg(tmp_path):
     with pytest.raises(ConfigError, match="cam.methods contains 'cam'.*smallvgg"):
         validate_config(make_cfg(tmp_path, "model=smallvgg", "cam.methods=[liftcam,cam]"))
     validate_config(make_cfg(tmp_path, "cam.methods=[liftcam,cam]"))  # smallcnn: GAP + Linear
+
+
+def test_callback_fuses_a_list_of_layers_and_runs_the_new_methods(tmp_path):
+    """A real Trainer: target_layer=[two layers] is fused; the new methods run at the epoch end."""
+    import pytorch_lightning as pl
+
+    from lightning_cam.callback import CAMCallback
+    from tests._callback_helpers import LitTiny, ToyDataModule, trainer_kwargs
+
+    pl.seed_everything(0)
+    methods = ["gradcam", "eigencam", "gradcamelementwise", "randomcam", "iscam"]
+    cb = CAMCallback(target_layer=["features", "layer4"], methods=methods, num_samples=4, log_images=False, on_error="raise",
+                     method_kwargs={"iscam": {"num_samples": 2}})
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule())
+    assert cb._layer_name == ["net.features", "net.layer4"]
+    assert cb.num_errors == 0
+    for m in methods:
+        assert 0.0 <= float(cb.last_scalars[f"cam/{m}/insertion"]) <= 1.0

@@ -11,6 +11,7 @@ costs no memory and no download.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,12 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
     layer = _sel(cfg, "cam.target_layer")
     if layer is None:
         return
+    layers = list(layer) if isinstance(layer, Sequence) and not isinstance(layer, str) else [layer]
+    for one in layers:  # several layers: their maps are fused
+        _check_layer(cfg, errors, holder, shapes, one, name, image_size)
+
+
+def _check_layer(cfg: DictConfig, errors: list[str], holder: nn.Module, shapes: dict, layer: Any, name: str, image_size: int) -> None:
     from lightning_cam.layers import resolve_layer
 
     spatial = [n for n, s in shapes.items() if len(s) == 4 and n.count(".") <= 2]
