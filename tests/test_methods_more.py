@@ -322,3 +322,24 @@ class _NoTerms(GradCAM):
 def test_eigen_smooth_refuses_methods_without_channel_terms(small):
     with pytest.raises(ValueError, match="eigen_smooth needs per-channel terms"):
         _NoTerms(small, "block").explain(_x(), eigen_smooth=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_new_methods_on_cuda_match_cpu_and_are_seeded():
+    """On the GPU: deterministic methods equal the CPU result (float32 round-off of cuDNN/cuBLAS);
+    seeded ones are reproducible from ``seed`` on the device generator; the global CUDA RNG is untouched."""
+    model = _small()
+    x = _x()
+    methods = ["eigencam", "eigengradcam", "gradcamelementwise", "iscam", "randomcam", "smoothgradcam++", "sscam"]
+    kwargs = {"sscam": {"num_samples": 2}, "iscam": {"num_samples": 2}, "smoothgradcam++": {"num_samples": 2}}
+    cpu = explain_all(model, "block", x, methods, method_kwargs=kwargs)
+    gpu_model, gx = model.cuda(), x.cuda()
+    state = torch.cuda.get_rng_state()
+    gpu = explain_all(gpu_model, "block", gx, methods, method_kwargs=kwargs)
+    again = explain_all(gpu_model, "block", gx, methods, method_kwargs=kwargs)
+    assert torch.equal(torch.cuda.get_rng_state(), state)
+    for m in methods:
+        assert torch.equal(gpu[m].maps, again[m].maps), m
+    for m in ("eigencam", "eigengradcam", "gradcamelementwise", "iscam"):
+        assert bool((_correlation(gpu[m].saliency().cpu(), cpu[m].saliency()) >= 0.99).all()), m
+    model.cpu()
