@@ -338,8 +338,10 @@ def test_new_methods_on_cuda_match_cpu_and_are_seeded():
     gpu = explain_all(gpu_model, "block", gx, methods, method_kwargs=kwargs)
     again = explain_all(gpu_model, "block", gx, methods, method_kwargs=kwargs)
     assert torch.equal(torch.cuda.get_rng_state(), state)
-    for m in methods:
-        assert torch.equal(gpu[m].maps, again[m].maps), m
+    assert torch.equal(gpu["randomcam"].weights, again["randomcam"].weights)
+    for m in methods:  # same noise; cuDNN may reorder sums between calls: float32 round-off
+        scale = float(gpu[m].maps.abs().max())
+        assert torch.allclose(gpu[m].maps, again[m].maps, rtol=1e-4, atol=1e-4 * scale), m
     for m in ("eigencam", "eigengradcam", "gradcamelementwise", "iscam"):
         assert bool((_correlation(gpu[m].saliency().cpu(), cpu[m].saliency()) >= 0.99).all()), m
     model.cpu()
