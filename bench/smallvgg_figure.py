@@ -2,6 +2,7 @@
 
     python train.py model=smallvgg logger=csv ... hydra.run.dir=RUN     # the run (see docs/more-methods.md)
     python bench/smallvgg_figure.py RUN/checkpoints/last.ckpt --out docs/smallvgg_methods.png
+    python bench/smallvgg_figure.py --table RUN/metrics.json  # the run's final metrics as a markdown table
 
 Rows: the validation images of the shapes data (seed 1, as the datamodule's
 validation split), then one row per method (overlay of the [0,1] saliency).
@@ -26,12 +27,36 @@ METHODS = [
 ]
 
 
+COLUMNS = [
+    ("insertion", "insertion ↑", 3), ("deletion", "deletion ↓", 3), ("average_drop", "avg drop % ↓", 1),
+    ("increase_in_confidence", "incr. conf. % ↑", 1), ("pointing_game", "pointing ↑", 3),
+    ("energy_pointing_game", "energy PG ↑", 3), ("seconds", "s / image", 4),
+]
+
+
+def metrics_table(path: str) -> str:
+    """Markdown table of the ``cam/<method>/<metric>`` entries of a run's ``metrics.json``."""
+    import json
+
+    metrics = json.load(open(path))["metrics"]
+    lines = ["| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for method in METHODS:
+        values = [metrics.get(f"cam/{method}/{key}") for key, _, _ in COLUMNS]
+        lines.append(f"| {method} | " + " | ".join("" if v is None else f"{v:.{digits}f}" for v, (_, _, digits) in zip(values, COLUMNS)) + " |")
+    extra = {k: v for k, v in metrics.items() if not k.startswith("cam/") or k.endswith(("completeness_residual", "callback_seconds"))}
+    return "\n".join(lines) + "\n\n" + ", ".join(f"{k} = {v:.4g}" for k, v in sorted(extra.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", nargs="?")
+    parser.add_argument("--table", help="print the final metrics of this metrics.json and exit")
     parser.add_argument("--out", default="docs/smallvgg_methods.png")
     parser.add_argument("--images", type=int, default=6)
     args = parser.parse_args()
+    if args.table:
+        print(metrics_table(args.table))
+        return
     module = LitClassifier(build_model("smallvgg", 6), 6)
     module.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["state_dict"])
     module.eval()

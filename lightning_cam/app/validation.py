@@ -170,8 +170,8 @@ def _check_layer(cfg: DictConfig, errors: list[str], holder: nn.Module, shapes: 
         errors.append(
             f"cam.methods contains 'cam', but CAM needs global average pooling followed by one Linear layer "
             f"right after the target layer, and model {name!r} after {layer!r} is not like that (e.g. fully "
-            f"connected layers, as in VGG). Remove it, e.g. cam.methods=[liftcam,gradcam,ablationcam]: "
-            f"LIFT-CAM and Ablation-CAM are the CAM-like methods for such heads."
+            f"connected layers, as in VGG). Remove 'cam' from cam.methods; LIFT-CAM (liftcam) and "
+            f"Ablation-CAM (ablationcam) are the CAM-like methods for such heads."
         )
     elif shape[-1] * shape[-2] <= 1:
         errors.append(
