@@ -345,3 +345,12 @@ def test_new_methods_on_cuda_match_cpu_and_are_seeded():
     for m in ("eigencam", "eigengradcam", "gradcamelementwise", "iscam"):
         assert bool((_correlation(gpu[m].saliency().cpu(), cpu[m].saliency()) >= 0.99).all()), m
     model.cpu()
+
+
+def test_bad_fusion_and_empty_layer_list_are_refused(small):
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        GradCAM(small, "block").explain(_x(), fusion="median")
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        explain_all(small, ["block", "top"], _x(), ["gradcam"], fusion="median")
+    with pytest.raises(ValueError, match="empty list"):
+        GradCAM(small, [])

@@ -91,7 +91,7 @@ def explain_all(
         else:
             cls = get_method(method)
             explainers[cls.name] = cls(model, layer_names, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
-    if len(layer_names) > 1 or aug_smooth or eigen_smooth:
+    if len(layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
         from lightning_cam.methods.compose import explain_composed
 
         options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion}

@@ -168,7 +168,7 @@ class BaseCAM:
         """
         x = check_images(x)
         check_device(self.model, x)
-        if len(self.layer_names) > 1 or aug_smooth or eigen_smooth:
+        if len(self.layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
             from lightning_cam.methods.compose import explain_composed
 
             options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion}

@@ -96,7 +96,7 @@ def explain_composed(
     for name, explanations in per_layer.items():
         first = explanations[0]
         seconds = sum(e.seconds for e in explanations)
-        if len(layer_names) == 1 and not aug_smooth:
+        if len(layer_names) == 1 and not aug_smooth:  # nothing to fuse: the layer's own explanation
             first.seconds = seconds
             results[name] = first
             continue
