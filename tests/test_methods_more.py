@@ -184,6 +184,26 @@ def test_smoothgradcampp_matches_torchcam_with_the_same_noise(num_samples, gradi
     _assert_close(ours.weights, theirs, rtol=RTOL, what="smoothgradcam++ weights")
 
 
+def test_smoothgradcampp_agrees_in_expectation_with_torchcam(small):
+    """Independent noise: the means over R runs (ours: seeds 0..R-1; torchcam: its global RNG) of the
+    same estimator (``gradient="last"``) agree within 6 standard errors of the difference of the means."""
+    x = _x()
+    targets = _top1(small, x)
+    runs, n = 24, 4
+    ours = torch.stack([
+        SmoothGradCAMPlusPlus(small, "block", num_samples=n, seed=s, gradient="last").explain(x, targets).weights for s in range(runs)
+    ]).double()
+    torch.manual_seed(0)
+    theirs = []
+    with tcm.SmoothGradCAMpp(small, "block", num_samples=n, std=0.3, input_shape=(3, 32, 32)) as extractor:
+        for _ in range(runs):
+            small(x)
+            theirs.append(extractor._get_weights(targets)[0])
+    theirs = torch.stack(theirs).double()
+    error = (ours.var(0) / runs + theirs.var(0) / runs).sqrt()
+    assert bool(((ours.mean(0) - theirs.mean(0)).abs() <= 6 * error + 1e-6 * float(theirs.abs().max())).all())
+
+
 def test_smoothgradcampp_mean_gradient_and_seed(small):
     """``gradient="mean"`` uses the average noisy gradient: with std -> 0 it is Grad-CAM++ with torchcam's alpha."""
     x = _x()
