@@ -238,8 +238,13 @@ class CAMCallback(Callback):
             raise ValueError(f"CAMCallback: duplicate methods in {methods}")
         if on_error not in ON_ERROR:
             raise ValueError(f"CAMCallback: on_error must be one of {ON_ERROR}, got {on_error!r}")
-        if target_layer is not None and not isinstance(target_layer, (str, nn.Module)):
-            raise TypeError(f"CAMCallback: target_layer must be None, a dotted name or an nn.Module, got {target_layer!r}")
+        if isinstance(target_layer, Sequence) and not isinstance(target_layer, str):
+            target_layer = list(target_layer)  # several layers: their maps are fused (explain_all)
+        if target_layer is not None and not isinstance(target_layer, (str, nn.Module, list)):
+            raise TypeError(
+                f"CAMCallback: target_layer must be None, a dotted name, an nn.Module or a list of them "
+                f"(e.g. ['layer3', 'layer4']), got {target_layer!r}"
+            )
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.every_n_epochs = _check_int("every_n_epochs", every_n_epochs, 1)
         self.seed = _check_int("seed", seed, 0)
@@ -303,7 +308,10 @@ class CAMCallback(Callback):
         from lightning_cam.layers import default_target_layer, resolve_layer
 
         layer = self.target_layer if self.target_layer is not None else default_target_layer(pl_module)
-        self._layer_name, _ = resolve_layer(pl_module, layer)
+        if isinstance(layer, list):  # several layers, fused by explain_all
+            self._layer_name = [resolve_layer(pl_module, one)[0] for one in layer]
+        else:
+            self._layer_name, _ = resolve_layer(pl_module, layer)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -4,6 +4,8 @@
   method (including the original CAM) applies. Its convolutional trunk is
   ``features`` (target layer ``features``; inside :class:`LitClassifier` it is
   ``net.features``, and the suffix ``features`` resolves to it).
+* :class:`SmallVGG`: the same trunk followed by max-pool and fully connected
+  layers (a nonlinear head, as VGG16's), where LIFT-CAM differs from CAM/Grad-CAM.
 * :func:`build_model`: torchvision architectures by name, optionally with the
   ImageNet weights (``weights="DEFAULT"``, downloaded when online), with the
   classifier replaced when ``num_classes != 1000``.
@@ -36,7 +38,7 @@ TORCHVISION_MODELS: dict[str, str] = {
     "densenet121": "features",
 }
 DEFAULT_TARGET_LAYERS: dict[str, str] = {
-    "smallcnn": "features", "vit_tiny": "encoder.layers.encoder_layer_3.ln_1", **TORCHVISION_MODELS,
+    "smallcnn": "features", "smallvgg": "features", "vit_tiny": "encoder.layers.encoder_layer_3.ln_1", **TORCHVISION_MODELS,
 }
 TIMM_PREFIX = "timm/"
 
@@ -132,6 +134,41 @@ class SmallCNN(nn.Module):
         return self.classifier(self.dropout(x))
 
 
+class SmallVGG(nn.Module):
+    """A VGG-style CNN for the embedded dataset: a NONLINEAR head after the target layer.
+
+    ``features``: conv-BN-ReLU blocks with a 2x2 max-pool after each but the
+    last (8x8 maps at 64x64, like :class:`SmallCNN`); then, as in VGG16 where
+    LIFT-CAM's authors explain ``features[-2]``: a 2x2 max-pool,
+    adaptive average pooling to 4x4, and fully connected layers
+    ``Linear(C*16, hidden) -> ReLU -> Dropout -> Linear(hidden, classes)``.
+    After ``features`` the network is not ``GAP -> Linear``, so CAM does not
+    apply and LIFT-CAM, Grad-CAM and the Shapley values differ.
+    """
+
+    def __init__(
+        self, num_classes: int = 6, in_channels: int = 3, widths: tuple[int, ...] | list[int] = (16, 32, 64, 64),
+        hidden: int = 128, dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        widths = list(widths)
+        blocks, cin = [], in_channels
+        for i, w in enumerate(widths):
+            blocks.append(_block(cin, w, pool=i < len(widths) - 1))
+            cin = w
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.MaxPool2d(2)
+        self.avgpool = nn.AdaptiveAvgPool2d(4)
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 16, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
+        self.min_image_size = 2 ** len(widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.pool(self.features(x)))
+        return self.classifier(torch.flatten(x, 1))
+
+
 def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     last_name = None
     for name, module in model.named_modules():
@@ -153,7 +190,8 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     ``"timm/<name>"`` (or a timm name that is not a torchvision one) -> :func:`build_timm`;
     ``"vit_tiny"`` -> :func:`vit_tiny`; ``image_size`` sets the input size of models that
     need one (ViTs), CNNs ignore it.
-    ``"smallcnn"`` -> :class:`SmallCNN` (``kwargs`` go to it); any torchvision
+    ``"smallcnn"`` -> :class:`SmallCNN`, ``"smallvgg"`` -> :class:`SmallVGG`
+    (``kwargs`` go to them); any torchvision
     classification model name (e.g. those in :data:`TORCHVISION_MODELS`) ->
     ``torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)``,
     then its last ``nn.Linear`` is replaced by a fresh one when
@@ -161,10 +199,10 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     cache when online (an error says so when offline).
     """
     key = name.lower()
-    if key == "smallcnn":
+    if key in ("smallcnn", "smallvgg"):
         if pretrained:
-            raise ValueError("smallcnn has no pretrained weights; set model.pretrained=false")
-        return SmallCNN(num_classes=num_classes, **kwargs)
+            raise ValueError(f"{key} has no pretrained weights; set model.pretrained=false")
+        return (SmallCNN if key == "smallcnn" else SmallVGG)(num_classes=num_classes, **kwargs)
     if key == "vit_tiny":
         if pretrained:
             raise ValueError("vit_tiny has no pretrained weights; set model.pretrained=false")
@@ -175,7 +213,7 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     if key.startswith(TIMM_PREFIX) or (key not in available and _is_timm_model(name)):
         return build_timm(name, num_classes, pretrained, image_size, **kwargs)
     if key not in available:
-        known = ", ".join(["smallcnn", "vit_tiny", *TORCHVISION_MODELS])
+        known = ", ".join(["smallcnn", "smallvgg", "vit_tiny", *TORCHVISION_MODELS])
         raise ValueError(
             f"Unknown model {name!r}. Known: {known} (or any torchvision classification model, "
             "or a timm model as timm/<name>)."

@@ -11,6 +11,7 @@ costs no memory and no download.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,12 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
     layer = _sel(cfg, "cam.target_layer")
     if layer is None:
         return
+    layers = list(layer) if isinstance(layer, Sequence) and not isinstance(layer, str) else [layer]
+    for one in layers:  # several layers: their maps are fused
+        _check_layer(cfg, errors, holder, shapes, one, name, image_size)
+
+
+def _check_layer(cfg: DictConfig, errors: list[str], holder: nn.Module, shapes: dict, layer: Any, name: str, image_size: int) -> None:
     from lightning_cam.layers import resolve_layer
 
     spatial = [n for n, s in shapes.items() if len(s) == 4 and n.count(".") <= 2]
@@ -158,6 +165,13 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
         errors.append(
             f"Target layer {layer!r} of model {name!r} outputs shape {shape}, not a (B,K,h,w) feature map "
             f"or tokens (B,N,K); choose a convolutional layer or a transformer block's norm1: {listing}"
+        )
+    elif "cam" in [str(m).strip().lower() for m in (_sel(cfg, "cam.methods", []) or [])] and _cam_refused(holder, qual):
+        errors.append(
+            f"cam.methods contains 'cam', but CAM needs global average pooling followed by one Linear layer "
+            f"right after the target layer, and model {name!r} after {layer!r} is not like that (e.g. fully "
+            f"connected layers, as in VGG). Remove 'cam' from cam.methods; LIFT-CAM (liftcam) and "
+            f"Ablation-CAM (ablationcam) are the CAM-like methods for such heads."
         )
     elif len(shape) == 4 and shape[-1] * shape[-2] <= 1:
         errors.append(
@@ -231,6 +245,15 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
     parts = str(metric).split("/")
     if len(parts) >= 3 and methods and parts[1] not in methods:
         errors.append(f"optimized_metric={metric}: method {parts[1]!r} is not in cam.methods={methods}.")
+
+
+def _cam_refused(holder: nn.Module, layer_name: str) -> bool:
+    from lightning_cam.methods.cam import head_is_gap_linear
+
+    try:
+        return head_is_gap_linear(holder, layer_name) is False
+    except Exception:  # noqa: BLE001 - undecidable here; CAM still checks at run time
+        return False
 
 
 def validate_config(cfg: DictConfig) -> None:

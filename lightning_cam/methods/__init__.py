@@ -12,23 +12,32 @@ from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
 from lightning_cam.methods.cam import CAM
+from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from lightning_cam.methods.liftcam import LiftCAM
+from lightning_cam.methods.noisy import ISCAM, SSCAM, SmoothGradCAMPlusPlus
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
+from lightning_cam.methods.randomcam import RandomCAM
 from lightning_cam.methods.shapley import ShapCAM
 
 __all__ = [
-    "AblationCAM", "BaseCAM", "CAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "HiResCAM",
-    "LayerCAM", "LayerPass", "LiftCAM", "METHODS", "ScoreCAM", "ShapCAM", "XGradCAM",
-    "explain_all", "get_method",
+    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "LayerCAM", "LayerPass", "LiftCAM", "METHODS", "RandomCAM", "SSCAM",
+    "ScoreCAM", "ShapCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "explain_all", "get_method",
 ]
 
 METHODS: dict[str, type[BaseCAM]] = {
     cls.name: cls
-    for cls in (LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM)
+    for cls in (
+        LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM,
+        EigenCAM, EigenGradCAM, GradCAMElementWise, SmoothGradCAMPlusPlus, SSCAM, ISCAM, RandomCAM,
+    )
 }
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam"}
+_ALIASES = {
+    "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam",
+    "smoothgradcampp": "smoothgradcam++", "smoothgradcamplusplus": "smoothgradcam++",
+}
 
 
 def get_method(name: str) -> type[BaseCAM]:
@@ -49,6 +58,9 @@ def explain_all(
     methods: Sequence[str | BaseCAM] = ("liftcam",),
     targets: Targets = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
+    fusion: str = "mean",
     reshape: Reshape | None = None,
 ) -> dict[str, Explanation]:
     """Explain ``x`` with several methods from ONE shared forward pass.
@@ -58,7 +70,10 @@ def explain_all(
     the head. Returns ``{method name: Explanation}`` in the order given;
     ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
     ``method_kwargs`` passes constructor options by name, e.g.
-    ``{"scorecam": {"batch_size": 64}}``. ``reshape``: optional callable turning the
+    ``{"scorecam": {"batch_size": 64}}``. A list ``target_layer`` fuses the
+    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam);
+    ``aug_smooth`` / ``eigen_smooth`` as pytorch-grad-cam
+    (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
     layer's raw output into (B, K, h, w) (token and channels-last layouts are
     recognised without it; see :mod:`lightning_cam.methods.layout`).
     """
@@ -67,7 +82,11 @@ def explain_all(
     check_device(model, x)
     if target_layer is None:
         target_layer = default_target_layer(model, tuple(x.shape[:1]) + tuple(x.shape[1:]))
-    layer_name, _ = resolve_layer(model, target_layer)
+    layers = list(target_layer) if isinstance(target_layer, Sequence) and not isinstance(target_layer, str) else [target_layer]
+    if not layers:
+        raise ValueError("target_layer is an empty list; give one layer or several, e.g. ['layer3', 'layer4'].")
+    layer_names = [resolve_layer(model, layer)[0] for layer in layers]
+    layer_name = layer_names[0]
     method_kwargs = dict(method_kwargs or {})
     explainers: dict[str, BaseCAM] = {}
     for method in methods:
@@ -75,7 +94,12 @@ def explain_all(
             explainers[method.name] = method
         else:
             cls = get_method(method)
-            explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
+            explainers[cls.name] = cls(model, layer_names, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
+    if len(layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
+        from lightning_cam.methods.compose import explain_composed
+
+        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": reshape}
+        return explain_composed(model, layer_names, x, explainers, targets, **options)
     with explaining(model):
         layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets, reshape)
         return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -146,22 +146,48 @@ class BaseCAM:
     """
 
     name: ClassVar[str] = ""
+    #: the map is already a principal-component projection (``eigen_smooth`` leaves it alone)
+    projects: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, *, reshape: Reshape | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+        *,
+        reshape: Reshape | None = None,
+    ) -> None:
         self.model = unwrap_model(model)
         self.reshape = reshape
         if target_layer is None:
             target_layer = default_target_layer(self.model)
-        self.layer_name, self.layer = resolve_layer(self.model, target_layer)
+        layers = list(target_layer) if isinstance(target_layer, Sequence) and not isinstance(target_layer, str) else [target_layer]
+        if not layers:
+            raise ValueError("target_layer is an empty list; give one layer or several, e.g. ['layer3', 'layer4'].")
+        resolved = [resolve_layer(self.model, layer) for layer in layers]
+        #: every target layer; maps of several layers are fused (see :mod:`lightning_cam.methods.compose`)
+        self.layer_names = [name for name, _ in resolved]
+        self.layer_name, self.layer = resolved[0]
 
-    def __call__(self, x: torch.Tensor, targets: Targets = None) -> torch.Tensor:
-        """(B,H,W) saliency in [0,1] on ``x``'s device."""
-        return self.explain(x, targets).saliency()
+    def __call__(self, x: torch.Tensor, targets: Targets = None, **options: Any) -> torch.Tensor:
+        """(B,H,W) saliency in [0,1] on ``x``'s device (``options``: see :meth:`explain`)."""
+        return self.explain(x, targets, **options).saliency()
 
-    def explain(self, x: torch.Tensor, targets: Targets = None) -> Explanation:
-        """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: top-1)."""
+    def explain(
+        self, x: torch.Tensor, targets: Targets = None, aug_smooth: bool = False, eigen_smooth: bool = False,
+        fusion: str = "mean",
+    ) -> Explanation:
+        """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: top-1).
+
+        ``aug_smooth``, ``eigen_smooth`` and the ``fusion`` of several target
+        layers follow pytorch-grad-cam (see :mod:`lightning_cam.methods.compose`).
+        """
         x = check_images(x)
         check_device(self.model, x)
+        if len(self.layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
+            from lightning_cam.methods.compose import explain_composed
+
+            options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": self.reshape}
+            return explain_composed(self.model, self.layer_names, x, {self.name: self}, targets, **options)[self.name]
         with explaining(self.model):
             layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets, self.reshape)
             return self.timed_compute(layer_pass)
@@ -174,6 +200,16 @@ class BaseCAM:
 
     def compute(self, layer_pass: LayerPass) -> Explanation:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def channel_terms(self, layer_pass: LayerPass, explanation: Explanation | None) -> torch.Tensor | None:
+        """(B,K,h,w) per-channel terms whose sum over ``K`` is the map before ReLU.
+
+        ``w_k A_k`` for methods with channel coefficients; ``None`` where a
+        method has no such decomposition. ``eigen_smooth`` projects these.
+        """
+        if explanation is None or explanation.weights is None:
+            return None
+        return explanation.weights[:, :, None, None] * layer_pass.activation
 
     def _explanation(self, layer_pass: LayerPass, maps: torch.Tensor, weights: torch.Tensor | None, delta: torch.Tensor | None = None) -> Explanation:
         return Explanation(

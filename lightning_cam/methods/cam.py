@@ -7,7 +7,59 @@ from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 
-__all__ = ["CAM"]
+__all__ = ["CAM", "head_is_gap_linear"]
+
+_PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity)
+_SHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "size", "mean", "contiguous"}
+
+
+def _module_ok(module: nn.Module) -> tuple[bool, int]:
+    """(allowed in a GAP+Linear head, number of Linear layers in it)."""
+    if isinstance(module, nn.Sequential):
+        parts = [_module_ok(m) for m in module]
+        return all(ok for ok, _ in parts), sum(n for _, n in parts)
+    if isinstance(module, nn.Linear):
+        return True, 1
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        size = module.output_size
+        return size in (1, (1, 1)), 0
+    return isinstance(module, _PASS_THROUGH), 0
+
+
+def head_is_gap_linear(model: nn.Module, layer_name: str) -> bool | None:
+    """Whether the traced graph after ``layer_name`` is global average pooling, reshapes/dropout and ONE Linear.
+
+    Structural check (works on a ``meta``-device model, no data): the app uses
+    it to refuse ``cam`` before training. ``None`` when the model cannot be
+    traced (the numerical check in :meth:`CAM.compute` still applies).
+    """
+    import torch.nn.functional as F
+
+    from lightning_cam.methods.split import split_model
+
+    split = split_model(model, layer_name)
+    if not split.traced:
+        return None
+    linears = 0
+    for node in split.head.graph.nodes:
+        if node.op in ("placeholder", "output", "get_attr"):
+            continue
+        if node.op == "call_module":
+            ok, count = _module_ok(split.head.get_submodule(node.target))
+            linears += count
+        elif node.op == "call_method":
+            ok = node.target in _SHAPE_METHODS
+        elif node.op == "call_function":
+            ok = node.target in (torch.flatten, F.dropout, getattr) or (
+                node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1))
+            )
+            if node.target is F.linear:
+                ok, linears = True, linears + 1
+        else:
+            ok = False
+        if not ok:
+            return False
+    return linears == 1
 
 
 class CAM(BaseCAM):

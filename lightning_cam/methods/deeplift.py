@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from lightning_cam.methods.revealcancel import RULES, batch_norm_companions, linear_companions, reveal_cancel
+
 __all__ = ["DeepLiftMode", "EPS"]
 
 EPS = 1e-10
@@ -112,11 +114,16 @@ _MAXPOOL_SIGNATURE = inspect.signature(
 class DeepLiftMode(TorchFunctionMode):
     """Apply DeepLIFT rules to every call on a ``[actual; reference]`` batch of ``2 * n``."""
 
-    def __init__(self, batch_size: int, eps: float = EPS) -> None:
+    def __init__(self, batch_size: int, eps: float = EPS, rule: str = "rescale") -> None:
         super().__init__()
+        if rule not in RULES:
+            raise ValueError(f"DeepLIFT rule must be one of {RULES}, got {rule!r}; e.g. rule='rescale'.")
         self.batch_size = batch_size  # 2 * n: actual and reference halves
         self.eps = eps
+        self.rule = rule
         self.unhandled: set[str] = set()
+        #: RevealCancel only: nonlinearities whose input has no linear-layer split (Rescale used there)
+        self.rescale_fallbacks = 0
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -139,6 +146,13 @@ class DeepLiftMode(TorchFunctionMode):
                 return self._sdpa(args, kwargs)
             if func is F.multi_head_attention_forward:
                 return self._multi_head_attention(args, kwargs)
+            if self.rule == "revealcancel" and func in (F.linear, F.conv2d, F.batch_norm):
+                out = func(*args, **kwargs)
+                if not self._tracked(args[0]):
+                    return out
+                if func is F.batch_norm:
+                    return batch_norm_companions(args, kwargs, out)
+                return linear_companions(func, args, kwargs, out)
         except TypeError:
             # Unhashable callables (bound builtins) are never in our tables.
             pass
@@ -193,6 +207,11 @@ class DeepLiftMode(TorchFunctionMode):
                 zz = z.detach().requires_grad_(True)
                 grad = torch.autograd.grad(func(zz, *rest, **kwargs), zz, torch.ones_like(out))[0]
             m = torch.where(small, grad, m)
+        if self.rule == "revealcancel":
+            revealed = reveal_cancel(func, z, out, rest, kwargs, m, self._eps(z.dtype))
+            if revealed is not None:
+                return revealed
+            self.rescale_fallbacks += 1
         return out.detach() + (z - z.detach()) * m
 
     def _maxpool(self, args: tuple, kwargs: dict) -> torch.Tensor:

@@ -66,8 +66,10 @@ class HiResCAM(BaseCAM):
     name = "hirescam"
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        maps = torch.relu((layer_pass.gradient * layer_pass.activation).sum(dim=1))
-        return self._explanation(layer_pass, maps, None)
+        return self._explanation(layer_pass, torch.relu(self.channel_terms(layer_pass, None).sum(dim=1)), None)
+
+    def channel_terms(self, layer_pass: LayerPass, explanation: Explanation | None) -> torch.Tensor:
+        return layer_pass.gradient * layer_pass.activation
 
 
 class LayerCAM(BaseCAM):
@@ -76,5 +78,7 @@ class LayerCAM(BaseCAM):
     name = "layercam"
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        maps = torch.relu((torch.relu(layer_pass.gradient) * layer_pass.activation).sum(dim=1))
-        return self._explanation(layer_pass, maps, None)
+        return self._explanation(layer_pass, torch.relu(self.channel_terms(layer_pass, None).sum(dim=1)), None)
+
+    def channel_terms(self, layer_pass: LayerPass, explanation: Explanation | None) -> torch.Tensor:
+        return torch.relu(layer_pass.gradient) * layer_pass.activation

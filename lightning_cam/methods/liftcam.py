@@ -10,6 +10,7 @@ from torch import nn
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
+from lightning_cam.methods.revealcancel import RULES
 
 __all__ = ["LiftCAM", "deeplift_coefficients"]
 
@@ -27,27 +28,37 @@ class LiftCAM(BaseCAM):
     Computed like the authors' code (captum ``DeepLift`` on the layers after
     ``L`` with a zero baseline) but for the whole batch at once, on any
     device and any network that ``torch.fx`` can split (hooks otherwise).
+
+    ``rule="revealcancel"`` uses DeepLIFT's RevealCancel rule at nonlinearities
+    that follow a linear layer (:mod:`lightning_cam.methods.revealcancel`);
+    completeness still holds. Rescale stays the default: on the fidelity
+    benchmark (``bench/fidelity.py``, docs/more-methods.md) it is the closer of
+    the two to the exact Shapley values.
     """
 
     name = "liftcam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = EPS, *, reshape: Reshape | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer=None, eps: float = EPS, rule: str = "rescale", *, reshape: Reshape | None = None
+    ) -> None:
         super().__init__(model, target_layer, reshape=reshape)
-        self.eps = eps
+        if rule not in RULES:
+            raise ValueError(f"LiftCAM rule must be one of {RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
+        self.eps, self.rule = eps, rule
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        weights, delta = deeplift_coefficients(layer_pass, self.eps, self.layer_name)
+        weights, delta = deeplift_coefficients(layer_pass, self.eps, self.layer_name, self.rule)
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights, delta)
 
 
-def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: str = "", rule: str = "rescale") -> tuple[torch.Tensor, torch.Tensor]:
     """``(phi, delta)``: per-channel DeepLIFT contributions (B,K) and the completeness residual (B,)."""
     activation = layer_pass.activation
     batch = activation.shape[0]
     leaf = activation.clone().requires_grad_(True)
     stacked = torch.cat([leaf, torch.zeros_like(activation)])
     index = torch.cat([layer_pass.index, layer_pass.index])
-    mode = DeepLiftMode(2 * batch, eps)
+    mode = DeepLiftMode(2 * batch, eps, rule)
     with mode:
         out = layer_pass.head(stacked, index)
     targets = torch.cat([layer_pass.targets, layer_pass.targets])
