@@ -37,7 +37,7 @@ METHODS = [
 COLUMNS = [
     ("insertion", "insertion ↑", 3), ("deletion", "deletion ↓", 3), ("average_drop", "avg drop % ↓", 1),
     ("increase_in_confidence", "incr. conf. % ↑", 1), ("pointing_game", "pointing ↑", 3),
-    ("energy_pointing_game", "energy PG ↑", 3), ("seconds", "s / image", 4),
+    ("energy_pointing_game", "energy PG ↑", 3), ("shap_pearson", "Pearson(coeff., Shapley) ↑", 3), ("seconds", "s / image", 4),
 ]
 
 
