@@ -211,6 +211,10 @@ def test_experiment_configs(experiment, tmp_path):
         validate_config(cfg)
         if experiment == "arch_compare":
             assert cfg.group == "arch_compare" and "resnet18" in cfg.hydra.sweeper.params.model
+        if experiment == "shortcut":
+            assert cfg.test is True and cfg.data.shortcut == 1.0 and cfg.data.test_shortcut == 0.0
+            dm = app.instantiate_datamodule(cfg)
+            assert dm.shortcut == 1.0 and dm.test_shortcut == 0.0
 
 
 @pytest.mark.parametrize("search", group_options("hparams_search"))
@@ -297,3 +301,12 @@ def test_all_problems_reported_together(tmp_path):
     cfg = make_cfg(tmp_path, "cam.methods=[nope]", "data=imagefolder", "model=resnet18", "cam.target_layer=zzz")
     with pytest.raises(ConfigError, match=r"\(3 problems\)"):
         validate_config(cfg)
+
+
+def test_sweep_comparison_callback_is_configured(tmp_path):
+    cfg = make_cfg(tmp_path)
+    node = cfg.hydra.callbacks.sweep_comparison
+    assert node._target_ == "lightning_cam.app.sweep.SweepComparison" and node.enabled
+    from hydra.utils import instantiate
+
+    assert type(instantiate(node)).__name__ == "SweepComparison"
