@@ -16,8 +16,8 @@ from lightning_cam.metrics._common import (
     check_model_device,
     check_score,
     class_scores,
+    clean_output,
     evaluating,
-    forward_chunks,
     resolve_targets,
     saliency_to_size,
 )
@@ -88,6 +88,7 @@ def confidence_change(
     score: Score = "softmax",
     normalize: bool = False,
     batch_size: int = 256,
+    clean_logits: Tensor | None = None,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -105,6 +106,8 @@ def confidence_change(
             need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
         score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+            (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
@@ -115,7 +118,7 @@ def confidence_change(
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):
-        logits = forward_chunks(model, images, batch_size)
+        logits = clean_output(model, images, batch_size, clean_logits)
         classes = resolve_targets(targets, b, logits.shape[1], device)
         if classes is None:
             classes = logits.argmax(dim=1)
