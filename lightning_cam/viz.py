@@ -39,6 +39,7 @@ __all__ = [
     "overlay",
     "overlay_grid",
     "resize",
+    "agreement_heatmap",
     "save_png",
     "to_uint8_hwc",
 ]
@@ -302,3 +303,29 @@ def save_png(image: Tensor | np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
+
+
+def agreement_heatmap(names: Sequence[str], matrix: Tensor, title: str = "method agreement") -> np.ndarray:
+    """An annotated (M, M) heatmap of pairwise rank correlations in [-1, 1] -> (H, W, 3) uint8 (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = matrix.detach().double().cpu().numpy()
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * k, 0.9 + 0.7 * k), dpi=90)
+    im = ax.imshow(m, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            txt = "–" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if abs(m[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr

@@ -17,7 +17,8 @@ from rich.table import Table
 LEGEND = (
     "ins/del: insertion/deletion AUC; AD%/IC%: Average Drop / Increase in Confidence; "
     "PG/EPG: (energy) pointing game; Δcompl: LIFT-CAM completeness residual; s/img: seconds per image; "
-    "↑/↓: higher/lower is better"
+    "stab/stab₀: Spearman with the previous/first epoch's maps; ρ rand: Spearman with the randomised model's maps; "
+    "Gini/H: sparseness/complexity; E[r]: energy share in region r; ↑/↓: higher/lower is better"
 )
 FIRST_FIELDS = ("data", "model", "cam", "callbacks", "logger", "trainer", "paths", "extras")
 
@@ -64,7 +65,7 @@ def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None
 
     Columns follow :data:`lightning_cam.callback.summaries.METRICS`, with their direction arrows.
     """
-    from lightning_cam.callback.summaries import METRICS, by_method
+    from lightning_cam.callback.summaries import ENERGY_PREFIX, METRICS, by_method, region_spec
 
     per = by_method(metrics, (prefix,))
     if not per:
@@ -72,6 +73,8 @@ def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None
     names = list(methods or [])
     order = sorted(per, key=lambda r: (names.index(r.split("/")[-1]) if r.split("/")[-1] in names else len(names), r))
     cols = [spec for spec in METRICS if any(spec.name in v for v in per.values())]
+    regions = sorted({k.split("/", 1)[1] for v in per.values() for k in v if k.startswith(f"{ENERGY_PREFIX}/")})
+    cols += [region_spec(r) for r in regions]
     what = {"cam": "validation, last evaluated epoch", "cam_test": "trainer.test", "cam_validate": "trainer.validate"}
     table = Table(title=f"CAM faithfulness (held-out set, {what.get(prefix, prefix)})", header_style="bold cyan",
                   caption=LEGEND, caption_justify="left")

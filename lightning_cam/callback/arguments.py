@@ -13,6 +13,7 @@ from torch import Tensor, nn
 __all__ = ["ON_ERROR", "Options", "check_options"]
 
 ON_ERROR = ("warn", "raise")
+SANITY_ORDERS = ("full", "cascading")
 DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
 
 
@@ -36,6 +37,9 @@ class Options:
     images: Tensor | None = None
     labels: Any = None
     masks: Tensor | None = None
+    sanity_every_n_epochs: int | None = 0
+    sanity_order: str = "full"
+    sanity_seed: int = 42
 
     @property
     def multi_layer(self) -> bool:
@@ -142,12 +146,16 @@ def _user_images(images: Any, labels: Any, masks: Any) -> Tensor | None:
         raise ValueError(f"CAMCallback: images must be (N, C, H, W), got shape {tuple(imgs.shape)}")
     if labels is not None and len(labels) != imgs.shape[0]:
         raise ValueError(f"CAMCallback: {len(labels)} labels for {imgs.shape[0]} images")
-    if masks is not None:
-        if len(masks) != imgs.shape[0]:
-            raise ValueError(f"CAMCallback: {len(masks)} masks for {imgs.shape[0]} images")
-        if tuple(masks[0].shape[-2:]) != tuple(imgs.shape[-2:]):
+    named = dict(masks) if isinstance(masks, Mapping) else {"masks": masks}  # named regions: check each
+    for name, m in named.items():
+        if m is None:
+            continue
+        what = "masks" if name == "masks" else f"masks[{name!r}]"
+        if len(m) != imgs.shape[0]:
+            raise ValueError(f"CAMCallback: {len(m)} {what} for {imgs.shape[0]} images")
+        if tuple(m[0].shape[-2:]) != tuple(imgs.shape[-2:]):
             raise ValueError(
-                f"CAMCallback: masks are {tuple(masks[0].shape[-2:])} but images are {tuple(imgs.shape[-2:])}"
+                f"CAMCallback: {what} are {tuple(m[0].shape[-2:])} but images are {tuple(imgs.shape[-2:])}"
             )
     return imgs
 
@@ -170,6 +178,9 @@ def check_options(
     images: Any,
     labels: Any,
     masks: Any,
+    sanity_every_n_epochs: int | None = 0,
+    sanity_order: str = "full",
+    sanity_seed: int = 42,
 ) -> Options:
     """Every option checked; raises ValueError / TypeError naming the option, what is allowed and an example."""
     if on_error not in ON_ERROR:
@@ -183,6 +194,12 @@ def check_options(
                 f"got {max_overhead!r}; e.g. max_overhead=0.1"
             )
         max_overhead = float(max_overhead)
+    if sanity_order not in SANITY_ORDERS:
+        raise ValueError(
+            f"CAMCallback: sanity_order must be one of {SANITY_ORDERS}, got {sanity_order!r}; e.g. sanity_order='full'"
+        )
+    if sanity_every_n_epochs is not None:
+        sanity_every_n_epochs = check_int("sanity_every_n_epochs", sanity_every_n_epochs, 0)
     return Options(
         target_layers=_layers(target_layer),
         methods=_methods(methods),
@@ -200,4 +217,7 @@ def check_options(
         images=_user_images(images, labels, masks),
         labels=labels,
         masks=masks,
+        sanity_every_n_epochs=sanity_every_n_epochs,
+        sanity_order=sanity_order,
+        sanity_seed=check_int("sanity_seed", sanity_seed, 0),
     )

@@ -32,6 +32,7 @@ from lightning_cam.callback import distributed, evaluator, heldout, sinks
 from lightning_cam.callback._lightning import lightning_package
 from lightning_cam.callback.arguments import as_floats, check_int, check_options
 from lightning_cam.callback.budget import CostBudget
+from lightning_cam.callback.stability import StabilityTracker
 from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
@@ -85,6 +86,20 @@ class CAMCallbackMixin:
         class_names: names for labels / predictions; default: the datamodule's
             or dataset's ``classes``.
         method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+        sanity_every_n_epochs: the model-parameter randomisation check (Adebayo et al. 2018):
+            every n-th validation epoch and at the last one; 0 (default) = at the last validation
+            epoch of ``fit`` only; ``None`` = never. Also on ``trainer.validate`` / ``test``
+            unless None. Logs ``cam/<method>/randomization_spearman`` (low = the method depends
+            on the model). The model, its RNG streams and training are untouched.
+        sanity_order: ``"full"`` (every parameter re-initialised at once) or ``"cascading"``
+            (from the output layer down, one explanation pass per layer; the logged value is
+            the last, fully random, step).
+        sanity_seed: seed of the re-initialisation (Quantus' ``MPRT`` default, 42).
+
+    Every evaluation also logs ``sparseness`` / ``complexity`` per method, the share of the
+    map's energy in every named region of the held-out masks (``energy/<region>``), and from
+    the second evaluation of ``fit`` on, ``stability`` / ``stability_first`` (Spearman with
+    the previous / first evaluation's maps; kept in the checkpoint so a resumed run continues).
     """
 
     def __init__(
@@ -117,6 +132,9 @@ class CAMCallbackMixin:
         table_image_size: int = 128,
         class_names: Sequence[str] | None = None,
         method_kwargs: dict[str, dict[str, Any]] | None = None,
+        sanity_every_n_epochs: int | None = 0,
+        sanity_order: str = "full",
+        sanity_seed: int = 42,
     ) -> None:
         super().__init__()
         self.options = check_options(
@@ -124,6 +142,7 @@ class CAMCallbackMixin:
             seed=seed, step=step, n_steps=n_steps, metric_batch_size=metric_batch_size,
             explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
+            sanity_every_n_epochs=sanity_every_n_epochs, sanity_order=sanity_order, sanity_seed=sanity_seed,
         )
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
@@ -140,6 +159,7 @@ class CAMCallbackMixin:
         self.save_png = save_png
         self.class_names = None if class_names is None else list(class_names)
         self.budget = CostBudget(self.options.max_overhead)
+        self.stability = StabilityTracker()
         self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
         self._held: heldout.HeldOut | None = None
         self._restored: dict[str, Any] | None = None
@@ -216,9 +236,10 @@ class CAMCallbackMixin:
             "seed": self.options.seed,
             "num_samples": self.options.num_samples,
             "budget": self.budget.state_dict(),
+            "stability": self.stability.state_dict(),
         }
         if held.source == "loader":  # no indices to re-read: keep the tensors
-            state.update(images=held.images, labels=held.labels, masks=held.masks)
+            state.update(images=held.images, labels=held.labels, masks=held.masks, regions=held.regions)
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -226,6 +247,7 @@ class CAMCallbackMixin:
         self._held = None
         if state_dict and "budget" in state_dict:
             self.budget.load_state_dict(state_dict["budget"])
+        self.stability.load_state_dict((state_dict or {}).get("stability"))
 
     # ------------------------------------------------------------ the work
     def _curves_due(self, trainer: Any, stage: str) -> bool:
@@ -234,7 +256,18 @@ class CAMCallbackMixin:
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
         return last or self.budget.curves_due()
 
-    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int, curves: bool):
+    def _sanity_due(self, trainer: Any, stage: str) -> bool:
+        every = self.options.sanity_every_n_epochs
+        if every is None:
+            return False
+        if stage != "val":
+            return True
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+        return last or bool(trainer.should_stop) or (every > 0 and (trainer.current_epoch + 1) % every == 0)
+
+    def _evaluate_share(
+        self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int, curves: bool, sanity: bool = False
+    ):
         rows, count = distributed.shard_rows(len(held), rank, world)
         idx = torch.tensor(rows)
         opts = self.options
@@ -245,6 +278,8 @@ class CAMCallbackMixin:
             methods=opts.methods, curves=curves, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
             method_kwargs=opts.method_kwargs, **opts.curve_steps(),
+            regions=None if held.regions is None else {k: v[idx] for k, v in held.regions.items()},
+            randomization=opts.sanity_order if sanity else None, randomization_seed=opts.sanity_seed,
         )
         if count == 0:  # the dummy row explains nothing: zero seconds
             report = replace(report, layers={
@@ -258,12 +293,13 @@ class CAMCallbackMixin:
         rank, world, strategy = trainer.global_rank, trainer.world_size, trainer.strategy
         prefix = STAGE_PREFIX[stage]
         curves = self._curves_due(trainer, stage)
+        sanity = self._sanity_due(trainer, stage)
         local = error = exc = None
         count = 0
         try:
             with heldout.preserved_rng(self.options.seed, devices=[pl_module.device]), torch.inference_mode(False):
                 held = self._ensure_heldout(trainer, stage)
-                local, count = self._evaluate_share(pl_module, held, rank, world, curves)
+                local, count = self._evaluate_share(pl_module, held, rank, world, curves, sanity)
         except Exception as e:  # reported below, after every rank agrees
             error, exc = traceback.format_exc(), e
         # every rank takes part in this collective, failed or not
@@ -273,6 +309,8 @@ class CAMCallbackMixin:
         try:
             with torch.inference_mode(False):
                 report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
+                if stage == "val":  # the series follows training; validate/test runs do not advance it
+                    self.stability.update(report)
                 scalars = summarise(report, prefix, layer_in_key=self.options.multi_layer)
         except Exception as e:
             self._report(trainer, stage, traceback.format_exc(), e)

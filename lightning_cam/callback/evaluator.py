@@ -18,7 +18,14 @@ then scored:
   image's curves (the curves depend on the pixel order only), e.g. LIFT-CAM and
   Ablation-CAM, or Grad-CAM and XGrad-CAM, on a GAP + linear head;
 * Average Drop % and Increase in Confidence % (:func:`~lightning_cam.metrics.confidence_change`);
-* pointing game and energy pointing game when ``masks`` are given;
+* pointing game and energy pointing game when ``masks`` are given, and the share of
+  the map's energy in every named region of ``regions`` (e.g. ``object``, ``marker``);
+* sparseness (Gini index) and complexity (entropy) of every map
+  (:mod:`lightning_cam.metrics.monitoring`, equal to Quantus' ``Sparseness`` /
+  ``Complexity``);
+* with ``randomization="full"`` (or ``"cascading"``): the Spearman correlation of each
+  map with the map of a copy of the model whose parameters are re-initialised
+  (Adebayo et al. 2018's sanity check; the model itself is not touched);
 * LIFT-CAM's completeness residual ``|delta|``;
 * optionally the Pearson / Spearman correlation of each method's channel
   weights with ShapCAM's exact Shapley values (``shap_samples``).
@@ -57,6 +64,14 @@ class MethodReport:
     ``shap_pearson`` / ``shap_spearman`` (N,), NaN on images not compared.
     ``shared_curves`` (N,) bool: the curves were copied from an earlier method
     with the same pixel order. ``seconds``: explanation time, all images.
+    ``maps`` (N,h,w) the raw maps at layer resolution (for the stability series).
+    ``sparseness`` / ``complexity`` (N,): Gini index / entropy of the map.
+    ``region_energy`` (N,R): share of the map's energy in region r of the report's
+    ``regions`` (NaN where that region is empty; None without regions).
+    ``randomization_spearman`` (N,): Spearman correlation with the randomised model's
+    map (None unless asked for); ``randomization_cascade`` (N,S) the same after each step of
+    the cascading randomisation, output layer first (``randomization="cascading"`` only). ``stability`` / ``stability_first`` (N,): Spearman
+    correlation with the previous / first evaluation's maps (filled in by the callback).
     """
 
     method: str
@@ -73,6 +88,14 @@ class MethodReport:
     completeness_residual: Tensor | None = None
     shap_pearson: Tensor | None = None
     shap_spearman: Tensor | None = None
+    maps: Tensor | None = None
+    sparseness: Tensor | None = None
+    complexity: Tensor | None = None
+    region_energy: Tensor | None = None
+    randomization_spearman: Tensor | None = None
+    randomization_cascade: Tensor | None = None
+    stability: Tensor | None = None
+    stability_first: Tensor | None = None
     seconds: float = 0.0
 
 
@@ -93,6 +116,7 @@ class EvaluationReport:
     ``confidence`` (N,) its softmax probability; ``labels`` (N,) or None;
     ``fractions`` (T,) the x-axis of the curves (None when skipped);
     ``index`` (N,) each image's position in the evaluated set;
+    ``regions``: the names of the columns of each method's ``region_energy``;
     ``timing``: wall seconds of this process in ``explain`` (all methods),
     ``curves`` (insertion/deletion) and ``scores`` (all scoring, curves included).
     """
@@ -104,6 +128,7 @@ class EvaluationReport:
     fractions: Tensor | None = None
     index: Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    regions: tuple[str, ...] = ()
 
     @property
     def num_images(self) -> int:
@@ -199,12 +224,42 @@ def _nan(n: int, device: torch.device) -> Tensor:
     return torch.full((n,), float("nan"), device=device)
 
 
+def _randomization(
+    net: nn.Module,
+    layer: str,
+    xb: Tensor,
+    exps: Mapping[str, Any],
+    methods: Sequence[str],
+    targets: Tensor,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None,
+    order: str,
+    seed: int,
+) -> dict[str, dict[str, Tensor]]:
+    """Per method: Spearman of its maps with those of the randomised copies (same targets); the
+    last step (every parameter re-initialised) as ``randomization_spearman``, and with
+    ``order="cascading"`` every step, output layer first, as ``randomization_cascade`` (N, S)."""
+    from lightning_cam.methods import explain_all
+    from lightning_cam.metrics.monitoring import randomized_models, spearman
+
+    steps: dict[str, list[Tensor]] = {m: [] for m in methods}
+    for _, twin in randomized_models(net, order=order, seed=seed):  # type: ignore[arg-type]
+        rand = explain_all(twin, layer, xb, methods=methods, targets=targets, method_kwargs=method_kwargs)
+        for m in methods:
+            steps[m].append(spearman(exps[m].maps, rand[m].maps))
+    out = {m: {"randomization_spearman": v[-1]} for m, v in steps.items()}
+    if order == "cascading":
+        for m, v in steps.items():
+            out[m]["randomization_cascade"] = torch.stack(v, dim=1)
+    return out
+
+
 @torch.no_grad()
 def _score_batch(
     model: nn.Module,
     xb: Tensor,
     exps: Mapping[str, Any],
     masks: Tensor | None,
+    regions: Mapping[str, Tensor] | None,
     shap_weights: Tensor | None,
     shap_rows: Tensor,
     compare: bool,
@@ -213,6 +268,7 @@ def _score_batch(
     metric_batch_size: int,
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor | None, float]:
     from lightning_cam.metrics import confidence_change, insertion_deletion, pointing_game
+    from lightning_cam.metrics.monitoring import complexity, region_energy, sparseness
     from lightning_cam.metrics.rise import pixel_ranks
 
     b, _, h, w = xb.shape
@@ -263,6 +319,14 @@ def _score_batch(
             p = pointing_game(sal, masks)
             res["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
             res["energy_pointing_game"] = torch.where(p.valid, p.energy.float(), _nan(b, device))
+        if regions:
+            energy = region_energy(sal, regions)
+            res["region_energy"] = torch.stack(
+                [torch.where(v, en.float(), _nan(b, device)) for en, v in energy.values()], dim=1
+            )
+        res["maps"] = e.maps.detach().float()
+        res["sparseness"] = sparseness(sal)
+        res["complexity"] = complexity(sal)
         if e.delta is not None:
             res["completeness_residual"] = e.delta.float().abs()
         if compare and e.weights is not None and m != "shap":
@@ -292,6 +356,9 @@ def evaluate(
     batch_size: int = 64,
     metric_batch_size: int = 256,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    regions: Mapping[str, Tensor] | None = None,
+    randomization: str | None = None,
+    randomization_seed: int = 42,
 ) -> EvaluationReport:
     """Explain ``images`` with every method at every layer and score the maps.
 
@@ -312,6 +379,13 @@ def evaluate(
         batch_size: images per explanation batch; ``metric_batch_size``:
             images per forward pass of the metrics.
         method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+        regions: named region masks ``{name: (N, H, W)}``, e.g. ``{"object": ..., "marker": ...}``:
+            each method's ``region_energy`` holds ``sum(S * R) / sum(S)`` per region.
+        randomization: ``"full"`` or ``"cascading"``: the model-parameter randomisation check
+            (:func:`lightning_cam.metrics.model_randomization`): each method's maps of a copy of
+            the model with re-initialised parameters (seeded with ``randomization_seed``; the
+            same target classes) against its maps, Spearman per image; ``"cascading"``
+            re-initialises from the output layer down and reports the last (fully random) step.
 
     Returns:
         An :class:`EvaluationReport` with per-image tensors on the model's device.
@@ -348,6 +422,15 @@ def evaluate(
     target_t = targets
     if isinstance(targets, (Tensor, list, tuple)):
         target_t = torch.as_tensor(targets).reshape(-1)
+    regions = dict(regions or {})
+    for rname, rmask in regions.items():
+        if not isinstance(rmask, Tensor) or rmask.shape[0] != n or tuple(rmask.shape[-2:]) != (h, w):
+            shape = tuple(rmask.shape) if isinstance(rmask, Tensor) else type(rmask).__name__
+            raise ValueError(f"regions[{rname!r}] must be (N, H, W) = ({n}, {h}, {w}), got {shape}")
+    if masks is None and "object" in regions:
+        masks = regions["object"]
+    if randomization not in (None, "full", "cascading"):
+        raise ValueError(f"randomization must be None, 'full' or 'cascading', got {randomization!r}")
 
     chunks: dict[str, dict[str, dict[str, list[Tensor]]]] = {name: {m: {} for m in methods} for name in names}
     seconds: dict[str, dict[str, float]] = {name: dict.fromkeys(methods, 0.0) for name in names}
@@ -358,6 +441,7 @@ def evaluate(
         rows = slice(s, min(s + batch_size, n))
         xb = images[rows].to(device)
         mb = None if masks is None else masks[rows].to(device)
+        rb = {k: v[rows].to(device) for k, v in regions.items()}
         tb = target_t[rows] if isinstance(target_t, Tensor) else target_t
         sel = shap_on[rows].to(device)
         for li, (name, qualified) in enumerate(names.items()):
@@ -379,8 +463,15 @@ def evaluate(
                     shap_weights[sel] = ws
             t1 = time.perf_counter()
             scored, frac, t_curves = _score_batch(
-                net, xb, exps, mb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size
+                net, xb, exps, mb, rb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size
             )
+            if randomization is not None:
+                t2 = time.perf_counter()
+                for m, values in _randomization(
+                    net, qualified, xb, exps, methods, first.targets, method_kwargs, randomization, randomization_seed
+                ).items():
+                    scored[m].update(values)
+                timing["randomization"] = timing.get("randomization", 0.0) + time.perf_counter() - t2
             timing["explain"] += t1 - t0
             timing["scores"] += time.perf_counter() - t1
             timing["curves"] += t_curves
@@ -405,4 +496,5 @@ def evaluate(
         fractions=fractions,
         index=torch.arange(n, device=device),
         timing=timing,
+        regions=tuple(regions),
     )

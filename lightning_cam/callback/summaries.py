@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALLBACK_KEYS",
+    "ENERGY_PREFIX",
     "METRICS",
     "STAGE_PREFIX",
     "MetricSpec",
     "ParsedKey",
     "metric_key",
     "parse_key",
+    "region_spec",
     "summarise",
 ]
 
@@ -68,7 +70,25 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("shap_pearson", "higher", "ρ shap", "Pearson correlation of the channel weights with ShapCAM's exact Shapley values"),
     MetricSpec("shap_spearman", "higher", "ρs shap", "Spearman correlation (average ranks) of the channel weights with ShapCAM's"),
     MetricSpec("seconds", "lower", "s/img", "explanation wall time per image (shared forward pass included)"),
+    MetricSpec("stability", "higher", "stab", "Spearman correlation of each map with the previous evaluation's map (1 = settled; absent at the first)"),
+    MetricSpec("stability_first", "none", "stab₀", "Spearman correlation of each map with the first evaluation's map (how far it moved since)"),
+    MetricSpec("randomization_spearman", "lower", "ρ rand", "Spearman correlation with the map of the model with re-initialised parameters (Adebayo et al. 2018, Quantus MPRT; low = depends on the model)"),
+    MetricSpec("sparseness", "higher", "Gini", "Gini index of the map (Chalasani et al. 2020, Quantus Sparseness; 1 = one pixel)"),
+    MetricSpec("complexity", "lower", "H", "entropy of the normalised map (Bhatt et al. 2020, Quantus Complexity; log(H*W) = uniform)"),
 )
+#: ``energy/<region>``: share of the map's energy in a named region mask (the region's spec).
+ENERGY_PREFIX = "energy"
+#: Direction per region name: energy on the object is good, on a shortcut marker bad.
+REGION_DIRECTIONS: dict[str, Direction] = {"object": "higher", "marker": "lower"}
+
+
+def region_spec(region: str) -> MetricSpec:
+    """The spec of ``energy/<region>``: sum(S * R) / sum(S) over the images where the region is not empty."""
+    return MetricSpec(
+        f"{ENERGY_PREFIX}/{region}", REGION_DIRECTIONS.get(region, "none"), f"E[{region}]",
+        f"share of the map's energy (sum of the [0,1] map) inside the {region!r} region mask",
+    )
+
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 #: Metrics that come from the insertion / deletion curves (reduced first under the cost budget).
 CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
@@ -98,9 +118,12 @@ class ParsedKey:
 
 
 def parse_key(key: str) -> ParsedKey | None:
-    """Split a per-method key (``cam/liftcam/insertion``, ``cam_test/layer3/gradcam/deletion``); None otherwise."""
+    """Split a per-method key (``cam/liftcam/insertion``, ``cam_test/layer3/gradcam/deletion``,
+    ``cam/liftcam/energy/marker``); None otherwise."""
     parts = key.split("/")
-    if parts[0] not in STAGE_PREFIX.values() or parts[-1] not in METRIC_NAMES:
+    if len(parts) >= 4 and parts[-2] == ENERGY_PREFIX and parts[0] in STAGE_PREFIX.values():
+        parts = [*parts[:-2], f"{ENERGY_PREFIX}/{parts[-1]}"]
+    elif parts[0] not in STAGE_PREFIX.values() or parts[-1] not in METRIC_NAMES:
         return None
     if len(parts) == 3:
         return ParsedKey(parts[0], None, parts[1], parts[2])
@@ -133,6 +156,12 @@ def summarise(report: EvaluationReport, prefix: str = "cam", layer_in_key: bool 
                     value = None if field is None else _mean(field)
                 if value is not None and math.isfinite(value):
                     out[metric_key(prefix, method, spec.name, layer if with_layer else None)] = value
+            if mrep.region_energy is not None:
+                for i, region in enumerate(report.regions):
+                    value = _mean(mrep.region_energy[:, i])
+                    if value is not None and math.isfinite(value):
+                        key = metric_key(prefix, method, region_spec(region).name, layer if with_layer else None)
+                        out[key] = value
     return out
 
 

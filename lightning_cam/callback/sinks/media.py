@@ -17,6 +17,15 @@ from lightning_cam.callback.heldout import HeldOut
 __all__ = ["Display", "Media", "STAGE_WORDS"]
 
 STAGE_WORDS = {"val": "validation", "validate": "trainer.validate", "test": "trainer.test"}
+#: Per-image fields of a MethodReport shown in the W&B table and the CSV (when computed).
+PER_IMAGE_COLUMNS = (
+    "insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "energy_pointing_game",
+    "completeness_residual", "stability", "stability_first", "randomization_spearman", "sparseness", "complexity",
+)
+
+
+def _at(values: Tensor, i: int, j: int | None) -> Tensor:
+    return values[i] if j is None else values[i, j]
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,26 @@ class Media:
                     viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
                     f"{title}: the images, then their {m} overlays",
                 )
+            if layer in self.agreement:
+                names, matrix = self.agreement[layer]
+                out[self.key(layer, "agreement")] = (
+                    self.file_stem(layer, "agreement"),
+                    viz.agreement_heatmap(names, matrix, f"method agreement (mean Spearman) · {title}"),
+                    f"{title}: mean pairwise Spearman rank correlation between the methods' maps",
+                )
+        return out
+
+    @functools.cached_property
+    def agreement(self) -> dict[str, tuple[list[str], Tensor]]:
+        """Per layer with two or more methods: names and the (M, M) mean pairwise Spearman matrix
+        of the maps at layer resolution (:func:`lightning_cam.metrics.method_agreement`)."""
+        from lightning_cam.metrics.monitoring import method_agreement
+
+        out = {}
+        for layer, lrep in self.report.layers.items():
+            maps = {m: r.maps for m, r in lrep.methods.items() if r.maps is not None}
+            if len(maps) >= 2:
+                out[layer] = method_agreement(maps)
         return out
 
     def table_rows(self) -> tuple[list[str], list[list[object]]]:
@@ -133,17 +162,20 @@ class Media:
         names = []
         for layer, m, r in rep.items():
             name = f"{layer}/{m}" if self.multi_layer else m
-            for k in ("insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game",
-                      "energy_pointing_game", "completeness_residual"):
+            for k in PER_IMAGE_COLUMNS:
                 if getattr(r, k) is not None:
-                    names.append((layer, m, k))
+                    names.append((layer, m, k, None))
                     cols.append(f"{name}_{k}")
+            if r.region_energy is not None:
+                for j, region in enumerate(rep.regions):
+                    names.append((layer, m, "region_energy", j))
+                    cols.append(f"{name}_energy_{region}")
         src = self.held.indices if self.held.indices is not None else list(range(len(self.held)))
         rows = []
         for i in range(rep.num_images):
             lab = None if self.held.labels is None else int(self.held.labels[i])
             row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i])), float(rep.confidence[i])]
-            row += [float(getattr(rep.method(m, layer), k)[i]) for layer, m, k in names]
+            row += [float(_at(getattr(rep.method(m, layer), k), i, j)) for layer, m, k, j in names]
             rows.append(row)
         return cols, rows
 

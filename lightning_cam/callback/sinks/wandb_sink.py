@@ -1,4 +1,5 @@
-"""W&B: labelled grids, a per-image table and the mean insertion / deletion curves.
+"""W&B: labelled grids, a per-image table, the mean insertion / deletion curves and the
+method-agreement heatmap (image ``cam/agreement``) with its table (``cam/agreement_table``).
 
 Logged with ``experiment.log`` together with ``trainer/global_step`` and
 ``epoch`` (no ``step=``: W&B's x-axis is the trainer's global step, so the
@@ -31,6 +32,12 @@ class WandbSink:
             payload[f"{media.prefix}/table"] = self.table(media)
         if media.display.curves and media.report.fractions is not None:
             payload.update(self.curves(media))
+        for layer, (names, matrix) in media.agreement.items():
+            table = wandb.Table(columns=["method_a", "method_b", "spearman"])
+            for i, a in enumerate(names):
+                for j, b in enumerate(names):
+                    table.add_data(a, b, float(matrix[i, j]))
+            payload[media.key(layer, "agreement_table")] = table
         self.logger.experiment.log(dict(payload, **{"trainer/global_step": media.step, "epoch": media.epoch}))
 
     @staticmethod
