@@ -380,7 +380,9 @@ def evaluate(
             images per forward pass of the metrics.
         method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
         regions: named region masks ``{name: (N, H, W)}``, e.g. ``{"object": ..., "marker": ...}``:
-            each method's ``region_energy`` holds ``sum(S * R) / sum(S)`` per region.
+            each method's ``region_energy`` holds ``sum(S * R) / sum(S)`` per region
+            (default with ``masks``: ``{"object": masks}``; ``regions["object"]`` is the default
+            of ``masks``).
         randomization: ``"full"`` or ``"cascading"``: the model-parameter randomisation check
             (:func:`lightning_cam.metrics.model_randomization`): each method's maps of a copy of
             the model with re-initialised parameters (seeded with ``randomization_seed``; the
@@ -429,6 +431,8 @@ def evaluate(
             raise ValueError(f"regions[{rname!r}] must be (N, H, W) = ({n}, {h}, {w}), got {shape}")
     if masks is None and "object" in regions:
         masks = regions["object"]
+    if masks is not None and not regions:  # one object mask: its energy is the energy pointing game
+        regions = {"object": masks}
     if randomization not in (None, "full", "cascading"):
         raise ValueError(f"randomization must be None, 'full' or 'cascading', got {randomization!r}")
 
