@@ -1,5 +1,8 @@
 """W&B: labelled grids, a per-image table and the mean insertion / deletion curves.
 
+The table and the curve charts come with the evaluations that computed the
+curves (all of them without a cost budget).
+
 Logged with ``experiment.log`` together with ``trainer/global_step`` and
 ``epoch`` (no ``step=``: W&B's x-axis is the trainer's global step, so the
 pictures line up with the epoch's scalars).
@@ -27,10 +30,11 @@ class WandbSink:
         payload: dict[str, Any] = {
             key: wandb.Image(grid, caption=caption) for key, (_, grid, caption) in media.grids.items()
         }
-        if media.display.table:
-            payload[f"{media.prefix}/table"] = self.table(media)
-        if media.display.curves and media.report.fractions is not None:
-            payload.update(self.curves(media))
+        if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
+            if media.display.table:
+                payload[f"{media.prefix}/table"] = self.table(media)
+            if media.display.curves:
+                payload.update(self.curves(media))
         self.logger.experiment.log(dict(payload, **{"trainer/global_step": media.step, "epoch": media.epoch}))
 
     @staticmethod
