@@ -59,7 +59,8 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
 
     pl.seed_everything(0)
     cb = CAMCallback(
-        max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=6, max_images=4, shap_samples=2
+        max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=6, max_images=4, shap_samples=2,
+        method_grids=True,
     )
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="cam-test")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=2))
@@ -117,7 +118,10 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
 @pytest.mark.slow
 def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
     pl.seed_everything(0)
-    cb = CAMCallback(max_overhead=None, target_layer="layer4", methods=["liftcam", "hirescam"], num_samples=4, every_n_epochs=2, n_steps=8)
+    cb = CAMCallback(
+        max_overhead=None, target_layer="layer4", methods=["liftcam", "hirescam"], num_samples=4, every_n_epochs=2,
+        n_steps=8, method_grids=True,
+    )
     logger = CSVLogger(str(tmp_path), name="csv")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=3))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16))
@@ -138,7 +142,8 @@ def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
 def test_tensorboard_user_images_and_no_logger(tmp_path):
     ds = ToyShapes(10, seed=7)
     cb = CAMCallback(
-        max_overhead=None, target_layer="layer4", images=ds.images, labels=ds.labels, masks=ds.masks, num_samples=5, n_steps=8
+        max_overhead=None, target_layer="layer4", images=ds.images, labels=ds.labels, masks=ds.masks, num_samples=5,
+        n_steps=8, method_grids=True,
     )
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=1))
@@ -156,7 +161,7 @@ def test_tensorboard_user_images_and_no_logger(tmp_path):
 
     # no logger at all: PNGs under default_root_dir/cam
     root = tmp_path / "nolog"
-    cb2 = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=3, n_steps=8)
+    cb2 = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=3, n_steps=8, method_grids=True)
     trainer = pl.Trainer(**trainer_kwargs(root, callbacks=[cb2], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, with_masks=False))
     assert (root / "cam" / "epoch0_liftcam.png").is_file()
@@ -218,7 +223,8 @@ def test_resume_keeps_the_heldout_set_and_checkpoint_monitor_sees_cam_keys(tmp_p
 def test_validate_and_test_under_inference_mode_and_mixed_precision(tmp_path):
     dm = ToyDataModule(n_train=16, n_val=8)
     model = LitTiny()
-    cb = CAMCallback(max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4, n_steps=8)
+    cb = CAMCallback(max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4,
+                     n_steps=8, method_grids=True)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb]))  # inference_mode=True by default
     (val,) = trainer.validate(model, datamodule=dm)
     assert cb.num_errors == 0
@@ -297,7 +303,7 @@ def test_fast_dev_run_and_default_arguments(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     """ddp_spawn on CPU (gloo): each rank explains rows rank::2, gathered results equal one process."""
-    kw = dict(max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=7, n_steps=8, shap_samples=3)
+    kw = dict(max_overhead=None, method_grids=True, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=7, n_steps=8, shap_samples=3)
     dm = ToyDataModule(n_train=16, n_val=12)
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()

@@ -79,6 +79,8 @@ class CAMCallbackMixin:
         explain_batch_size: images per explanation batch.
         alpha: overlay opacity.
         log_table, log_curves: W&B per-image table / mean curve charts.
+        method_grids: also a grid per method (``cam/<method>/grid``); the
+            overview (``cam/overview``) always shows every method.
         save_png: write PNG grids and a CSV of per-image scores under
             ``<log_dir>/cam/``; ``None`` = only when no ``WandbLogger`` is attached.
         table_image_size: longest side of the images in the W&B table.
@@ -113,6 +115,7 @@ class CAMCallbackMixin:
         alpha: float = 0.5,
         log_table: bool = True,
         log_curves: bool = True,
+        method_grids: bool = False,
         save_png: bool | None = None,
         table_image_size: int = 128,
         class_names: Sequence[str] | None = None,
@@ -134,7 +137,7 @@ class CAMCallbackMixin:
         self.display = sinks.Display(
             mean=mean, std=std, alpha=float(alpha), colormap=colormap,
             max_images=check_int("max_images", max_images, 1), table=bool(log_table), curves=bool(log_curves),
-            table_image_size=check_int("table_image_size", table_image_size, 8),
+            table_image_size=check_int("table_image_size", table_image_size, 8), method_grids=bool(method_grids),
         )
         self.log_images = bool(log_images)
         self.save_png = save_png

@@ -378,11 +378,20 @@ def evaluate(
     return report
 
 
-def curve_forwards(report: EvaluationReport, step: int | None = None, n_steps: int | None = 16, size: tuple[int, int] | None = None) -> int:
-    """Upper bound of the forward passes :func:`add_curves` runs (no sharing): images x methods x (2 n + 1)."""
-    h, w = size if size is not None else tuple(next(r for _, _, r in report.items()).saliency.shape[-2:])
+def curve_forwards(report: EvaluationReport, step: int | None = None, n_steps: int | None = 16) -> int:
+    """Forward passes :func:`add_curves` will run: (image, method) pairs not shared x ``2 n + 1``."""
+    h, w = next(r for _, _, r in report.items()).saliency.shape[-2:]
     n = min(n_steps or 16, h * w) if step is None else -(-(h * w) // step)
-    return report.num_images * sum(len(lr.methods) for lr in report.layers.values()) * (2 * n + 1)
+    pairs = 0
+    for lrep in report.layers.values():
+        done: list[Tensor] = []
+        for r in lrep.methods.values():
+            shared = torch.zeros(report.num_images, dtype=torch.bool, device=r.saliency.device)
+            for prev in done:
+                shared |= _same_maps(r.saliency, prev, lrep.channels)
+            pairs += int((~shared).sum())
+            done.append(r.saliency)
+    return pairs * (2 * n + 1)
 
 
 def _same_maps(a: Tensor, b: Tensor, channels: int | None) -> Tensor:

@@ -10,6 +10,8 @@ pictures line up with the epoch's scalars).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -27,9 +29,16 @@ class WandbSink:
     def write(self, media: Media) -> None:
         import wandb
 
-        payload: dict[str, Any] = {
-            key: wandb.Image(grid, caption=caption) for key, (_, grid, caption) in media.grids.items()
-        }
+        with tempfile.TemporaryDirectory() as tmp:
+            # PNGs encoded with fast compression (wandb.Image(array) uses PIL's slow default);
+            # W&B copies them into the run when logged
+            payload: dict[str, Any] = {
+                key: wandb.Image(str(viz.save_png(grid, Path(tmp) / f"{stem}.png", compress_level=1)), caption=caption)
+                for key, (stem, grid, caption) in media.grids.items()
+            }
+            self._log(media, payload)
+
+    def _log(self, media: Media, payload: dict[str, Any]) -> None:
         if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
             if media.display.table:
                 payload[f"{media.prefix}/table"] = self.table(media)
