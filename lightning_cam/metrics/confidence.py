@@ -89,6 +89,7 @@ def confidence_change(
     normalize: bool = False,
     batch_size: int = 256,
     clean_logits: Tensor | None = None,
+    deletion: bool = True,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -108,6 +109,8 @@ def confidence_change(
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
         clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
+        deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
+            forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
@@ -130,18 +133,22 @@ def confidence_change(
             )
         # x*E and x*(1-E) for all images, chunked together (2B images)
         outs = []
-        for i in range(0, 2 * b, batch_size):
-            idx = torch.arange(i, min(i + batch_size, 2 * b), device=device)
+        total = 2 * b if deletion else b
+        for i in range(0, total, batch_size):
+            idx = torch.arange(i, min(i + batch_size, total), device=device)
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
             outs.append(class_scores(model(images[img_idx] * m), classes[img_idx], score))
         both = torch.cat(outs)
-    o, d = both[:b], both[b:]
+    o = both[:b]
+    d = both[b:] if deletion else torch.full_like(o, float("nan"))
     valid = y > 0
     denom = torch.where(valid, y, torch.ones_like(y))
     drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
     drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
+    if not deletion:
+        drop_in_deletion = torch.full_like(o, float("nan"))
     return ConfidenceResult(
         score=y,
         masked_score=o,

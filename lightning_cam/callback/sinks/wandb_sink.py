@@ -1,6 +1,9 @@
 """W&B: labelled grids, a per-image table, the mean insertion / deletion curves and the
 method-agreement heatmap (image ``cam/agreement``) with its table (``cam/agreement_table``).
 
+The table and the curve charts come with the evaluations that computed the
+curves (all of them without a cost budget).
+
 Logged with ``experiment.log`` together with ``trainer/global_step`` and
 ``epoch`` (no ``step=``: W&B's x-axis is the trainer's global step, so the
 pictures line up with the epoch's scalars).
@@ -8,6 +11,8 @@ pictures line up with the epoch's scalars).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -25,13 +30,21 @@ class WandbSink:
     def write(self, media: Media) -> None:
         import wandb
 
-        payload: dict[str, Any] = {
-            key: wandb.Image(grid, caption=caption) for key, (_, grid, caption) in media.grids.items()
-        }
-        if media.display.table:
-            payload[f"{media.prefix}/table"] = self.table(media)
-        if media.display.curves and media.report.fractions is not None:
-            payload.update(self.curves(media))
+        with tempfile.TemporaryDirectory() as tmp:
+            # PNGs encoded with fast compression (wandb.Image(array) uses PIL's slow default);
+            # W&B copies them into the run when logged
+            payload: dict[str, Any] = {
+                key: wandb.Image(str(viz.save_png(grid, Path(tmp) / f"{stem}.png", compress_level=1)), caption=caption)
+                for key, (stem, grid, caption) in media.grids.items()
+            }
+            self._log(media, payload)
+
+    def _log(self, media: Media, payload: dict[str, Any]) -> None:
+        if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
+            if media.display.table:
+                payload[f"{media.prefix}/table"] = self.table(media)
+            if media.display.curves:
+                payload.update(self.curves(media))
         for layer, (names, matrix) in media.agreement.items():
             table = wandb.Table(columns=["method_a", "method_b", "spearman"])
             for i, a in enumerate(names):
