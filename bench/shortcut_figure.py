@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n(the marker covers {area:.3f} of each image: the energy share of a map that ignores it)")
 
     k = args.images
-    fig = plt.figure(figsize=(k * 0.75 + 4.4, 2.6), dpi=80)
-    gs = fig.add_gridspec(3, k + 2, width_ratios=[1] * k + [0.2, 4.2])
+    from lightning_cam.data import CLASSES
+
     cfg = cfg0
     rgb = viz.denormalize(held.images[:k], cfg.data.mean, cfg.data.std)
     rows = [("image", rgb)] + [
@@ -118,14 +118,11 @@ def main(argv: list[str] | None = None) -> None:
          viz.overlay(held.images[:k], reports[n][m].saliency[:k].cpu(), 0.5, "inferno", cfg.data.mean, cfg.data.std))
         for n in runs
     ]
-    for r, (label, pics) in enumerate(rows):
-        for j in range(k):
-            ax = fig.add_subplot(gs[r, j])
-            ax.imshow(pics[j].permute(1, 2, 0).numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(label, fontsize=7)
-    ax = fig.add_subplot(gs[:, k + 1])
+    grid = viz.labelled_grid(rows, [CLASSES[int(c)] for c in held.labels[:k]],
+                             f"{m} on marked validation images", min_size=96)
+    fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=80, gridspec_kw={"width_ratios": [2.3, 1]})
+    ax_img.imshow(grid)
+    ax_img.axis("off")
     bars = [("val/acc", lambda n: loaded[n][1].get("val/acc")),
             ("test/acc (no marker)", lambda n: loaded[n][1].get("test/acc")),
             ("pointing game", lambda n: same[n]["pointing_game"]),
