@@ -43,6 +43,27 @@ def _load(run_dir: Path):
     return cfg, metrics, model.eval()
 
 
+HISTORY = ("energy/marker", "energy/object", "pointing_game", "stability")
+
+
+def _history(run_dir: Path, method: str) -> dict[str, list[float]]:
+    """Per validation epoch, ``cam/<method>/<q>`` for q in HISTORY, read back from the run's offline W&B file."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from wandb_offline import find_run_files, read_run_file
+
+    files = find_run_files(run_dir)
+    if not files:
+        return {}
+    run = read_run_file(files[-1])
+    out: dict[str, list[float]] = {}
+    for q in HISTORY:
+        key = f"cam/{method}/{q}"
+        out[q] = [float(r[key]) for r in run.rows_with(key)]
+    return out
+
+
 def _marked_heldout(cfg):
     from lightning_cam import app
     from lightning_cam.callback import heldout
@@ -105,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
             same.setdefault(n, {})[name] = v
             row.append(f"{v:.3f}")
         print(f"| {name} | " + " | ".join(row) + " |")
+    hist = {n: _history(d, m) for n, d in runs.items()}
+    print(f"\nPer validation epoch (W&B history of each run, {m}):\n")
+    for n, h in hist.items():
+        for q, vals in h.items():
+            if vals:
+                print(f"- {n}, `cam/{m}/{q}`: " + ", ".join(f"{v:.3f}" for v in vals))
     area = float(held.regions["marker"].double().mean())
     print(f"\n(the marker covers {area:.3f} of each image: the energy share of a map that ignores it)")
 
@@ -120,7 +147,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     grid = viz.labelled_grid(rows, [CLASSES[int(c)] for c in held.labels[:k]],
                              f"{m} on marked validation images", min_size=96)
-    fig, (ax_img, ax) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=80, gridspec_kw={"width_ratios": [2.3, 1]})
+    fig, (ax_img, ax, ax_h) = plt.subplots(1, 3, figsize=(14, 3.6), dpi=72, gridspec_kw={"width_ratios": [2.3, 1, 1]})
+    short = next(iter(runs))
+    for q, style in (("energy/marker", "-o"), ("energy/object", "-s"), ("pointing_game", "-^")):
+        vals = hist[short].get(q) or []
+        ax_h.plot(range(len(vals)), vals, style, label=q, markersize=3)
+    ax_h.set_title("shortcut run, per epoch", fontsize=8)
+    ax_h.set_xlabel("validation epoch", fontsize=7)
+    ax_h.tick_params(labelsize=7)
+    ax_h.set_ylim(bottom=0)
+    ax_h.legend(fontsize=7)
     ax_img.imshow(grid)
     ax_img.axis("off")
     bars = [("val/acc", lambda n: loaded[n][1].get("val/acc")),
@@ -141,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_title(f"{m}, same marked val images", fontsize=8)
     fig.tight_layout(w_pad=0.1, h_pad=0.1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=80)
+    fig.savefig(args.out, dpi=72)
+    from PIL import Image
+
+    Image.open(args.out).convert("RGB").quantize(colors=192).save(args.out, optimize=True)  # a small PNG
     print(f"wrote {args.out}")
 
 
