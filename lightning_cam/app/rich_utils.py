@@ -18,7 +18,7 @@ LEGEND = (
     "ins/del: insertion/deletion AUC; AD%/IC%: Average Drop / Increase in Confidence; "
     "PG/EPG: (energy) pointing game; Δcompl: LIFT-CAM completeness residual; s/img: seconds per image; "
     "stab/stab₀: Spearman with the previous/first epoch's maps; ρ rand: Spearman with the randomised model's maps; "
-    "Gini/H: sparseness/complexity; E[r]: energy share in region r; ↑/↓: higher/lower is better"
+    "Gini/H: sparseness/complexity; E r: energy share in region r; ↑/↓: higher/lower is better"
 )
 FIRST_FIELDS = ("data", "model", "cam", "callbacks", "logger", "trainer", "paths", "extras")
 

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam import viz
 from lightning_cam.callback import distributed, evaluator, heldout, sinks
 from lightning_cam.callback._lightning import lightning_package
-from lightning_cam.callback.arguments import as_floats, check_int, check_options
+from lightning_cam.callback.arguments import check_display, check_options
 from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.stability import StabilityTracker
 from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
@@ -147,16 +146,9 @@ class CAMCallbackMixin:
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
             sanity_every_n_epochs=sanity_every_n_epochs, sanity_order=sanity_order, sanity_seed=sanity_seed,
         )
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
-        viz.colormap_lut(colormap)  # raises ValueError listing examples
-        mean, std = as_floats("mean", mean), as_floats("std", std)
-        if std is not None and min(std) <= 0:
-            raise ValueError(f"CAMCallback: std must be > 0, got {std!r}")
-        self.display = sinks.Display(
-            mean=mean, std=std, alpha=float(alpha), colormap=colormap,
-            max_images=check_int("max_images", max_images, 1), table=bool(log_table), curves=bool(log_curves),
-            table_image_size=check_int("table_image_size", table_image_size, 8), method_grids=bool(method_grids),
+        self.display = check_display(
+            mean=mean, std=std, alpha=alpha, colormap=colormap, max_images=max_images, log_table=log_table,
+            log_curves=log_curves, table_image_size=table_image_size, method_grids=method_grids,
         )
         self.log_images = bool(log_images)
         self.save_png = save_png
@@ -164,9 +156,11 @@ class CAMCallbackMixin:
         self.budget = CostBudget(self.options.max_overhead)
         self.stability = StabilityTracker()
         self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
+        #: keys read <prefix>/<layer>/<method>/<metric> (several layers or several CAMCallbacks)
+        self.layer_in_key = self.options.multi_layer
         self._held: heldout.HeldOut | None = None
         self._restored: dict[str, Any] | None = None
-        self._display_stats: tuple[Any, Any] = (mean, std)
+        self._display_stats: tuple[Any, Any] = (self.display.mean, self.display.std)
         self._train_mark: float | None = None
         self._budget_exempt = False
         #: the report of the last run (all images, CPU) and its logged scalars
@@ -197,6 +191,9 @@ class CAMCallbackMixin:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # configuration errors surface at once, whatever on_error says
         self.layer_names = evaluator.layer_names(pl_module, self.options.target_layers)
+        # several layers, or several CAMCallbacks in this Trainer: the layer goes into the keys
+        others = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, CAMCallbackMixin) and cb is not self]
+        self.layer_in_key = self.options.multi_layer or bool(others)
         monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
         keys = [parse_key(k) for k in monitored]
         self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)
@@ -334,7 +331,7 @@ class CAMCallbackMixin:
                 report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
                 if stage == "val":  # the series follows training; validate/test runs do not advance it
                     self.stability.update(report)
-                scalars = summarise(report, prefix, layer_in_key=self.options.multi_layer)
+                scalars = summarise(report, prefix, layer_in_key=self.layer_in_key)
             except Exception as e:
                 self._report(trainer, stage, traceback.format_exc(), e)
                 return
@@ -362,20 +359,14 @@ class CAMCallbackMixin:
         if not self.log_images or trainer.fast_dev_run:
             return
         loggers = list(getattr(trainer, "loggers", []) or [])
-        has_wandb = any(sinks.is_logger(lg, "WandbLogger") for lg in loggers)
-        png_dir = None
-        if self.save_png if self.save_png is not None else not has_wandb:
-            try:  # trainer.log_dir broadcasts: every rank must call it
-                png_dir = f"{trainer.log_dir or trainer.default_root_dir}/cam"
-            except Exception:
-                png_dir = f"{trainer.default_root_dir}/cam"
+        png_dir = sinks.png_dir(trainer, self.save_png)  # every rank: trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return
         mean, std = self._display_stats
         media = sinks.Media(
             report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
-            class_names=self.class_names,
+            class_names=self.class_names, layer_in_key=self.layer_in_key,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:

@@ -66,7 +66,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("increase_in_confidence", "higher", "IC%", "Increase in Confidence % (Grad-CAM++): share of images with O > Y"),
     MetricSpec("pointing_game", "higher", "PG", "pointing game: share of maps whose maximum lies in the object mask"),
     MetricSpec("energy_pointing_game", "higher", "EPG", "energy pointing game (Score-CAM): share of the map's sum inside the mask"),
-    MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean |sum_k phi_k - (y_c(A) - y_c(0))|, 0 for exact DeepLIFT"),
+    MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean absolute gap between sum_k phi_k and y_c(A) - y_c(0) (0 = complete)"),
     MetricSpec("shap_pearson", "higher", "ρ shap", "Pearson correlation of the channel weights with ShapCAM's exact Shapley values"),
     MetricSpec("shap_spearman", "higher", "ρs shap", "Spearman correlation (average ranks) of the channel weights with ShapCAM's"),
     MetricSpec("seconds", "lower", "s/img", "explanation wall time per image (shared forward pass included)"),
@@ -85,7 +85,7 @@ REGION_DIRECTIONS: dict[str, Direction] = {"object": "higher", "marker": "lower"
 def region_spec(region: str) -> MetricSpec:
     """The spec of ``energy/<region>``: sum(S * R) / sum(S) over the images where the region is not empty."""
     return MetricSpec(
-        f"{ENERGY_PREFIX}/{region}", REGION_DIRECTIONS.get(region, "none"), f"E[{region}]",
+        f"{ENERGY_PREFIX}/{region}", REGION_DIRECTIONS.get(region, "none"), f"E {region}",
         f"share of the map's energy (sum of the [0,1] map) inside the {region!r} region mask",
     )
 
@@ -96,8 +96,7 @@ CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
 #: Keys of the callback's own figures, ``<stage prefix>/<name>``.
 CALLBACK_KEYS: tuple[MetricSpec, ...] = (
     MetricSpec("callback_seconds", "lower", "s", "wall time of the callback's run (explain, score, gather, log)"),
-    MetricSpec("curve_every", "none", "k", "insertion/deletion curves are computed every k-th evaluation (cost budget)"),
-    MetricSpec("overhead", "lower", "frac", "callback time / training time of the epoch (cost budget's measure)"),
+    MetricSpec("curve_every", "none", "k", "cadence of the insertion/deletion curves the cost budget affords: 1 every evaluation, k about every k-th, 0 never"),
 )
 
 #: Stage of the Trainer -> key prefix (scalars and media).

@@ -33,7 +33,7 @@ from lightning_cam.metrics._common import (
     class_scores,
     clean_output,
     evaluating,
-    resolve_targets,
+    targets_or_top1,
     saliency_to_size,
 )
 
@@ -267,9 +267,7 @@ def insertion_deletion(
 
     with evaluating(model, device):
         clean_logits = clean_output(model, images, batch_size, clean_logits)
-        classes = resolve_targets(targets, b, clean_logits.shape[1], device)
-        if classes is None:
-            classes = clean_logits.argmax(dim=1)
+        classes = targets_or_top1(targets, clean_logits)
         clean = class_scores(clean_logits, classes, score)
         del clean_logits
 
