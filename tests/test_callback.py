@@ -109,6 +109,15 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
         assert row["image"]["_type"] == "image-file"
         _png_is_rgb_uint8(run.artifact_file(table, row["liftcam"]["path"]))
 
+    # monitoring (issue 9): per-image stability in the table, the agreement heatmap and its table
+    assert {"liftcam_stability", "liftcam_stability_first", "gradcam_sparseness", "gradcam_energy_object"} <= set(cols)
+    assert row["liftcam_stability"] == pytest.approx(float(cb.last_report["liftcam"].stability[0]), abs=1e-6)
+    assert {"cam/agreement", "cam/agreement_table", "cam/liftcam/stability", "cam/liftcam/randomization_spearman",
+            "cam/liftcam/sparseness", "cam/liftcam/complexity", "cam/liftcam/energy/object"} <= keys
+    agree = run.table("cam/agreement_table")
+    assert agree["columns"] == ["method_a", "method_b", "spearman"] and len(agree["data"]) == 4
+    _png_is_rgb_uint8(run.media_path(run.rows_with("cam/agreement")[-1]["cam/agreement"]))
+
     # the insertion curve chart's data: one line per method, n_steps + 1 points each
     curves = run.table("cam/curves/insertion_table")
     assert curves["columns"] == ["step", "lineKey", "lineVal"]
@@ -127,7 +136,7 @@ def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16))
     cam_dir = Path(logger.log_dir) / "cam"
     assert sorted(p.name for p in cam_dir.iterdir()) == [
-        "epoch1_hirescam.png", "epoch1_liftcam.png", "epoch1_overview.png", "epoch1_scores.csv",
+        "epoch1_agreement.png", "epoch1_hirescam.png", "epoch1_liftcam.png", "epoch1_overview.png", "epoch1_scores.csv",
     ]
     _png_is_rgb_uint8(cam_dir / "epoch1_liftcam.png")
     import csv
@@ -349,6 +358,6 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert float(ddp.callback_metrics[key]) == pytest.approx(ref["scalars"][key], abs=tol)
     # images: only rank zero wrote PNGs (and the CSV)
     assert sorted(p.name for p in (tmp_path / "ddp" / "cam").iterdir()) == [
-        "validate_epoch0_gradcam.png", "validate_epoch0_liftcam.png", "validate_epoch0_overview.png",
-        "validate_epoch0_scores.csv",
+        "validate_epoch0_agreement.png", "validate_epoch0_gradcam.png", "validate_epoch0_liftcam.png",
+        "validate_epoch0_overview.png", "validate_epoch0_scores.csv",
     ]

@@ -209,9 +209,10 @@ def test_generic_image_logger_and_csv_png_files_with_labels(tmp_path):
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=[csv_logger, lg], callbacks=[cb], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
     # the generic logger got the labelled overview through log_image, and the scalars
-    (key, images, step), = lg.images
+    (key, images, step), (key2, images2, step2) = lg.images  # the overview, then the method-agreement heatmap
     # at the step of the epoch's scalars
     assert key == "cam/overview" and step == lg.steps["cam/liftcam/insertion"] and images[0].dtype == np.uint8
+    assert key2 == "cam/agreement" and step2 == step and images2[0].dtype == np.uint8
     assert "cam/liftcam/insertion" in lg.scalars
     # PNG + CSV files under the first logger's log_dir
     cam_dir = Path(csv_logger.log_dir) / "cam"

@@ -40,6 +40,8 @@ class WandbSink:
             self._log(media, payload)
 
     def _log(self, media: Media, payload: dict[str, Any]) -> None:
+        import wandb
+
         if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
             if media.display.table:
                 payload[f"{media.prefix}/table"] = self.table(media)
