@@ -176,3 +176,16 @@ def test_named_regions_energy_sparseness_complexity_and_agreement_png(tmp_path):
     assert png and png[0].stat().st_size > 1000
     csv_head = next(iter(open(tmp_path / "cam" / "epoch0_scores.csv"))).strip().split(",")
     assert {"liftcam_energy_marker", "liftcam_sparseness", "gradcam_complexity"} <= set(csv_head)
+
+
+def test_docs_monitoring_table_is_the_summaries_table():
+    """docs/monitoring.md quotes summaries.MONITORING_METRICS and the region specs; they must not drift apart."""
+    from pathlib import Path
+
+    from lightning_cam.callback import summaries
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
+    for spec in (*summaries.MONITORING_METRICS, summaries.region_spec("object"), summaries.region_spec("marker")):
+        assert f"| `{spec.name}` | {spec.direction} | {spec.description} |" in text, spec.name
+    assert summaries.parse_key("cam/liftcam/energy/marker") == summaries.ParsedKey("cam", None, "liftcam", "energy/marker")
+    assert summaries.parse_key("cam/layer3/liftcam/stability").layer == "layer3"

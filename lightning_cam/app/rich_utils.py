@@ -63,16 +63,17 @@ def _fmt(v: float | None) -> str:
 def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None, prefix: str = "cam") -> Table | None:
     """Table of the ``<prefix>/[<layer>/]<method>/<metric>`` values, one row per (layer and) method.
 
-    Columns follow :data:`lightning_cam.callback.summaries.METRICS`, with their direction arrows.
+    Columns follow :data:`lightning_cam.callback.summaries.ALL_METRICS` (then one per region), with
+    their direction arrows.
     """
-    from lightning_cam.callback.summaries import ENERGY_PREFIX, METRICS, by_method, region_spec
+    from lightning_cam.callback.summaries import ALL_METRICS, ENERGY_PREFIX, by_method, region_spec
 
     per = by_method(metrics, (prefix,))
     if not per:
         return None
     names = list(methods or [])
     order = sorted(per, key=lambda r: (names.index(r.split("/")[-1]) if r.split("/")[-1] in names else len(names), r))
-    cols = [spec for spec in METRICS if any(spec.name in v for v in per.values())]
+    cols = [spec for spec in ALL_METRICS if any(spec.name in v for v in per.values())]
     regions = sorted({k.split("/", 1)[1] for v in per.values() for k in v if k.startswith(f"{ENERGY_PREFIX}/")})
     cols += [region_spec(r) for r in regions]
     what = {"cam": "validation, last evaluated epoch", "cam_test": "trainer.test", "cam_validate": "trainer.validate"}

@@ -8,7 +8,8 @@ Every scalar the callback logs is ``<stage prefix>/[<layer>/]<method>/<metric>``
   (:data:`STAGE_PREFIX`), so test scores never overwrite validation scores;
 * ``<layer>`` appears only when the callback watches several layers (the name
   the user gave);
-* ``<metric>`` is one of :data:`METRICS`: each is the mean over the held-out
+* ``<metric>`` is one of :data:`METRICS` or :data:`MONITORING_METRICS`, or
+  ``energy/<region>`` (:func:`region_spec`): each is the mean over the held-out
   set of the per-image field of the same name in
   :class:`~lightning_cam.callback.evaluator.MethodReport` (NaN entries, e.g.
   images without a mask, are left out).
@@ -31,7 +32,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CALLBACK_KEYS",
     "ENERGY_PREFIX",
+    "ALL_METRICS",
     "METRICS",
+    "MONITORING_METRICS",
     "STAGE_PREFIX",
     "MetricSpec",
     "ParsedKey",
@@ -70,6 +73,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("shap_pearson", "higher", "ρ shap", "Pearson correlation of the channel weights with ShapCAM's exact Shapley values"),
     MetricSpec("shap_spearman", "higher", "ρs shap", "Spearman correlation (average ranks) of the channel weights with ShapCAM's"),
     MetricSpec("seconds", "lower", "s/img", "explanation wall time per image (shared forward pass included)"),
+)
+#: Monitoring over training (docs/monitoring.md): per-method metrics after :data:`METRICS` in the table.
+MONITORING_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("stability", "higher", "stab", "Spearman correlation of each map with the previous evaluation's map (1 = settled; absent at the first)"),
     MetricSpec("stability_first", "none", "stab₀", "Spearman correlation of each map with the first evaluation's map (how far it moved since)"),
     MetricSpec("randomization_spearman", "lower", "ρ rand", "Spearman correlation with the map of the model with re-initialised parameters (Adebayo et al. 2018, Quantus MPRT; low = depends on the model)"),
@@ -89,7 +95,9 @@ def region_spec(region: str) -> MetricSpec:
         f"share of the map's energy (sum of the [0,1] map) inside the {region!r} region mask",
     )
 
-METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+#: Every per-method metric with a fixed name (``energy/<region>`` keys come from :func:`region_spec`).
+ALL_METRICS: tuple[MetricSpec, ...] = METRICS + MONITORING_METRICS
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in ALL_METRICS)
 #: Metrics that come from the insertion / deletion curves (reduced first under the cost budget).
 CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
 
@@ -147,7 +155,7 @@ def summarise(report: EvaluationReport, prefix: str = "cam", layer_in_key: bool 
     out: dict[str, float] = {}
     for layer, lrep in report.layers.items():
         for method, mrep in lrep.methods.items():
-            for spec in METRICS:
+            for spec in ALL_METRICS:
                 if spec.name == "seconds":
                     value: float | None = mrep.seconds / max(report.num_images, 1)
                 else:
