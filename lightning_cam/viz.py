@@ -13,6 +13,9 @@ so the logged arrays are always uint8).
 * :func:`overlay` - alpha-blend the colour map over the image.
 * :func:`overlay_grid` - rows of images followed by rows of their overlays.
 * :func:`comparison_grid` - one row of images, then one row per method.
+* :func:`labelled_grid` - tiles in rows with a title, a label per row and
+  per column (rendered with PIL), e.g. method names and class / prediction /
+  confidence.
 * :func:`to_uint8_hwc` / :func:`save_png`.
 """
 
@@ -24,17 +27,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_cam.maps import normalize_maps, upsample_maps
 
 __all__ = [
     "apply_colormap",
     "colormap_lut",
     "comparison_grid",
     "denormalize",
+    "labelled_grid",
     "overlay",
     "overlay_grid",
     "resize",
+    "agreement_heatmap",
     "save_png",
     "to_uint8_hwc",
 ]
@@ -107,10 +113,7 @@ def denormalize(
         std_t = _as_stat(1.0 if std is None else std, c, x.device)
         x = x * std_t + mean_t
     elif x.numel() and (x.min() < 0.0 or x.max() > 1.0):
-        flat = x.flatten(1)
-        lo = flat.min(1).values.view(-1, 1, 1, 1)
-        hi = flat.max(1).values.view(-1, 1, 1, 1)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+        x = normalize_maps(x)  # per-image min-max over all channels
     x = x.clamp(0.0, 1.0)
     if c == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -121,11 +124,8 @@ def denormalize(
     return x.contiguous()
 
 
-def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(B, H, W)`` maps (no-op when already ``size``)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+#: Bilinear resize of ``(B, H, W)`` maps (no-op when already ``size``); the engine's one copy.
+resize = upsample_maps
 
 
 def overlay(
@@ -209,6 +209,73 @@ def comparison_grid(
     return _grid(torch.cat(rows), rgb.shape[0], padding)
 
 
+@functools.lru_cache(maxsize=8)
+def _font(size: int):  # noqa: ANN202 - PIL font
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable default font
+    except TypeError:  # pragma: no cover - older Pillow: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:  # noqa: ANN001
+    """``text`` shortened with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def labelled_grid(
+    rows: Sequence[tuple[str, Tensor]],
+    column_labels: Sequence[str] | None = None,
+    title: str = "",
+    min_size: int = 96,
+    padding: int = 2,
+    font_size: int = 12,
+) -> np.ndarray:
+    """Tiles in rows, with ``title`` on top, ``column_labels`` above the columns and row labels on the left.
+
+    ``rows``: ``(label, tiles)`` pairs, tiles ``(N, 3, H, W)`` float in [0, 1]
+    (N equal in every row). Tiles are upscaled (nearest, integer factor) to at
+    least ``min_size`` px so that small images and the text stay readable.
+    Column labels may hold several lines (``"\n"``). Returns ``(H, W, 3)`` uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("labelled_grid needs at least one row")
+    tiles = [_upscale(t.detach().float().cpu(), min_size) for _, t in rows]
+    ncol = tiles[0].shape[0]
+    if any(t.shape[0] != ncol for t in tiles):
+        raise ValueError(f"every row needs the same number of tiles, got {[t.shape[0] for t in tiles]}")
+    body = to_uint8_hwc(_grid(torch.cat(tiles), ncol, padding))
+    tile_h, tile_w = tiles[0].shape[-2:]
+    font = _font(font_size)
+    line = font_size + 3
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(max(probe.textlength(label, font=font) for label, _ in rows)) + 8
+    head_lines = max((len(c.split("\n")) for c in column_labels or []), default=0)
+    top = (line + 4 if title else 0) + head_lines * line + (4 if head_lines else 0)
+    canvas = Image.new("RGB", (left + body.shape[1], max(top + body.shape[0], line)), (255, 255, 255))
+    canvas.paste(Image.fromarray(body), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    black = (0, 0, 0)
+    if title:
+        draw.text((4, 2), _fit(draw, title, font, canvas.width - 8), fill=black, font=font)
+    for j, label in enumerate(column_labels or []):
+        x = left + padding + j * (tile_w + padding)
+        for k, text in enumerate(label.split("\n")):
+            y = top - (head_lines - k) * line - 2
+            draw.text((x, y), _fit(draw, text, font, tile_w), fill=black, font=font)
+    for i, (label, _) in enumerate(rows):
+        y = top + padding + i * (tile_h + padding) + tile_h // 2 - font_size // 2
+        draw.text((4, y), label, fill=black, font=font)
+    return np.asarray(canvas, dtype=np.uint8).copy()
+
+
 def to_uint8_hwc(image: Tensor) -> np.ndarray:
     """``(3, H, W)`` (or ``(H, W)``) float in [0, 1] -> ``(H, W, 3)`` uint8 numpy array."""
     x = image.detach().float()
@@ -222,12 +289,42 @@ def to_uint8_hwc(image: Tensor) -> np.ndarray:
     return x.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
-def save_png(image: Tensor | np.ndarray, path: str | Path) -> Path:
-    """Write a ``(3, H, W)`` float tensor or ``(H, W, 3)`` uint8 array as PNG."""
+def save_png(image: Tensor | np.ndarray, path: str | Path, compress_level: int = 6) -> Path:
+    """Write a ``(3, H, W)`` float tensor or ``(H, W, 3)`` uint8 array as PNG.
+
+    ``compress_level`` 0-9 (zlib): 1 encodes several times faster than PIL's default 6
+    for files about 1.5x larger (what the callback uses).
+    """
     from PIL import Image
 
     arr = to_uint8_hwc(image) if isinstance(image, Tensor) else np.asarray(image, dtype=np.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
+    Image.fromarray(arr).save(path, compress_level=compress_level)
     return path
+
+
+def agreement_heatmap(names: Sequence[str], matrix: Tensor, title: str = "method agreement") -> np.ndarray:
+    """An annotated (M, M) heatmap of pairwise rank correlations in [-1, 1] -> (H, W, 3) uint8 (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    m = matrix.detach().double().cpu().numpy()
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * k, 0.9 + 0.7 * k), dpi=90)
+    im = ax.imshow(m, vmin=-1.0, vmax=1.0, cmap="RdBu_r")
+    ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            txt = "–" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if abs(m[i, j]) > 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr

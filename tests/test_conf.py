@@ -212,6 +212,10 @@ def test_experiment_configs(experiment, tmp_path):
         validate_config(cfg)
         if experiment == "arch_compare":
             assert cfg.group == "arch_compare" and "resnet18" in cfg.hydra.sweeper.params.model
+        if experiment == "shortcut":
+            assert cfg.test is True and cfg.data.shortcut == 1.0 and cfg.data.test_shortcut == 0.0
+            dm = app.instantiate_datamodule(cfg)
+            assert dm.shortcut == 1.0 and dm.test_shortcut == 0.0
 
 
 @pytest.mark.parametrize("search", group_options("hparams_search"))
@@ -312,3 +316,12 @@ def test_timm_model_config_takes_any_timm_name(tmp_path):
     assert default_target_layer(lit) == "net.blocks.11.norm1"
     with torch.no_grad():
         assert lit.eval()(torch.randn(1, 3, 32, 32)).shape == (1, cfg.data.num_classes)
+
+
+def test_sweep_comparison_callback_is_configured(tmp_path):
+    cfg = make_cfg(tmp_path)
+    node = cfg.hydra.callbacks.sweep_comparison
+    assert node._target_ == "lightning_cam.app.sweep.SweepComparison" and node.enabled
+    from hydra.utils import instantiate
+
+    assert type(instantiate(node)).__name__ == "SweepComparison"

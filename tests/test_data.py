@@ -9,6 +9,7 @@ import torch
 
 from lightning_cam.data import (
     CLASSES,
+    MARKER_COLOURS,
     SHAPES_MEAN,
     SHAPES_STD,
     CIFAR10DataModule,
@@ -173,3 +174,55 @@ def test_augmentation_is_a_dihedral_transform_of_image_and_mask():
     dm = ShapesDataModule(num_train=4, num_val=4, image_size=16)
     dm.setup("fit")
     assert dm.data_train.augment and not dm.data_val.augment
+
+
+def test_shortcut_marker_encodes_the_label_and_never_covers_the_object():
+    plain = ShapesDataset(300, image_size=64, seed=0)
+    ds = ShapesDataset(300, image_size=64, seed=0, shortcut=0.6)
+    regions = ds.render_regions(range(300))
+    im, obj, labels = ds.render(range(300))
+    present = regions["marker"].any(dim=(1, 2))
+    assert abs(float(present.float().mean()) - 0.6) < 0.1  # ~ Binomial(300, 0.6): sd 0.028
+    assert torch.equal(obj, plain.render(range(300))[1]) and torch.equal(labels, plain.render(range(300))[2])
+    # without a marker the image is exactly the one of shortcut=0; with one, only the marker changed
+    p_im = plain.render(range(300))[0]
+    assert torch.equal(im[~present], p_im[~present])
+    assert torch.equal((im != p_im).any(1), regions["marker"])
+    assert not (regions["marker"] & obj).any()
+    side = max(3, round(64 / 8))
+    assert bool((regions["marker"][present].flatten(1).sum(1) == side * side).all())
+    # the marker's colour is the label's colour
+    colours = (torch.tensor(MARKER_COLOURS) * 255).round().to(torch.uint8)
+    for i in present.nonzero().flatten()[:20].tolist():
+        pix = im[i][:, regions["marker"][i]]
+        assert torch.equal(pix, colours[labels[i]][:, None].expand_as(pix))
+    # items: named regions as a dict; shortcut=0 items unchanged (a mask tensor)
+    x, y, r = ds[int(present.nonzero()[0])]
+    assert set(r) == {"object", "marker"} and r["marker"].any()
+    assert isinstance(plain[0][2], torch.Tensor)
+    with pytest.raises(ValueError, match=r"shortcut.*\[0, 1\].*data.shortcut=0.9"):
+        ShapesDataset(4, shortcut=1.5)
+
+
+def test_shortcut_regions_follow_the_augmentation_and_the_test_split_option():
+    ds = ShapesDataset(8, image_size=32, seed=1, shortcut=1.0, augment=True, mean=None, std=None)
+    raw, _, regions = ds.raw_regions(2)
+    torch.manual_seed(3)
+    for _ in range(6):
+        x, _, r = ds[2]
+        img = (x * 255).round().to(torch.uint8)
+        colour = img[:, r["marker"]]
+        assert colour.shape[1] == regions["marker"].sum() and (colour == colour[:, :1]).all()
+        assert r["object"].sum() == regions["object"].sum() and not (r["object"] & r["marker"]).any()
+    dm = ShapesDataModule(num_train=16, num_val=8, num_test=8, image_size=32, batch_size=8, shortcut=1.0,
+                          test_shortcut=0.0)
+    dm.setup("fit")
+    dm.setup("test")
+    x, y, r = next(iter(dm.train_dataloader()))
+    assert set(r) == {"object", "marker"} and r["marker"].shape == (8, 32, 32) and r["marker"].any(dim=(1, 2)).all()
+    assert isinstance(next(iter(dm.val_dataloader()))[2], dict)
+    xt, yt, mt = next(iter(dm.test_dataloader()))
+    assert isinstance(mt, torch.Tensor) and mt.shape == (8, 32, 32)  # no marker in the test split
+    assert ShapesDataModule(shortcut=0.3).test_shortcut == 0.3
+    with pytest.raises(ValueError, match="data.test_shortcut"):
+        ShapesDataModule(test_shortcut=-1)

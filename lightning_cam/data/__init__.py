@@ -9,7 +9,7 @@ from lightning_cam.data.datamodules import (
     ImageFolderDataModule,
     ShapesDataModule,
 )
-from lightning_cam.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+from lightning_cam.data.shapes import CLASSES, MARKER_COLOURS, SHAPES_MEAN, SHAPES_STD, ShapesDataset
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -19,6 +19,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageFolderDataModule",
+    "MARKER_COLOURS",
     "SHAPES_MEAN",
     "SHAPES_STD",
     "ShapesDataModule",

@@ -71,6 +71,11 @@ class ShapesDataModule(_Base):
     Train / val / test use the seeds ``seed``, ``seed + 1``, ``seed + 2``, so they
     never share an image. ``augment``: random 90-degree rotations and flips of the
     training images (and masks). Batches: ``(images, labels, masks)``.
+
+    ``shortcut=P``: a class-coded marker in a fraction P of the train and val images (see
+    :mod:`lightning_cam.data.shapes`); batches are then ``(images, labels, {"object": masks,
+    "marker": masks})``. ``test_shortcut``: the same for the test split (``None`` = ``shortcut``;
+    0 tests the model without the marker, i.e. whether it learned the shapes).
     """
 
     def __init__(
@@ -89,8 +94,16 @@ class ShapesDataModule(_Base):
         std: Sequence[float] = SHAPES_STD,
         cache: bool = True,
         augment: bool = True,
+        shortcut: float = 0.0,
+        test_shortcut: float | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
+        for name, p in (("shortcut", shortcut), ("test_shortcut", test_shortcut)):
+            if p is not None and not 0.0 <= float(p) <= 1.0:
+                raise ValueError(
+                    f"shapes: data.{name} is the probability of a class-coded marker, in [0, 1]; got {p!r} "
+                    f"(e.g. data.{name}=0.9)"
+                )
         if not 2 <= num_classes <= len(CLASSES):
             raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
         self.num_train, self.num_val, self.num_test = int(num_train), int(num_val), int(num_test)
@@ -101,17 +114,21 @@ class ShapesDataModule(_Base):
         self.mean, self.std = tuple(mean), tuple(std)
         self.cache = cache
         self.augment = augment
+        self.shortcut = float(shortcut)
+        self.test_shortcut = self.shortcut if test_shortcut is None else float(test_shortcut)
 
-    def _ds(self, n: int, seed: int, augment: bool = False) -> ShapesDataset:
-        return ShapesDataset(n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment)
+    def _ds(self, n: int, seed: int, augment: bool = False, shortcut: float = 0.0) -> ShapesDataset:
+        return ShapesDataset(
+            n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment, shortcut
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.data_train is None:
-            self.data_train = self._ds(self.num_train, self.seed, self.augment)
+            self.data_train = self._ds(self.num_train, self.seed, self.augment, self.shortcut)
         if stage in (None, "fit", "validate") and self.data_val is None:
-            self.data_val = self._ds(self.num_val, self.seed + 1)
+            self.data_val = self._ds(self.num_val, self.seed + 1, shortcut=self.shortcut)
         if stage in (None, "test", "predict") and self.data_test is None:
-            self.data_test = self._ds(self.num_test, self.seed + 2)
+            self.data_test = self._ds(self.num_test, self.seed + 2, shortcut=self.test_shortcut)
 
 
 class CIFAR10DataModule(_Base):

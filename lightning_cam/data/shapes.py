@@ -12,6 +12,15 @@ class shapes (they are thin or tiny while objects have a radius of at least
 object. Each sample comes with the object's ground-truth mask (H, W) bool, so
 explanations can be scored with the pointing game.
 
+``shortcut=P`` (default 0: nothing changes, bit for bit) plants a *shortcut*: with
+probability ``P`` a small square *marker* whose colour encodes the label
+(:data:`MARKER_COLOURS`) is drawn in the image corner farthest from the object. It
+is far easier for a CNN than the shape (a saturated, untextured, class-coloured
+patch that survives the dihedral augmentation), so a model trained with it can be
+right for the wrong reason. Items then carry named regions, ``{"object": mask,
+"marker": mask}`` (the marker mask is empty where no marker was drawn), so the share
+of saliency energy on the marker can be measured.
+
 Sample ``i`` is a pure function of ``(seed, i, image_size, num_classes)``:
 its parameters are drawn from a ``torch.Generator`` seeded with
 ``seed * 1_000_003 + i``; rendering is vectorised over a batch with
@@ -35,6 +44,13 @@ CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "st
 SHAPES_MEAN: tuple[float, float, float] = (0.4983, 0.4941, 0.4966)
 SHAPES_STD: tuple[float, float, float] = (0.2104, 0.2126, 0.2087)
 
+# Class-coded marker colours (shortcut option), saturated and far apart in RGB.
+MARKER_COLOURS: tuple[tuple[float, float, float], ...] = (
+    (0.95, 0.05, 0.05), (0.05, 0.85, 0.05), (0.05, 0.15, 0.95),
+    (0.95, 0.90, 0.05), (0.90, 0.05, 0.90), (0.05, 0.90, 0.90),
+)
+REGIONS: tuple[str, ...] = ("object", "marker")
+
 _MAX_DISTRACTORS = 6
 _CHUNK = 256
 
@@ -50,8 +66,22 @@ def _sample_params(seed: int, index: int, num_classes: int) -> torch.Tensor:
     return torch.cat([label, u])
 
 
-def _render(params: torch.Tensor, size: int, noise_seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render a batch from parameter vectors ``params`` (N, P) -> uint8 (N,3,S,S), mask (N,S,S), labels (N,)."""
+def _marker_draw(seed: int, index: int) -> float:
+    """The uniform draw deciding whether sample ``index`` gets a marker (``< shortcut``); from
+    its own generator, so the sample's other parameters do not depend on the option."""
+    return float(torch.rand((), generator=torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index) + 3_333_333_333)))
+
+
+def marker_geometry(size: int) -> tuple[int, int]:
+    """Side and inset (px) of the shortcut marker: ``max(3, round(S / 8))`` and ``max(1, round(S / 32))``."""
+    return max(3, round(size / 8)), max(1, round(size / 32))
+
+
+def _render(
+    params: torch.Tensor, size: int, noise_seeds: torch.Tensor, marker: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Render a batch from parameter vectors ``params`` (N, P) -> uint8 (N,3,S,S), mask (N,S,S),
+    labels (N,), marker masks (N,S,S) (None when ``marker`` (N,) bool is None)."""
     n = params.shape[0]
     s = float(size)
     label = params[:, 0].long()
@@ -131,8 +161,20 @@ def _render(params: torch.Tensor, size: int, noise_seeds: torch.Tensor) -> tuple
     obj = torch.where(lum_gap < 0.3, far * 0.1 * obj + (1 - far) * (0.75 + 0.25 * obj), obj)
     img = torch.where(mask.unsqueeze(1), obj.view(n, 3, 1, 1), img)
 
+    marker_mask = None
+    if marker is not None:
+        # a class-coloured square in the corner farthest from the object (never overlaps it:
+        # the object lies within ~r of its centre, the far corner is >= S/sqrt(2) away)
+        side, inset = marker_geometry(size)
+        x0 = torch.where(cx > s / 2, torch.full_like(cx, inset), torch.full_like(cx, size - inset - side))
+        y0 = torch.where(cy > s / 2, torch.full_like(cy, inset), torch.full_like(cy, size - inset - side))
+        px, py = xs - 0.5, ys - 0.5  # integer pixel coordinates
+        marker_mask = (px >= x0) & (px < x0 + side) & (py >= y0) & (py < y0 + side) & marker.view(n, 1, 1)
+        colours = torch.tensor(MARKER_COLOURS, dtype=img.dtype)[label]  # (n,3)
+        img = torch.where(marker_mask.unsqueeze(1), colours.view(n, 3, 1, 1), img)
+
     img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    return img, mask, label
+    return img, mask, label, marker_mask
 
 
 class ShapesDataset(Dataset):
@@ -150,8 +192,12 @@ class ShapesDataset(Dataset):
         augment: random dihedral transform (rotation by k*90 degrees, optional flip) of
             image and mask in ``__getitem__`` (the classes are invariant to it); uses the
             global torch RNG, so it follows ``seed_everything``. For training sets only.
+        shortcut: probability in [0, 1] of a class-coded marker (see the module docstring);
+            0 (default) renders exactly the images of earlier versions.
 
-    Returns per item: image float (3,S,S) normalised, label long (), mask bool (S,S).
+    Returns per item: image float (3,S,S) normalised, label long (), and the object mask bool
+    (S,S); with ``shortcut > 0`` the third element is the dict of named regions
+    ``{"object": (S,S) bool, "marker": (S,S) bool}`` instead.
     """
 
     classes = CLASSES
@@ -166,7 +212,13 @@ class ShapesDataset(Dataset):
         std: Sequence[float] | None = SHAPES_STD,
         cache: bool = True,
         augment: bool = False,
+        shortcut: float = 0.0,
     ) -> None:
+        if not 0.0 <= float(shortcut) <= 1.0:
+            raise ValueError(
+                f"shapes: shortcut is the probability of a class-coded marker, in [0, 1]; got {shortcut!r} "
+                "(e.g. data.shortcut=0.9)"
+            )
         if not 2 <= num_classes <= len(CLASSES):
             raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
         if image_size < 8:
@@ -176,55 +228,92 @@ class ShapesDataset(Dataset):
         self.num_classes = int(num_classes)
         self.seed = int(seed)
         self.augment = bool(augment)
+        self.shortcut = float(shortcut)
         self.classes = CLASSES[:num_classes]
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._images: torch.Tensor | None = None
         self._masks: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
+        self._markers: torch.Tensor | None = None
         if cache:
-            self._images, self._masks, self._labels = self.render(range(self.num_samples))
+            self._images, self._masks, self._labels, self._markers = self._render_all(range(self.num_samples))
 
-    def render(self, indices: Sequence[int] | range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Render samples -> uint8 images (N,3,S,S), bool masks (N,S,S), long labels (N,)."""
+    @property
+    def has_marker(self) -> bool:
+        """Whether items carry named regions (``shortcut > 0``)."""
+        return self.shortcut > 0
+
+    def _render_all(
+        self, indices: Sequence[int] | range
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         indices = list(indices)
-        imgs, masks, labels = [], [], []
+        s = self.image_size
+        if not indices:
+            empty = torch.zeros(0, s, s, dtype=torch.bool)
+            return (torch.zeros(0, 3, s, s, dtype=torch.uint8), empty, torch.zeros(0, dtype=torch.long),
+                    empty if self.has_marker else None)
+        imgs, masks, labels, markers = [], [], [], []
         for start in range(0, len(indices), _CHUNK):
             chunk = indices[start:start + _CHUNK]
             params = torch.stack([_sample_params(self.seed, i, self.num_classes) for i in chunk])
             noise_seeds = torch.tensor([self.seed * 1_000_003 + i + 7_777_777_777 for i in chunk])
-            im, m, lab = _render(params, self.image_size, noise_seeds)
-            imgs.append(im), masks.append(m), labels.append(lab)
-        if not indices:
-            s = self.image_size
-            return torch.zeros(0, 3, s, s, dtype=torch.uint8), torch.zeros(0, s, s, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
-        return torch.cat(imgs), torch.cat(masks), torch.cat(labels)
+            present = None
+            if self.has_marker:
+                present = torch.tensor([_marker_draw(self.seed, i) < self.shortcut for i in chunk])
+            im, m, lab, mk = _render(params, s, noise_seeds, present)
+            imgs.append(im), masks.append(m), labels.append(lab), markers.append(mk)
+        return (torch.cat(imgs), torch.cat(masks), torch.cat(labels),
+                torch.cat(markers) if self.has_marker else None)
+
+    def render(self, indices: Sequence[int] | range) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Render samples -> uint8 images (N,3,S,S), bool object masks (N,S,S), long labels (N,)."""
+        return self._render_all(indices)[:3]
+
+    def render_regions(self, indices: Sequence[int] | range) -> dict[str, torch.Tensor]:
+        """Named region masks of samples: ``{"object": (N,S,S)}``, plus ``"marker"`` when ``shortcut > 0``."""
+        _, masks, _, markers = self._render_all(indices)
+        return {"object": masks} if markers is None else {"object": masks, "marker": markers}
 
     def __len__(self) -> int:
         return self.num_samples
 
-    def raw(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Un-normalised uint8 image (3,S,S), label, mask (S,S)."""
+    def _index(self, index: int) -> int:
         if index < 0:
             index += self.num_samples
         if not 0 <= index < self.num_samples:
             raise IndexError(index)
-        if self._images is not None:
-            return self._images[index], int(self._labels[index]), self._masks[index]
-        im, m, lab = self.render([index])
-        return im[0], int(lab[0]), m[0]
+        return index
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        im, label, mask = self.raw(index)
+    def raw(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Un-normalised uint8 image (3,S,S), label, object mask (S,S)."""
+        im, label, regions = self.raw_regions(index)
+        return im, label, regions["object"]
+
+    def raw_regions(self, index: int) -> tuple[torch.Tensor, int, dict[str, torch.Tensor]]:
+        """Un-normalised uint8 image (3,S,S), label and the named region masks (S,S)."""
+        index = self._index(index)
+        if self._images is not None:
+            im, lab, m = self._images[index], int(self._labels[index]), self._masks[index]
+            mk = None if self._markers is None else self._markers[index]
+        else:
+            ims, ms, labs, mks = self._render_all([index])
+            im, lab, m, mk = ims[0], int(labs[0]), ms[0], None if mks is None else mks[0]
+        return im, lab, ({"object": m} if mk is None else {"object": m, "marker": mk})
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+        im, label, regions = self.raw_regions(index)
         if self.augment:
             k = int(torch.randint(4, ()))
-            im, mask = torch.rot90(im, k, (1, 2)), torch.rot90(mask, k, (0, 1))
+            im = torch.rot90(im, k, (1, 2))
+            regions = {r: torch.rot90(m, k, (0, 1)) for r, m in regions.items()}
             if bool(torch.rand(()) < 0.5):
-                im, mask = im.flip(2), mask.flip(1)
+                im = im.flip(2)
+                regions = {r: m.flip(1) for r, m in regions.items()}
         x = im.float() / 255.0
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std
-        return x, torch.tensor(label, dtype=torch.long), mask
+        return x, torch.tensor(label, dtype=torch.long), (regions if self.has_marker else regions["object"])
 
     def stats(self, n: int = 2000) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the un-normalised images of the first ``n`` samples."""

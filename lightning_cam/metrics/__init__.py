@@ -5,6 +5,9 @@
   Grad-CAM++, WACV 2018) and Average Drop in Deletion %.
 * :func:`pointing_game` - pointing game (Zhang et al., ECCV 2016) and energy-based pointing game
   (Wang et al., Score-CAM, CVPR-W 2020).
+* :mod:`lightning_cam.metrics.monitoring` - monitoring over training: :func:`spearman`
+  (stability), :func:`method_agreement`, :func:`region_energy`, :func:`sparseness`,
+  :func:`complexity`, :func:`model_randomization` (Adebayo et al., NeurIPS 2018).
 * torchmetrics classes :class:`InsertionDeletion`, :class:`ConfidenceChange`,
   :class:`PointingGame` (imported lazily, so the functions do not import torchmetrics).
 """
@@ -22,7 +25,17 @@ from lightning_cam.metrics.rise import (
     insertion_deletion,
     make_substrate,
 )
-from lightning_cam.metrics.pointing import PointingResult, pointing_game
+from lightning_cam.metrics.monitoring import (
+    RandomizationResult,
+    complexity,
+    method_agreement,
+    model_randomization,
+    randomized_models,
+    region_energy,
+    sparseness,
+    spearman,
+)
+from lightning_cam.metrics.pointing import PointingResult, energy_share, pointing_game
 
 if TYPE_CHECKING:
     from lightning_cam.metrics.metric_classes import ConfidenceChange, InsertionDeletion, PointingGame
@@ -34,13 +47,22 @@ __all__ = [
     "InsertionDeletionResult",
     "PointingGame",
     "PointingResult",
+    "RandomizationResult",
     "auc",
     "blur",
+    "complexity",
     "confidence_change",
+    "energy_share",
     "gaussian_kernel",
     "insertion_deletion",
     "make_substrate",
+    "method_agreement",
+    "model_randomization",
     "pointing_game",
+    "randomized_models",
+    "region_energy",
+    "sparseness",
+    "spearman",
 ]
 
 _LAZY = {"ConfidenceChange", "InsertionDeletion", "PointingGame"}

@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cam._checks import check_images as check_image_batch
 from lightning_cam._state import autocast_off, eval_mode
-from lightning_cam._targets import TargetsLike, resolve_targets  # noqa: F401 - re-exported to the metrics
+from lightning_cam._targets import TargetsLike, resolve_targets, targets_or_top1  # noqa: F401 - re-exported to the metrics
+from lightning_cam.maps import upsample_maps
 
 Score = Literal["softmax", "logit"]
 
@@ -30,13 +31,8 @@ def evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:
-    """(B,C,H,W) float32 view/copy of ``images``; clear ValueError otherwise."""
-    if not isinstance(images, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
+    """(B,C,H,W) float32 view/copy of finite floating-point ``images``; clear ValueError otherwise."""
+    images = check_image_batch(images, name)
     if not images.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (normalised model input), got {images.dtype}")
     images = images.detach().float()
@@ -82,9 +78,7 @@ def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: 
     bad = ~torch.isfinite(saliency).flatten(1).all(dim=1)
     if bool(bad.any()):
         raise ValueError(f"{name} contains NaN or infinite values (images {bad.nonzero().flatten().tolist()})")
-    if tuple(saliency.shape[1:]) != tuple(size):
-        saliency = F.interpolate(saliency[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return saliency
+    return upsample_maps(saliency, size)
 
 
 def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
@@ -106,6 +100,19 @@ def forward_chunks(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
             shape = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
             raise ValueError(f"the model must return class scores of shape (N, num_classes), got {shape}")
     return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+
+def clean_output(model: nn.Module, images: Tensor, batch_size: int, clean_logits: Tensor | None) -> Tensor:
+    """The model's output on the clean ``images``: ``clean_logits`` when given (checked), else a forward pass."""
+    if clean_logits is None:
+        return forward_chunks(model, images, batch_size)
+    if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 2 or clean_logits.shape[0] != images.shape[0]:
+        shape = tuple(clean_logits.shape) if isinstance(clean_logits, Tensor) else type(clean_logits).__name__
+        raise ValueError(
+            f"clean_logits must be the model's output on the images, shape ({images.shape[0]}, num_classes); "
+            f"got {shape}. Example: clean_logits=explanation.logits"
+        )
+    return clean_logits.detach().to(images.device)
 
 
 def check_batch_size(batch_size: int) -> int:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.maps import normalize_maps
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
@@ -16,9 +17,9 @@ from lightning_cam.metrics._common import (
     check_model_device,
     check_score,
     class_scores,
+    clean_output,
     evaluating,
-    forward_chunks,
-    resolve_targets,
+    targets_or_top1,
     saliency_to_size,
 )
 
@@ -66,11 +67,7 @@ def explanation_map(saliency: Tensor, batch: int, size: tuple[int, int], normali
     """E: saliency upsampled (bilinear) to ``size``, optionally min-max scaled per image, checked in [0, 1]."""
     e = saliency_to_size(saliency, batch, size)
     if normalize:
-        flat = e.flatten(1)
-        lo = flat.min(dim=1).values[:, None, None]
-        hi = flat.max(dim=1).values[:, None, None]
-        span = hi - lo
-        e = torch.where(span > 0, (e - lo) / span.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(e))
+        e = normalize_maps(e)
     elif bool((e < -_RANGE_TOL).any() or (e > 1 + _RANGE_TOL).any()):
         raise ValueError(
             f"saliency must lie in [0, 1] (got values in [{float(e.min()):.4g}, {float(e.max()):.4g}]); "
@@ -88,6 +85,8 @@ def confidence_change(
     score: Score = "softmax",
     normalize: bool = False,
     batch_size: int = 256,
+    clean_logits: Tensor | None = None,
+    deletion: bool = True,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -105,6 +104,10 @@ def confidence_change(
             need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
         score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+            (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
+        deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
+            forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
@@ -115,10 +118,8 @@ def confidence_change(
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):
-        logits = forward_chunks(model, images, batch_size)
-        classes = resolve_targets(targets, b, logits.shape[1], device)
-        if classes is None:
-            classes = logits.argmax(dim=1)
+        logits = clean_output(model, images, batch_size, clean_logits)
+        classes = targets_or_top1(targets, logits)
         y = class_scores(logits, classes, score)
         if score == "logit" and bool((y <= 0).any()):
             raise ValueError(
@@ -127,18 +128,22 @@ def confidence_change(
             )
         # x*E and x*(1-E) for all images, chunked together (2B images)
         outs = []
-        for i in range(0, 2 * b, batch_size):
-            idx = torch.arange(i, min(i + batch_size, 2 * b), device=device)
+        total = 2 * b if deletion else b
+        for i in range(0, total, batch_size):
+            idx = torch.arange(i, min(i + batch_size, total), device=device)
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
             outs.append(class_scores(model(images[img_idx] * m), classes[img_idx], score))
         both = torch.cat(outs)
-    o, d = both[:b], both[b:]
+    o = both[:b]
+    d = both[b:] if deletion else torch.full_like(o, float("nan"))
     valid = y > 0
     denom = torch.where(valid, y, torch.ones_like(y))
     drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
     drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
+    if not deletion:
+        drop_in_deletion = torch.full_like(o, float("nan"))
     return ConfidenceResult(
         score=y,
         masked_score=o,

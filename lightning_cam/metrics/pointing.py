@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_cam.metrics._common import saliency_to_size
 
-__all__ = ["PointingResult", "pointing_game"]
+__all__ = ["PointingResult", "energy_share", "pointing_game"]
 
 
 @dataclass
@@ -115,8 +115,18 @@ def pointing_game(
     informative = flat.max(dim=1).values > flat.min(dim=1).values
     hits = dilate(m, tolerance, tolerance_shape).flatten(1).gather(1, peak[:, None]).squeeze(1)
     hits = hits & informative & valid
+    energy, _ = energy_share(sal, m)
+    return PointingResult(hits=hits, energy=energy, valid=valid)
+
+
+def energy_share(saliency: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """``sum(S * R) / sum(S)`` per image for (B,H,W) non-negative maps and (B,H,W) bool masks of
+    the same size -> (energy (B,), valid (B,)). 0 for an all-zero map; ``valid`` is False (and
+    the energy 0) where the mask is empty."""
+    flat = saliency.flatten(1)
+    mflat = masks.flatten(1)
+    valid = mflat.any(dim=1)
     total = flat.sum(dim=1)
     inside = (flat * mflat).sum(dim=1)
     energy = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), torch.zeros_like(total))
-    energy = torch.where(valid, energy, torch.zeros_like(energy))
-    return PointingResult(hits=hits, energy=energy, valid=valid)
+    return torch.where(valid, energy, torch.zeros_like(energy)), valid

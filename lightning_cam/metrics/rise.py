@@ -31,9 +31,9 @@ from lightning_cam.metrics._common import (
     check_model_device,
     check_score,
     class_scores,
+    clean_output,
     evaluating,
-    forward_chunks,
-    resolve_targets,
+    targets_or_top1,
     saliency_to_size,
 )
 
@@ -46,6 +46,7 @@ __all__ = [
     "gaussian_kernel",
     "insertion_deletion",
     "make_substrate",
+    "pixel_ranks",
 ]
 
 
@@ -175,6 +176,20 @@ class InsertionDeletionResult:
         return float(self.deletion.mean())
 
 
+def pixel_ranks(saliency: Tensor) -> Tensor:
+    """``rank[b, p]``: position of pixel ``p`` of (B,H,W) ``saliency`` in the descending, stable order.
+
+    The curves depend on the saliency only through these ranks: two maps with equal ranks give
+    identical insertion / deletion curves.
+    """
+    b = saliency.shape[0]
+    flat = saliency.reshape(b, -1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank
+
+
 def _thresholds(hw: int, step: int | None, n_steps: int | None, device: torch.device) -> Tensor:
     """Number of pixels taken from the finish image at each curve point, (n_steps + 1,) long."""
     if step is not None and n_steps is not None:
@@ -203,6 +218,7 @@ def insertion_deletion(
     score: Score = "softmax",
     deletion_substrate: Substrate = "zeros",
     insertion_substrate: Substrate = "blur",
+    clean_logits: Tensor | None = None,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs (Petsiuk et al., RISE, BMVC 2018).
 
@@ -226,6 +242,8 @@ def insertion_deletion(
             right choice for a model that already ends in a softmax).
         deletion_substrate / insertion_substrate: ``"zeros"``, ``"blur"``, a constant, or a tensor
             broadcastable to the images (e.g. a (C,) per-channel dataset mean, in input space).
+        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+            (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
     point n), so ``B * (2*n_steps + 1)`` images are evaluated (one fewer per image when both
@@ -245,16 +263,11 @@ def insertion_deletion(
     thresholds = _thresholds(hw, step, n_steps, device)
     n = thresholds.shape[0] - 1
 
-    # rank[b, p] = position of pixel p in the descending, stable order
-    order = torch.sort(sal.reshape(b, hw), dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(hw, device=device).expand(b, hw))
+    rank = pixel_ranks(sal)
 
     with evaluating(model, device):
-        clean_logits = forward_chunks(model, images, batch_size)
-        classes = resolve_targets(targets, b, clean_logits.shape[1], device)
-        if classes is None:
-            classes = clean_logits.argmax(dim=1)
+        clean_logits = clean_output(model, images, batch_size, clean_logits)
+        classes = targets_or_top1(targets, clean_logits)
         clean = class_scores(clean_logits, classes, score)
         del clean_logits
 

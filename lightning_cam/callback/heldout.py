@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from torch import Tensor
 
 __all__ = [
     "HeldOut",
+    "choose",
+    "class_names",
     "dataset_of",
     "gather_from_dataset",
     "from_user",
@@ -47,8 +50,11 @@ _MASK_KEYS = ("mask", "masks", "segmentation", "seg")
 @dataclass
 class HeldOut:
     """The held-out set: ``images`` (N, C, H, W) float, ``labels`` (N,) long or
-    None, ``masks`` (N, H, W) bool or None, ``indices`` into the source dataset
-    (None for user images / iterated loaders)."""
+    None, ``masks`` (N, H, W) bool or None (the object mask: pointing games),
+    ``indices`` into the source dataset (None for user images / iterated
+    loaders), ``regions``: named region masks ``{name: (N, H, W) bool}`` when the
+    data carry several (a dict in the mask position, e.g. ``{"object": ...,
+    "marker": ...}``; ``masks`` is then ``regions["object"]``), else None."""
 
     images: Tensor
     labels: Tensor | None = None
@@ -56,6 +62,7 @@ class HeldOut:
     indices: list[int] | None = None
     source: str = "user"  # "user" | "dataset" | "loader"
     dataset_len: int | None = None
+    regions: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -138,7 +145,32 @@ def _norm_mask(m: Tensor) -> Tensor:
     return m.bool()
 
 
-def _stack(images: list[Any], labels: list[Any], masks: list[Any]) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _regions(masks: list[Any]) -> tuple[Tensor | None, dict[str, Tensor] | None]:
+    """Stack per-item masks: tensors -> (object masks, None); dicts of named masks -> (their
+    ``"object"`` entry or None, ``{name: (N, H, W)}`` over the names every item has)."""
+    if not masks or any(m is None for m in masks):
+        return None, None
+    if all(isinstance(m, Mapping) for m in masks):
+        names = [k for k in masks[0] if all(k in m for m in masks)]
+        regions = {str(k): torch.stack([_norm_mask(m[k]) for m in masks]).clone() for k in names}
+        return regions.get("object"), regions
+    if any(isinstance(m, Mapping) for m in masks):
+        raise ValueError("dataset items mix mask tensors and dicts of named region masks; use one kind")
+    return torch.stack([_norm_mask(m) for m in masks]).clone(), None
+
+
+def _item(masks: Any, j: int) -> Any:
+    """Item ``j`` of a batched mask tensor or of a dict of them."""
+    if masks is None:
+        return None
+    if isinstance(masks, Mapping):
+        return {k: _to_tensor(v)[j] for k, v in masks.items()}
+    return _to_tensor(masks)[j]
+
+
+def _stack(
+    images: list[Any], labels: list[Any], masks: list[Any]
+) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor] | None]:
     imgs = torch.stack([_to_tensor(i).float() for i in images]).clone()
     if imgs.dim() == 3:  # (N, H, W) grayscale
         imgs = imgs[:, None]
@@ -148,10 +180,8 @@ def _stack(images: list[Any], labels: list[Any], masks: list[Any]) -> tuple[Tens
             lab = torch.stack([_to_tensor(lbl).long().reshape(()) for lbl in labels]).clone()
         except (RuntimeError, ValueError, TypeError):
             lab = None  # non-scalar targets (e.g. detection dicts): not shown
-    msk = None
-    if masks and all(m is not None for m in masks):
-        msk = torch.stack([_norm_mask(m) for m in masks]).clone()
-    return imgs, lab, msk
+    msk, regions = _regions(masks)
+    return imgs, lab, msk, regions
 
 
 def dataset_of(loaders: Any) -> Any:
@@ -186,8 +216,8 @@ def gather_from_dataset(dataset: Any, indices: Sequence[int], seed: int = 0) -> 
             images.append(img)
             labels.append(lbl)
             masks.append(msk)
-        imgs, lab, msk = _stack(images, labels, masks)
-    return HeldOut(imgs, lab, msk, list(map(int, indices)), "dataset", len(dataset))
+        imgs, lab, msk, regions = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, list(map(int, indices)), "dataset", len(dataset), regions)
 
 
 def gather_from_loader(loader: Any, num_samples: int, seed: int = 0) -> HeldOut:
@@ -205,25 +235,26 @@ def gather_from_loader(loader: Any, num_samples: int, seed: int = 0) -> HeldOut:
             for j in range(n):
                 images.append(img[j])
                 labels.append(None if lbl is None else _to_tensor(lbl)[j])
-                masks.append(None if msk is None else _to_tensor(msk)[j])
+                masks.append(_item(msk, j))
                 if len(images) >= num_samples:
                     break
             if len(images) >= num_samples:
                 break
         if not images:
             raise ValueError("the dataloader to draw the held-out set from yielded nothing")
-        imgs, lab, msk = _stack(images, labels, masks)
-    return HeldOut(imgs, lab, msk, None, "loader", None)
+        imgs, lab, msk, regions = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, None, "loader", None, regions)
 
 
 def from_user(
     images: Tensor | Sequence[Tensor],
     labels: Tensor | Sequence[int] | None,
-    masks: Tensor | Sequence[Tensor] | None,
+    masks: Tensor | Sequence[Tensor] | Mapping[str, Tensor] | None,
     num_samples: int,
     seed: int,
 ) -> HeldOut:
-    """Held-out set from user tensors (a seeded subset when more than ``num_samples``)."""
+    """Held-out set from user tensors (a seeded subset when more than ``num_samples``); ``masks``
+    may be a dict of named region masks ``{name: (N, H, W)}`` (``"object"`` drives the pointing games)."""
     with torch.inference_mode(False):
         imgs = images if isinstance(images, Tensor) else torch.stack([_to_tensor(i) for i in images])
         imgs = imgs.detach().float().cpu().clone()
@@ -231,8 +262,11 @@ def from_user(
             imgs = imgs[:, None]
         n = imgs.shape[0]
         lab = None if labels is None else _to_tensor(labels).detach().long().cpu().reshape(-1).clone()
-        msk = None
-        if masks is not None:
+        msk = regions = None
+        if isinstance(masks, Mapping):
+            regions = {str(k): _norm_mask(_to_tensor(v).detach().cpu()).clone() for k, v in masks.items()}
+            msk = regions.get("object")
+        elif masks is not None:
             msk = masks if isinstance(masks, Tensor) else torch.stack([_to_tensor(m) for m in masks])
             msk = _norm_mask(msk.detach().cpu()).clone()
         idx = list(range(n)) if n <= num_samples else select_indices(n, num_samples, seed)
@@ -240,8 +274,74 @@ def from_user(
             imgs = imgs[idx]
             lab = None if lab is None else lab[idx]
             msk = None if msk is None else msk[idx]
-    return HeldOut(imgs, lab, msk, idx, "user", n)
+            regions = None if regions is None else {k: v[idx] for k, v in regions.items()}
+    return HeldOut(imgs, lab, msk, idx, "user", n, regions)
 
 
 def is_map_style(dataset: Any) -> bool:
     return _is_map_style(dataset)
+
+
+def choose(
+    trainer: Any,
+    stage: str,
+    images: Any,
+    labels: Any,
+    masks: Any,
+    num_samples: int,
+    seed: int,
+    restored: Mapping[str, Any] | None = None,
+) -> HeldOut:
+    """The callback's held-out set: the user's ``images``, else ``num_samples`` seeded items of the
+    validation (test, for ``stage="test"``) dataset; ``restored`` (a checkpoint's state) keeps the same
+    indices after a resume."""
+    restored = restored or {}
+    if images is not None:
+        return from_user(images, labels, masks, num_samples, seed)
+    order = ("test_dataloaders", "val_dataloaders") if stage == "test" else ("val_dataloaders", "test_dataloaders")
+    loader = dataset = None
+    for attr in order:
+        try:
+            loader, dataset = dataset_of(getattr(trainer, attr, None))
+        except Exception:  # noqa: BLE001 - a loader that cannot be built here
+            loader, dataset = None, None
+        if loader is not None:
+            break
+    if loader is None:
+        raise RuntimeError(
+            "CAMCallback found no images to explain: give the Trainer validation data "
+            "(val_dataloaders / a datamodule with val_dataloader) or pass images=... to CAMCallback"
+        )
+    if _is_map_style(dataset):
+        n = len(dataset)
+        indices = restored.get("indices") if restored.get("source") == "dataset" else None
+        if indices is not None and (not indices or max(indices) >= n):
+            warnings.warn(
+                f"CAMCallback: the restored held-out indices do not fit the dataset of size {n}; "
+                "choosing a new held-out set",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            indices = None
+        if indices is None:
+            indices = select_indices(n, num_samples, seed)
+        return gather_from_dataset(dataset, indices, seed)
+    if restored.get("source") == "loader" and restored.get("images") is not None:
+        return HeldOut(restored["images"], restored.get("labels"), restored.get("masks"), None, "loader", None,
+                       restored.get("regions"))
+    held = gather_from_loader(loader, num_samples, seed)
+    # an iterable dataset may be sharded per rank: take rank zero's images everywhere
+    if trainer.world_size > 1:
+        held = trainer.strategy.broadcast(held, src=0)
+    return held
+
+
+def class_names(trainer: Any, from_dataset: bool = True) -> list[str] | None:
+    """Class names of the datamodule (``classes``), else of the validation dataset."""
+    names = getattr(getattr(trainer, "datamodule", None), "classes", None)
+    if names is None and from_dataset:
+        _, ds = dataset_of(getattr(trainer, "val_dataloaders", None))
+        names = getattr(ds, "classes", None)
+    if isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names):
+        return list(names)
+    return None

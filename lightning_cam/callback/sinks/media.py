@@ -1,0 +1,186 @@
+"""What the sinks receive: one evaluation's report, images and labels, and its rendered grids."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from torch import Tensor
+
+from lightning_cam import viz
+from lightning_cam.callback.evaluator import EvaluationReport
+from lightning_cam.callback.heldout import HeldOut
+
+__all__ = ["Display", "Media", "STAGE_WORDS"]
+
+STAGE_WORDS = {"val": "validation", "validate": "trainer.validate", "test": "trainer.test"}
+#: Per-image fields of a MethodReport shown in the W&B table and the CSV (when computed).
+PER_IMAGE_COLUMNS = (
+    "insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "energy_pointing_game",
+    "completeness_residual", "stability", "stability_first", "randomization_spearman", "sparseness", "complexity",
+)
+
+
+def _at(values: Tensor, i: int, j: int | None) -> Tensor:
+    return values[i] if j is None else values[i, j]
+
+
+@dataclass(frozen=True)
+class Display:
+    """How pictures look: input normalisation to undo, overlay opacity, colour map, sizes and extras
+    (``method_grids``: a grid per method besides the overview, which already holds every method)."""
+
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    alpha: float = 0.5
+    colormap: str = "inferno"
+    max_images: int = 16
+    tile_size: int = 96
+    table: bool = True
+    curves: bool = True
+    table_image_size: int = 128
+    method_grids: bool = False
+
+
+@dataclass
+class Media:
+    """One evaluation to write: ``report`` (CPU), the ``held`` images, epoch / step / stage and key ``prefix``."""
+
+    report: EvaluationReport
+    held: HeldOut
+    stage: str
+    prefix: str
+    epoch: int
+    step: int
+    display: Display = field(default_factory=Display)
+    class_names: Sequence[str] | None = None
+    layer_in_key: bool | None = None  # None: when the report has several layers
+
+    @property
+    def multi_layer(self) -> bool:
+        """Whether keys, file names and table columns name the layer."""
+        return len(self.report.layers) > 1 if self.layer_in_key is None else self.layer_in_key
+
+    def key(self, layer: str, *parts: str) -> str:
+        """``prefix/[layer/]parts...`` (the layer only when there are several)."""
+        return "/".join([self.prefix, *([layer] if self.multi_layer else []), *parts])
+
+    def file_stem(self, layer: str, name: str) -> str:
+        """PNG/CSV name: ``[<stage>_]epoch<E>_[<layer>_]<name>`` (no stage for validation during fit)."""
+        stage = "" if self.stage == "val" else f"{self.stage}_"
+        lay = f"{layer.replace('/', '_')}_" if self.multi_layer else ""
+        return f"{stage}epoch{self.epoch}_{lay}{name}"
+
+    def label(self, value: int | None) -> str:
+        """``"k: name"`` with class names, else ``"k"``; empty for None."""
+        if value is None or value < 0:
+            return ""
+        if self.class_names and value < len(self.class_names):
+            return f"{value}: {self.class_names[value]}"
+        return str(value)
+
+    def title(self, layer: str) -> str:
+        where = f" · layer {layer}" if layer else ""
+        return f"{STAGE_WORDS.get(self.stage, self.stage)} · epoch {self.epoch}{where}"
+
+    @functools.cached_property
+    def shown(self) -> int:
+        return min(self.display.max_images, len(self.held))
+
+    def column_labels(self) -> list[str]:
+        """Per shown image: label, prediction and its confidence (three lines)."""
+        k = self.shown
+        labels = self.held.labels
+        out = []
+        for i in range(k):
+            lab = self.label(None if labels is None else int(labels[i]))
+            pred = self.label(int(self.report.predictions[i]))
+            conf = float(self.report.confidence[i])
+            out.append(f"label {lab or '?'}\npred {pred}\nconf {conf:.2f}")
+        return out
+
+    @functools.cached_property
+    def rgb(self) -> Tensor:
+        return viz.denormalize(self.held.images[: self.shown].float(), self.display.mean, self.display.std)
+
+    def overlays(self, layer: str, method: str) -> Tensor:
+        d = self.display
+        sal = self.report.method(method, layer).saliency[: self.shown].detach().float().cpu()
+        return viz.overlay(self.held.images[: self.shown].float(), sal, d.alpha, d.colormap, d.mean, d.std)
+
+    @functools.cached_property
+    def grids(self) -> dict[str, tuple[str, np.ndarray, str]]:
+        """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview (and one grid per method).
+
+        Every grid has a title (stage, epoch, layer), a label per row (``image``
+        / method name) and per column (label, prediction, confidence).
+        """
+        out: dict[str, tuple[str, np.ndarray, str]] = {}
+        cols = self.column_labels()
+        size = self.display.tile_size
+        for layer, lrep in self.report.layers.items():
+            over = {m: self.overlays(layer, m) for m in lrep.methods}
+            lay = layer if self.multi_layer else ""
+            title = self.title(lay or lrep.qualified)
+            rows = [("image", self.rgb), *over.items()]
+            out[self.key(layer, "overview")] = (
+                self.file_stem(layer, "overview"),
+                viz.labelled_grid(rows, cols, title, min_size=size),
+                f"{title}: the images, then one row per method ({', '.join(lrep.methods)})",
+            )
+            for m, ov in over.items() if self.display.method_grids else ():
+                out[self.key(layer, m, "grid")] = (
+                    self.file_stem(layer, m),
+                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
+                    f"{title}: the images, then their {m} overlays",
+                )
+            if layer in self.agreement:
+                names, matrix = self.agreement[layer]
+                out[self.key(layer, "agreement")] = (
+                    self.file_stem(layer, "agreement"),
+                    viz.agreement_heatmap(names, matrix, f"method agreement (mean Spearman) · {title}"),
+                    f"{title}: mean pairwise Spearman rank correlation between the methods' maps",
+                )
+        return out
+
+    @functools.cached_property
+    def agreement(self) -> dict[str, tuple[list[str], Tensor]]:
+        """Per layer with two or more methods: names and the (M, M) mean pairwise Spearman matrix
+        of the maps at layer resolution (:func:`lightning_cam.metrics.method_agreement`)."""
+        from lightning_cam.metrics.monitoring import method_agreement
+
+        out = {}
+        for layer, lrep in self.report.layers.items():
+            maps = {m: r.maps for m, r in lrep.methods.items() if r.maps is not None}
+            if len(maps) >= 2:
+                out[layer] = method_agreement(maps)
+        return out
+
+    def table_rows(self) -> tuple[list[str], list[list[object]]]:
+        """Per-image scores: columns and rows (no pictures), for the CSV file and the W&B table."""
+        rep = self.report
+        cols = ["index", "label", "prediction", "confidence"]
+        names = []
+        for layer, m, r in rep.items():
+            name = f"{layer}/{m}" if self.multi_layer else m
+            for k in PER_IMAGE_COLUMNS:
+                if getattr(r, k) is not None:
+                    names.append((layer, m, k, None))
+                    cols.append(f"{name}_{k}")
+            if r.region_energy is not None:
+                for j, region in enumerate(rep.regions):
+                    names.append((layer, m, "region_energy", j))
+                    cols.append(f"{name}_energy_{region}")
+        src = self.held.indices if self.held.indices is not None else list(range(len(self.held)))
+        rows = []
+        for i in range(rep.num_images):
+            lab = None if self.held.labels is None else int(self.held.labels[i])
+            row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i])), float(rep.confidence[i])]
+            row += [float(_at(getattr(rep.method(m, layer), k), i, j)) for layer, m, k, j in names]
+            rows.append(row)
+        return cols, rows
+
+
