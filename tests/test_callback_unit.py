@@ -11,6 +11,7 @@ from scipy import stats
 from lightning_cam import CAMCallback, heldout
 from lightning_cam.callback import _pearson, _spearman
 
+from tolerance import assert_within, forward_tol, scaled_tol, sum_tol
 from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
 
 
@@ -57,9 +58,12 @@ def test_correlations_match_scipy():
     a = torch.randn(4, 9, generator=g)
     b = a + 0.5 * torch.randn(4, 9, generator=g)
     b[1, :3] = b[1, 3]  # ties
+    # float32 vs scipy's float64: four chained 9-term reductions (mean, centred products, two norms)
+    # on O(1) values; ranks (spearman) are small integers, exact in float32
+    tol = 4 * sum_tol(9)
     for i in range(4):
-        assert math.isclose(float(_pearson(a, b)[i]), stats.pearsonr(a[i], b[i])[0], abs_tol=1e-5)
-        assert math.isclose(float(_spearman(a, b)[i]), stats.spearmanr(a[i], b[i])[0], abs_tol=1e-5)
+        assert math.isclose(float(_pearson(a, b)[i]), stats.pearsonr(a[i], b[i])[0], abs_tol=tol)
+        assert math.isclose(float(_spearman(a, b)[i]), stats.spearmanr(a[i], b[i])[0], abs_tol=tol)
     assert torch.isnan(_pearson(torch.ones(1, 3), a[:1, :3])).all()
 
 
@@ -86,20 +90,27 @@ def test_sharded_results_gather_to_the_single_process_ones(world):
             return {k: torch.stack([loc[k] for loc in locals_]) for k in data}
 
     multi = cb._gather(FakeModule(), locals_[0], world, len(held))
+    # a shard runs other batch sizes than one process: other summation orders (tests/tolerance.py)
+    rel = forward_tol(model.net, spatial=64)
     for key, value in single.items():
-        if key == "count" or key.endswith("/seconds"):
-            assert float(multi[key].sum()) == pytest.approx(float(value.sum()), abs=1e-9 if key == "count" else 10)
-            continue
-        torch.testing.assert_close(multi[key], value, atol=1e-5, rtol=1e-5, equal_nan=True, msg=key)
+        if key == "count":
+            assert float(multi[key].sum()) == float(value.sum())  # small integers: exact
+        elif key.endswith("/seconds"):
+            assert float(multi[key].sum()) >= 0  # wall time: no equality to expect
+        else:
+            assert_within(multi[key], value, rel, what=key)
     s1, s2 = cb._summarise(single), cb._summarise(multi)
     assert set(s1) == set(s2)
     for k in s1:
         if not k.endswith("/seconds"):
-            assert s2[k] == pytest.approx(s1[k], abs=1e-6), k
+            assert s2[k] == pytest.approx(s1[k], abs=scaled_tol(rel, s1[k])), k
     assert {"cam/liftcam/pointing_game", "cam/liftcam/completeness_residual", "cam/gradcam/shap_pearson"} <= set(s1)
-    assert s1["cam/liftcam/completeness_residual"] < 1e-4
-    # LIFT-CAM is exact SHAP on this GAP+linear head: perfect coefficient agreement
-    assert s1["cam/liftcam/shap_pearson"] == pytest.approx(1.0, abs=1e-4)
+    with torch.no_grad():
+        logits = model(held.images)
+    assert s1["cam/liftcam/completeness_residual"] < forward_tol(model.net, float(logits.abs().max()), spatial=64)
+    # LIFT-CAM is exact SHAP on this GAP+linear head: perfect coefficient agreement; two vectors equal
+    # within a relative rel have a Pearson correlation within ~rel of 1 (plus its own 8-term sums)
+    assert s1["cam/liftcam/shap_pearson"] == pytest.approx(1.0, abs=rel + 4 * sum_tol(8))
 
 
 def test_more_ranks_than_images():
