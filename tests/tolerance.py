@@ -11,6 +11,11 @@ round-off ``u = eps / 2``. Two orders therefore differ by at most
 ``(n - 1) * eps * sum |x_i|`` (first order), which we round up to
 ``n * eps * magnitude`` with ``eps = 2**-23`` for float32.
 
+``magnitude(model, x)`` measures ``sum |x_i|`` for a network: the same forward
+pass with every weight, bias and input replaced by its absolute value (eval-mode
+batch norm as its absolute affine map), which bounds the partial sums of every
+layer and carries them through the later layers exactly as the errors are.
+
 A network output is a chain of such sums (one dot product of ``fan_in`` terms
 per Conv/Linear output, one of ``h*w`` terms per pooling mean). To first order
 the per-layer errors add up along the chain when the layers in between are
@@ -54,6 +59,38 @@ def reduction_terms(model: nn.Module, spatial: int = 1) -> int:
         elif isinstance(m, nn.Linear):
             terms += m.in_features
     return terms
+
+
+def magnitude(model: nn.Module, x: torch.Tensor) -> float:
+    """Largest output of the "absolute" network ``|W_L| ... |W_1| |x|`` (Conv, Linear and
+    eval-mode BatchNorm hooked to act on absolute values; ReLU, pooling and averages of
+    non-negative inputs are unchanged). First-order error analysis of a chain of layers
+    ``a_l = W_l a_(l-1)`` gives ``|error| <= (sum_l gamma_(n_l)) * |W_L| ... |W_1| |x|``."""
+    import torch.nn.functional as F
+
+    def hook(m: nn.Module, args, out):
+        a = args[0].abs()
+        if isinstance(m, nn.modules.conv._ConvNd):
+            w = m.weight.abs()
+            b = None if m.bias is None else m.bias.abs()
+            fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.dim() - 2]
+            return fn(a, w, b, m.stride, m.padding, m.dilation, m.groups)
+        if isinstance(m, nn.Linear):
+            return F.linear(a, m.weight.abs(), None if m.bias is None else m.bias.abs())
+        scale = (m.weight if m.weight is not None else 1.0) / torch.sqrt(m.running_var + m.eps)
+        shift = (m.bias if m.bias is not None else 0.0) - m.running_mean * scale
+        view = (1, -1) + (1,) * (a.dim() - 2)
+        return a * scale.abs().view(view) + torch.as_tensor(shift).abs().view(view)
+
+    kinds = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            out = model(x.abs())
+    finally:
+        for h in handles:
+            h.remove()
+    return float(out.abs().max())
 
 
 def forward_tol(model: nn.Module, magnitude: float = 1.0, spatial: int = 1, eps: float = EPS32) -> float:
