@@ -157,4 +157,30 @@ def test_bad_configs_fail_before_training(tmp_path, args, env, message):
     out = _out(p)
     assert p.returncode == 2, out[-3000:]
     assert "Configuration error" in out and message in " ".join(out.replace("│", " ").split()), out[-3000:]
-    assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # a failed config leaves no run folder behind
+
+
+@pytest.mark.slow
+def test_everything_in_the_run_dir_log_file_and_no_library_noise(tmp_path):
+    """HOME is an empty folder: a real run writes nothing there (W&B cache, data, artifact staging
+    go to the run directory), nothing in the working directory outside the run directory,
+    train.log holds the run's log, and the known library notices are gone."""
+    home, cwd, mpl = tmp_path / "home", tmp_path / "cwd", tmp_path / "mpl"
+    for d in (home, cwd, mpl):
+        d.mkdir()
+    # MPLCONFIGDIR: matplotlib's font cache is the user's, built once by any matplotlib import
+    env = {"HOME": str(home), "MPLCONFIGDIR": str(mpl), "XDG_CACHE_HOME": None, "XDG_CONFIG_HOME": None,
+           "XDG_DATA_HOME": None, "WANDB_DIR": None, "WANDB_CACHE_DIR": None, "WANDB_DATA_DIR": None,
+           "WANDB_ARTIFACT_DIR": None, "WANDB_CONFIG_DIR": None}
+    p = run_train([*TINY, "data.num_train=32", "data.num_val=16", "cam.num_samples=4"], cwd=cwd, env=env)
+    out = _out(p)
+    assert p.returncode == 0, out[-4000:]
+    assert sorted(str(x.relative_to(home)) for x in home.rglob("*")) == []
+    (run_dir,) = (cwd / "outputs" / "train" / "runs").iterdir()
+    assert [x.name for x in cwd.iterdir()] == ["outputs"]
+    assert find_run_files(run_dir) and (run_dir / "wandb" / "data").is_dir()
+    log = (run_dir / "train.log").read_text()
+    assert "Run directory:" in log and "max_epochs=1" in log  # ours and Lightning's records
+    assert "log file" in out
+    for noise in ("anonymous setting has no effect", "Total FLOPs: 0", "litlogger", "LeafSpec"):
+        assert noise not in out, noise
