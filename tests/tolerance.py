@@ -27,6 +27,13 @@ Softmax probabilities move by at most half the largest logit change
 (``|dp_c| <= 2 p_c (1 - p_c) max|dz| <= max|dz| / 2``), so the logit bound also
 bounds probabilities, insertion/deletion curves and their AUCs (averages).
 
+When ``magnitude`` is not measured (``forward_tol(model)`` with the default 1, scaled by the
+compared values via ``scaled_tol``), the bound assumes that the partial sums are of the order
+of the compared values. The worst case through a deep network is vacuous (the absolute
+network of a random resnet18 reaches ~6e22 at 32 px: BN and residual additions compound), so
+comparisons through deep models (tests/test_methods_peers.py) use this first-order form or
+the reduction length of the formula after the shared forward pass, and say so.
+
 Discrete outputs (argmax, ``O > Y`` counts) are only compared exactly when the
 two sides run the very same kernels on the very same shapes (bitwise
 reproducible on one machine and one thread count), or when no tie within the

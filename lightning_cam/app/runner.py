@@ -16,6 +16,7 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_cam.app import rich_utils
@@ -75,6 +76,10 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list | None = None, loggers:
         # SyncBatchNorm needs GPU modules; DDP on CPU (gloo) keeps per-process BN statistics
         log.info("trainer.sync_batchnorm disabled: it needs GPUs (accelerator=cpu)")
         node["sync_batchnorm"] = False
+    if "enable_model_summary" not in node and any(isinstance(c, ModelSummary) for c in callbacks or []):
+        # the configured summary callback runs anyway; this only skips Lightning's default one
+        # and its "Trainer already configured with model summary callbacks" notice
+        node["enable_model_summary"] = False
     return _instantiate(node, drop=(), callbacks=callbacks or [], logger=loggers or False)
 
 
@@ -107,6 +112,10 @@ def _ignore_warnings() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def _quiet_library_notices() -> None:
     """Notices that are not warnings about this run, silenced one by one at their source.
 
@@ -114,9 +123,9 @@ def _quiet_library_notices() -> None:
     * Lightning's own use of torch's deprecated ``LeafSpec`` (pytorch_lightning/utilities/_pytree.py),
       matched by message AND module so that the same deprecation elsewhere still shows.
     """
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda rec: "litlogger" not in rec.getMessage()
-    )
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _no_litlogger_tip not in rank_zero.filters:  # once per process (multiruns call run() per job)
+        rank_zero.addFilter(_no_litlogger_tip)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
                             module=r"pytorch_lightning\.utilities\._pytree")
 
