@@ -185,3 +185,21 @@ def test_everything_in_the_run_dir_log_file_and_no_library_noise(tmp_path):
     assert "Total FLOPs" in out  # the model summary is still printed, with its FLOPs computed
     for noise in ("anonymous setting has no effect", "Total FLOPs: 0", "litlogger", "LeafSpec", "already configured"):
         assert noise not in out, noise
+
+
+@pytest.mark.slow
+def test_cifar10_without_network_says_what_to_do(tmp_path):
+    """A download that cannot happen (an unreachable proxy: never touches the network) ends with
+    the dataset message and exit status 2, not a urllib traceback."""
+    dead = "http://127.0.0.1:9"  # the discard port: connection refused
+    env = {"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead,
+           "no_proxy": None, "NO_PROXY": None}
+    data_dir = tmp_path / "empty"
+    p = run_train(["data=cifar10", f"paths.data_dir={data_dir}", "data.num_workers=0", "model.image_size=32",
+                   "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, timeout=300)
+    out = _out(p)
+    flat = " ".join(out.replace("│", " ").split())
+    assert p.returncode == 2, out[-3000:]
+    assert "Dataset not available" in out and "CIFAR-10 is not available" in flat, out[-3000:]
+    assert str(data_dir) in flat.replace(" ", "") or str(data_dir) in flat
+    assert "Traceback" not in out and "data=shapes" in flat
