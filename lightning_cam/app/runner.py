@@ -254,7 +254,9 @@ def run(cfg: DictConfig) -> float | None:
         _ignore_warnings()
 
     output_dir = Path(cfg.paths.output_dir)
-    keep_wandb_in(output_dir)
+    if any("WandbLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()
+           if isinstance(node, DictConfig)):
+        keep_wandb_in(output_dir)
     log.info("Run directory: %s", output_dir)
     with open_dict(cfg):
         cfg.group = resolve_group(cfg)
