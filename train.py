@@ -17,14 +17,21 @@ from omegaconf import DictConfig
 
 from lightning_cam.app import ConfigError, run
 from lightning_cam.app.rich_utils import print_error
+from lightning_cam.app.runner import remove_run_dir_of_failed_config
+from lightning_cam.data import DatasetUnavailableError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
-    except ConfigError as err:
-        print_error(str(err))
+    except (ConfigError, DatasetUnavailableError) as err:
+        from hydra.core.hydra_config import HydraConfig
+
+        title = "Configuration error" if isinstance(err, ConfigError) else "Dataset not available"
+        print_error(str(err), title=title)
+        hc = HydraConfig.get()
+        remove_run_dir_of_failed_config(hc.runtime.output_dir, cfg.get("task_name", "train"), hc.runtime.cwd)
         sys.exit(2)
 
 

@@ -82,9 +82,10 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         )
     close = difflib.get_close_matches(layer, candidates, n=5, cutoff=0.5)
     hint = f" Did you mean {close}?" if close else ""
+    example = f" Example: target_layer={(close or candidates)[-1 if not close else 0]!r}." if candidates else ""
     raise ValueError(
         f"Unknown target layer {layer!r} for {type(model).__name__}.{hint} "
-        f"Candidate layers: {_summarise(candidates)}"
+        f"Candidate layers: {_summarise(candidates)}.{example}"
     )
 
 

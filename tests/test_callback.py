@@ -28,6 +28,7 @@ from _callback_helpers import (
     one_torch_thread,  # noqa: F401  (autouse fixture)
     trainer_kwargs,
 )
+from tolerance import EPS32, assert_within, forward_tol, scaled_tol
 from wandb_offline import read_offline_run
 
 SCALARS = ("insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "seconds")
@@ -82,9 +83,16 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
     # media share the x-axis (trainer/global_step) of the epoch's scalars; no step= was forced
     assert [r["trainer/global_step"] for r in media_rows] == [r["trainer/global_step"] for r in scalar_rows]
     assert [r["epoch"] for r in media_rows] == [0, 1]
-    assert run.summary["cam/liftcam/insertion"] == pytest.approx(cb.last_scalars["cam/liftcam/insertion"])
+    # the same value, read back from the run file: at most one float32 rounding on the way
+    v = cb.last_scalars["cam/liftcam/insertion"]
+    assert run.summary["cam/liftcam/insertion"] == pytest.approx(v, rel=EPS32, abs=0.0)
     assert 0.0 <= scalar_rows[-1]["cam/liftcam/pointing_game"] <= 1.0
-    assert scalar_rows[-1]["cam/liftcam/completeness_residual"] < 1e-4
+    # completeness holds up to the float32 error of the head's reductions at the logits' scale
+    net = trainer.lightning_module.net.eval()
+    with torch.no_grad():
+        logits = net(cb.heldout.images)
+    bound = forward_tol(net, magnitude=float(logits.abs().max()), spatial=64)
+    assert scalar_rows[-1]["cam/liftcam/completeness_residual"] < bound
 
     # grids: labelled uint8 PNGs under files/media/images; 16 px images upscaled to 96 px tiles
     grid = media_rows[-1]["cam/liftcam/grid"]
@@ -104,7 +112,8 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
     row = dict(zip(cols, table["data"][0]))
     assert row["index"] == cb.heldout.indices[0]
     assert row["label"].split(": ")[1] in ("tl", "tr", "bl")  # class names from the datamodule
-    assert row["liftcam_insertion"] == pytest.approx(float(cb.last_report["liftcam"].insertion[0]), abs=1e-6)
+    v = float(cb.last_report["liftcam"].insertion[0])
+    assert row["liftcam_insertion"] == pytest.approx(v, rel=EPS32, abs=0.0)  # the same float32, serialised
     if "_artifact" in table:  # image cells resolvable in the artifact staging area
         assert row["image"]["_type"] == "image-file"
         _png_is_rgb_uint8(run.artifact_file(table, row["liftcam"]["path"]))
@@ -240,7 +249,8 @@ def test_validate_and_test_under_inference_mode_and_mixed_precision(tmp_path):
     assert {f"cam_validate/{m}/insertion" for m in ("liftcam", "gradcam++", "layercam")} <= set(val)
     assert not any(k.startswith("cam/") for k in val)  # stand-alone validation has keys of its own
     (test,) = trainer.test(model, datamodule=dm)
-    assert test["cam_test/liftcam/insertion"] == pytest.approx(val["cam_validate/liftcam/insertion"])
+    # validate and test run the same kernels on the same shapes: bitwise equal on one machine
+    assert test["cam_test/liftcam/insertion"] == val["cam_validate/liftcam/insertion"]
     assert (tmp_path / "cam" / "validate_epoch0_liftcam.png").is_file()
     assert (tmp_path / "cam" / "test_epoch0_liftcam.png").is_file()
     # autocast is switched off for the explanations and metrics: the same numbers in bf16-mixed
@@ -248,7 +258,8 @@ def test_validate_and_test_under_inference_mode_and_mixed_precision(tmp_path):
     trainer = pl.Trainer(**trainer_kwargs(tmp_path / "bf16", callbacks=[cb16], precision="bf16-mixed"))
     (val16,) = trainer.validate(model, datamodule=dm)
     assert cb16.num_errors == 0
-    assert val16["cam_validate/liftcam/insertion"] == pytest.approx(val["cam_validate/liftcam/insertion"], abs=1e-6)
+    # same float32 kernels and shapes as above (autocast off): bitwise equal on one machine
+    assert val16["cam_validate/liftcam/insertion"] == val["cam_validate/liftcam/insertion"]
 
 
 @pytest.mark.slow

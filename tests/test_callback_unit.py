@@ -12,6 +12,7 @@ from lightning_cam import CAMCallback
 from lightning_cam.callback import distributed, evaluate, heldout
 from lightning_cam.callback.evaluator import _correlations
 
+from tolerance import assert_within, forward_tol, scaled_tol, sum_tol
 from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
 
 
@@ -59,9 +60,12 @@ def test_correlations_match_scipy():
     b = a + 0.5 * torch.randn(4, 9, generator=g)
     b[1, :3] = b[1, 3]  # ties
     pear, spear = _correlations(a, b)
-    for i in range(4):  # float64 sums of 9 terms, returned as float32: rtol 2**-23 covers the cast
-        assert math.isclose(float(pear[i]), stats.pearsonr(a[i], b[i])[0], rel_tol=2**-22, abs_tol=2**-23)
-        assert math.isclose(float(spear[i]), stats.spearmanr(a[i], b[i])[0], rel_tol=2**-22, abs_tol=2**-23)
+    # float32 vs scipy's float64: four chained 9-term reductions (mean, centred products, two norms)
+    # on O(1) values; ranks (spearman) are small integers, exact in float32
+    tol = 4 * sum_tol(9)
+    for i in range(4):
+        assert math.isclose(float(pear[i]), stats.pearsonr(a[i], b[i])[0], abs_tol=tol)
+        assert math.isclose(float(spear[i]), stats.spearmanr(a[i], b[i])[0], abs_tol=tol)
     pear, spear = _correlations(torch.ones(1, 3), a[:1, :3])  # a constant row has no correlation
     assert torch.isnan(pear).all() and torch.isnan(spear).all()
 
@@ -105,7 +109,8 @@ def test_sharded_results_gather_to_the_single_process_ones(world):
         loc = evaluate(model, "layer4", ds.images[idx], ds.labels[idx], ds.masks[idx], shap_on=idx < 3, **kw)
         locals_.append((loc, count))
     multi = distributed.gather_report(FakeStrategy(locals_), locals_[0][0], locals_[0][1], 7, world)
-    # the same images per rank in each batch: equal up to float32 rounding of batched convolutions
+    # a shard runs other batch sizes than one process: other summation orders (tests/tolerance.py)
+    rel = forward_tol(model.net, spatial=64)
     for (layer, m, r1), (_, _, r2) in zip(single.items(), multi.items()):
         for f in ("saliency", "insertion", "deletion", "insertion_curve", "average_drop", "pointing_game",
                   "energy_pointing_game", "shap_pearson"):
@@ -113,19 +118,21 @@ def test_sharded_results_gather_to_the_single_process_ones(world):
             if a is None:
                 assert b is None, (m, f)
                 continue
-            torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5, equal_nan=True, msg=f"{m}/{f}")
+            assert_within(b, a, rel, what=f"{m}/{f}")
         assert r2.seconds > 0
     torch.testing.assert_close(multi.predictions, single.predictions)
     s1, s2 = single.summary(), multi.summary()
     assert set(s1) == set(s2)
     for k in s1:
         if not k.endswith("/seconds"):
-            assert s2[k] == pytest.approx(s1[k], abs=1e-6), k
+            assert s2[k] == pytest.approx(s1[k], abs=scaled_tol(rel, s1[k])), k
     assert {"cam/liftcam/pointing_game", "cam/liftcam/completeness_residual", "cam/gradcam/shap_pearson"} <= set(s1)
-    # completeness holds to float32 rounding of a sum over K=8 channels of O(1) terms
-    assert s1["cam/liftcam/completeness_residual"] < 1e-4
-    # LIFT-CAM is exact SHAP on this GAP+linear head: perfect coefficient agreement
-    assert s1["cam/liftcam/shap_pearson"] == pytest.approx(1.0, abs=1e-4)
+    with torch.no_grad():
+        logits = model(ds.images)
+    assert s1["cam/liftcam/completeness_residual"] < forward_tol(model.net, float(logits.abs().max()), spatial=64)
+    # LIFT-CAM is exact SHAP on this GAP+linear head: perfect coefficient agreement; two vectors equal
+    # within a relative rel have a Pearson correlation within ~rel of 1 (plus its own 8-term sums)
+    assert s1["cam/liftcam/shap_pearson"] == pytest.approx(1.0, abs=rel + 4 * sum_tol(8))
 
 
 def test_more_ranks_than_images():

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from tolerance import EPS32
 from lightning_cam.data import (
     CLASSES,
     MARKER_COLOURS,
@@ -75,20 +76,23 @@ def test_object_has_contrast_with_background():
 
 
 def test_generation_is_fast():
-    t0 = time.perf_counter()
+    # CPU time of this process, not wall time: other jobs on a shared machine do not count
+    t0 = time.process_time()
     ShapesDataset(1000, image_size=64, seed=0)
-    assert time.perf_counter() - t0 < 15.0  # ~0.4 s on one idle core
+    assert time.process_time() - t0 < 15.0  # ~0.4 s on one idle core
 
 
 def test_normalisation_constants_match_data():
     ds = ShapesDataset(400, image_size=64, seed=0, cache=False)
     mean, std = ds.stats(400)
+    # statistical, not round-off: the constants were measured on another sample of the same generator
     assert torch.allclose(torch.tensor(mean), torch.tensor(SHAPES_MEAN), atol=0.03)
     assert torch.allclose(torch.tensor(std), torch.tensor(SHAPES_STD), atol=0.03)
     x, _, _ = ds[0]
     raw = ds.raw(0)[0].float() / 255
     back = x * torch.tensor(SHAPES_STD).view(3, 1, 1) + torch.tensor(SHAPES_MEAN).view(3, 1, 1)
-    assert torch.allclose(back, raw, atol=1e-5)
+    # (x - m) / s * s + m: four float32 roundings of values up to 1 / min(std)
+    assert torch.allclose(back, raw, atol=4 * EPS32 / min(SHAPES_STD), rtol=0)
 
 
 def test_shapes_datamodule_batches():

@@ -162,7 +162,7 @@ def test_bad_configs_fail_before_training(tmp_path, args, env, message):
     out = _out(p)
     assert p.returncode == 2, out[-3000:]
     assert "Configuration error" in out and message in " ".join(out.replace("│", " ").split()), out[-3000:]
-    assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # a failed config leaves no run folder behind
 
 
 @pytest.mark.slow
@@ -176,3 +176,48 @@ def test_fit_then_test_two_layers_metrics_json_keeps_both_stages(tmp_path):
     for layer in ("features.3", "features"):
         assert f"cam/{layer}/liftcam/insertion" in metrics and f"cam_test/{layer}/liftcam/insertion" in metrics
     assert "trainer.test" in _out(p)  # the summary prints the test scores' table too
+
+
+@pytest.mark.slow
+def test_everything_in_the_run_dir_log_file_and_no_library_noise(tmp_path):
+    """HOME is an empty folder: a real run writes nothing there (W&B cache, data, artifact staging
+    go to the run directory), nothing in the working directory outside the run directory,
+    train.log holds the run's log, and the known library notices are gone."""
+    home, cwd, mpl = tmp_path / "home", tmp_path / "cwd", tmp_path / "mpl"
+    for d in (home, cwd, mpl):
+        d.mkdir()
+    # MPLCONFIGDIR: matplotlib's font cache is the user's, built once by any matplotlib import
+    env = {"HOME": str(home), "MPLCONFIGDIR": str(mpl), "XDG_CACHE_HOME": None, "XDG_CONFIG_HOME": None,
+           "XDG_DATA_HOME": None, "WANDB_DIR": None, "WANDB_CACHE_DIR": None, "WANDB_DATA_DIR": None,
+           "WANDB_ARTIFACT_DIR": None, "WANDB_CONFIG_DIR": None}
+    p = run_train([*TINY, "data.num_train=32", "data.num_val=16", "cam.num_samples=4"], cwd=cwd, env=env)
+    out = _out(p)
+    assert p.returncode == 0, out[-4000:]
+    assert sorted(str(x.relative_to(home)) for x in home.rglob("*")) == []
+    (run_dir,) = (cwd / "outputs" / "train" / "runs").iterdir()
+    assert [x.name for x in cwd.iterdir()] == ["outputs"]
+    assert find_run_files(run_dir) and (run_dir / "wandb" / "data").is_dir()
+    log = (run_dir / "train.log").read_text()
+    assert "Run directory:" in log and "max_epochs=1" in log  # ours and Lightning's records
+    assert "log file" in out
+    assert "Total FLOPs" in out  # the model summary is still printed, with its FLOPs computed
+    for noise in ("anonymous setting has no effect", "Total FLOPs: 0", "litlogger", "LeafSpec", "already configured"):
+        assert noise not in out, noise
+
+
+@pytest.mark.slow
+def test_cifar10_without_network_says_what_to_do(tmp_path):
+    """A download that cannot happen (an unreachable proxy: never touches the network) ends with
+    the dataset message and exit status 2, not a urllib traceback."""
+    dead = "http://127.0.0.1:9"  # the discard port: connection refused
+    env = {"https_proxy": dead, "HTTPS_PROXY": dead, "http_proxy": dead, "HTTP_PROXY": dead,
+           "no_proxy": None, "NO_PROXY": None}
+    data_dir = tmp_path / "empty"
+    p = run_train(["data=cifar10", f"paths.data_dir={data_dir}", "data.num_workers=0", "model.image_size=32",
+                   "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, timeout=300)
+    out = _out(p)
+    flat = " ".join(out.replace("│", " ").split())
+    assert p.returncode == 2, out[-3000:]
+    assert "Dataset not available" in out and "CIFAR-10 is not available" in flat, out[-3000:]
+    assert str(data_dir) in flat.replace(" ", "") or str(data_dir) in flat
+    assert "Traceback" not in out and "data=shapes" in flat

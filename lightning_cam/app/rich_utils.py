@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 LEGEND = (
     "ins/del: insertion/deletion AUC; AD%/IC%: Average Drop / Increase in Confidence; "
@@ -44,11 +45,12 @@ def print_config_tree(cfg: DictConfig, resolve: bool = True, save_to: str | Path
                 text = OmegaConf.to_yaml(node, resolve=False)
         else:
             text = str(node)
-        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
-    rich.print(tree)
+        # word_wrap: long values (paths) wrap onto the next line instead of being cut off
+        branch.add(rich.syntax.Syntax(text, "yaml", theme="ansi_dark", background_color="default", word_wrap=True))
+    console().print(tree)
     if save_to is not None:
-        with open(save_to, "w") as fh:
-            rich.print(tree, file=fh)
+        with open(save_to, "w") as fh:  # plain text, wide enough that nothing wraps or is cut
+            Console(file=fh, width=100_000, color_system=None, soft_wrap=True).print(tree)
 
 
 def _fmt(v: float | None) -> str:
@@ -115,8 +117,9 @@ def print_summary(
     con.print(Panel("\n".join(lines), title="Where things are", border_style="green"))
 
 
-def print_error(message: str) -> None:
-    Console(stderr=True).print(Panel(message, title="[bold red]Configuration error", border_style="red"))
+def print_error(message: str, title: str = "Configuration error") -> None:
+    """Print ``message`` verbatim (plain text: brackets such as ``[liftcam,gradcam]`` are not markup)."""
+    Console(stderr=True).print(Panel(Text(message), title=Text(title, style="bold red"), border_style="red"))
 
 
 __all__ = ["cam_table", "print_config_tree", "print_error", "print_summary"]

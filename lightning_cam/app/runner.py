@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +14,9 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities import rank_zero_only
 
 from lightning_cam.app import rich_utils
@@ -81,6 +85,10 @@ def instantiate_trainer(cfg: DictConfig, callbacks: list | None = None, loggers:
         # SyncBatchNorm needs GPU modules; DDP on CPU (gloo) keeps per-process BN statistics
         log.info("trainer.sync_batchnorm disabled: it needs GPUs (accelerator=cpu)")
         node["sync_batchnorm"] = False
+    if "enable_model_summary" not in node and any(isinstance(c, ModelSummary) for c in callbacks or []):
+        # the configured summary callback runs anyway; this only skips Lightning's default one
+        # and its "Trainer already configured with model summary callbacks" notice
+        node["enable_model_summary"] = False
     return _instantiate(node, drop=(), callbacks=callbacks or [], logger=loggers or False)
 
 
@@ -103,19 +111,87 @@ def resolve_group(cfg: DictConfig) -> str | None:
 
 
 def _ignore_warnings() -> None:
+    """``extras.ignore_warnings``: Lightning's advice that does not apply to small CPU runs."""
     for pattern in (
         r".*does not have many workers.*",
         r".*The number of training batches.*",
-        r".*isinstance\(treespec, LeafSpec\).*",
         r".*Checkpoint directory .* exists and is not empty.*",
         r".*sync_dist=True.*",
-        r".*LeafSpec.*",
-        r".*litlogger.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(
-        lambda rec: "litlogger" not in rec.getMessage()
-    )
+
+
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def _quiet_library_notices() -> None:
+    """Notices that are not warnings about this run, silenced one by one at their source.
+
+    * Lightning's advertisement for ``litlogger`` (an INFO record of its rank-zero logger, no flag);
+    * Lightning's own use of torch's deprecated ``LeafSpec`` (pytorch_lightning/utilities/_pytree.py),
+      matched by message AND module so that the same deprecation elsewhere still shows.
+    """
+    rank_zero = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if _no_litlogger_tip not in rank_zero.filters:  # once per process (multiruns call run() per job)
+        rank_zero.addFilter(_no_litlogger_tip)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*",
+                            module=r"pytorch_lightning\.utilities\._pytree")
+
+
+# W&B locations that default to the user's home (cache, artifact staging) or the working
+# directory (downloaded artifacts); a run keeps them in its own directory unless the user set them.
+WANDB_DIR_VARS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "wandb/cache", "WANDB_DATA_DIR": "wandb/data",
+                  "WANDB_ARTIFACT_DIR": "wandb/artifacts"}
+_USER_WANDB_VARS = frozenset(k for k in WANDB_DIR_VARS if os.environ.get(k))
+
+
+def keep_wandb_in(output_dir: Path) -> dict[str, str]:
+    """Point W&B's directories into ``output_dir`` (those the user did not set); returns what was set."""
+    out = {}
+    for var, sub in WANDB_DIR_VARS.items():
+        if var in _USER_WANDB_VARS:
+            continue
+        path = output_dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[var] = out[var] = str(path)
+    return out
+
+
+def route_logs_to_hydra() -> None:
+    """Let Lightning's log records reach Hydra's handlers (console + ``<run dir>/<task_name>.log``).
+
+    Lightning gives its loggers their own console handler and ``propagate=False`` when it is
+    imported before logging is configured, which is the case under ``train.py``: its records
+    never reach Hydra's job log file. Warnings go to the log file too (``logging.captureWarnings``).
+    """
+    if not logging.getLogger().handlers:  # not under Hydra: leave Lightning's own set-up alone
+        return
+    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        for h in list(lg.handlers):
+            if type(h) is logging.StreamHandler:
+                lg.removeHandler(h)
+        lg.propagate = True
+    logging.captureWarnings(True)
+
+
+def remove_run_dir_of_failed_config(output_dir: Path, task_name: str, stop_at: Path | None = None) -> bool:
+    """Delete a run directory that holds nothing but what Hydra wrote before the config failed
+    (``.hydra/``, the job log, the config tree), and the folders above it that became empty."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return False
+    hydra_only = {".hydra", f"{task_name}.log", "config_tree.log"}
+    if any(p.name not in hydra_only for p in output_dir.iterdir()):
+        return False
+    shutil.rmtree(output_dir, ignore_errors=True)
+    stop = Path(stop_at).resolve() if stop_at else Path.cwd().resolve()
+    parent = output_dir.resolve().parent
+    while parent != stop and stop in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    return True
 
 
 def _wandb_run_dir() -> str | None:
@@ -148,6 +224,20 @@ def _grid_dir(output_dir: Path, wandb_dir: str | None) -> str | None:
     return str(pngs[-1].parent) if pngs else None
 
 
+def _sel_image_size(cfg: DictConfig) -> int | None:
+    size = OmegaConf.select(cfg, "data.image_size", default=None) or OmegaConf.select(cfg, "model.image_size", default=None)
+    return int(size) if size else None
+
+
+def _log_file(output_dir: Path, cfg: DictConfig) -> str | None:
+    """The job log file, when Hydra's job logging wrote one that is not empty."""
+    path = output_dir / f"{cfg.get('task_name', 'train')}.log"
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.flush()
+    return str(path) if path.is_file() and path.stat().st_size > 0 else None
+
+
 def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
     out = {}
     for k, v in trainer.callback_metrics.items():
@@ -167,10 +257,16 @@ def run(cfg: DictConfig) -> float | None:
     validate_config(cfg)
     if cfg.get("extras", {}).get("enforce_tags") and not cfg.get("tags"):
         raise ConfigError("extras.enforce_tags is on but no tags were given: add tags=[my_tag]")
+    route_logs_to_hydra()
+    _quiet_library_notices()
     if cfg.get("extras", {}).get("ignore_warnings"):
         _ignore_warnings()
 
     output_dir = Path(cfg.paths.output_dir)
+    if any("WandbLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()
+           if isinstance(node, DictConfig)):
+        keep_wandb_in(output_dir)
+    log.info("Run directory: %s", output_dir)
     with open_dict(cfg):
         cfg.group = resolve_group(cfg)
     if cfg.get("extras", {}).get("print_config") and rank_zero_only.rank == 0:
@@ -181,8 +277,16 @@ def run(cfg: DictConfig) -> float | None:
 
     datamodule = instantiate_datamodule(cfg)
     model = instantiate_model(cfg)
+    size = _sel_image_size(cfg)
+    if size and getattr(model, "example_input_array", None) is None:
+        # lets Lightning's model summary compute FLOPs and sizes instead of printing "Total FLOPs: 0"
+        model.example_input_array = torch.zeros(1, 3, size, size)
     callbacks = instantiate_callbacks(cfg)
     loggers = instantiate_loggers(cfg)
+    for lg in loggers:  # WandbLogger always passes the deprecated anonymous=None, which W&B warns about
+        init = getattr(lg, "_wandb_init", None)
+        if isinstance(init, dict) and init.get("anonymous", "unset") is None:
+            init.pop("anonymous")
     trainer = instantiate_trainer(cfg, callbacks, loggers)
 
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -222,7 +326,7 @@ def run(cfg: DictConfig) -> float | None:
                 "heatmap grids": _grid_dir(output_dir, wandb_dir),
                 "final metrics": str(metrics_file),
                 "best checkpoint": best or None,
-                "log file": str(output_dir / f"{cfg.get('task_name', 'train')}.log"),
+                "log file": _log_file(output_dir, cfg),
             }
             methods = list(cfg.cam.methods) if cam_enabled(cfg) else []
             rich_utils.print_summary(metrics, methods, seconds, locations, cfg.get("optimized_metric"))
@@ -240,6 +344,9 @@ def run(cfg: DictConfig) -> float | None:
 
 __all__ = [
     "ConfigError",
+    "keep_wandb_in",
+    "remove_run_dir_of_failed_config",
+    "route_logs_to_hydra",
     "instantiate_callbacks",
     "instantiate_cam_callback",
     "instantiate_datamodule",

@@ -156,15 +156,20 @@ def _check_layer(cfg: DictConfig, errors: list[str], holder: nn.Module, shapes: 
 
     spatial = [n for n, s in shapes.items() if len(s) == 4 and n.count(".") <= 2]
     listing = ", ".join(f"{n.removeprefix('net.')} ({_shape_str(shapes[n])})" for n in spatial[-24:])
+    net = holder.net
     try:
-        qual, _ = resolve_layer(holder, str(layer))
+        qual, _ = resolve_layer(net, str(layer).removeprefix("net."))
     except (ValueError, TypeError) as err:
+        close = str(err).split(". Candidate layers")[0].partition("?")[0]
+        hint = f" Did you mean {close.split('Did you mean ')[1]}?" if "Did you mean" in close else ""
+        default = _sel(cfg, "model.target_layer") or (spatial[-1].removeprefix("net.") if spatial else "")
         errors.append(
-            f"Unknown target layer {layer!r} for model {name!r} (cam.target_layer). "
+            f"Unknown target layer {layer!r} for model {name!r} ({type(net).__name__}) in cam.target_layer.{hint} "
             f"Candidate layers (output CxHxW at {image_size}px): {listing}. "
-            f"The model's default is {_sel(cfg, 'model.target_layer')!r}. [{str(err).split('. ')[0]}]"
+            f"The model's default is {default!r}. Example: python train.py model={name} cam.target_layer={default}"
         )
         return
+    qual = f"net.{qual}"
     shape = shapes.get(qual)
     if shape is None:
         errors.append(f"Target layer {layer!r} of model {name!r} is never called in the forward pass; candidates: {listing}")

@@ -6,6 +6,7 @@ from lightning_cam.data.datamodules import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CIFAR10DataModule,
+    DatasetUnavailableError,
     ImageFolderDataModule,
     ShapesDataModule,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "CIFAR10_STD",
     "CLASSES",
     "CIFAR10DataModule",
+    "DatasetUnavailableError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageFolderDataModule",

@@ -131,6 +131,10 @@ class ShapesDataModule(_Base):
             self.data_test = self._ds(self.num_test, self.seed + 2, shortcut=self.test_shortcut)
 
 
+class DatasetUnavailableError(RuntimeError):
+    """A dataset is neither on disk nor downloadable; the message says where it looked and what to do."""
+
+
 class CIFAR10DataModule(_Base):
     """CIFAR-10 (torchvision); downloads into ``data_dir`` when ``download`` and online.
 
@@ -177,8 +181,20 @@ class CIFAR10DataModule(_Base):
     def prepare_data(self) -> None:
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(self.data_dir, train=True, download=self.download)
-        CIFAR10(self.data_dir, train=False, download=self.download)
+        try:
+            CIFAR10(self.data_dir, train=True, download=self.download)
+            CIFAR10(self.data_dir, train=False, download=self.download)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; "Dataset not found" a RuntimeError
+            raise DatasetUnavailableError(
+                f"CIFAR-10 is not available: it is not in {Path(self.data_dir).resolve()} "
+                f"(looked for {Path(self.data_dir).resolve() / CIFAR10.base_folder}) and could not be "
+                f"downloaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else err!r}).\n"
+                f"Either run once with network access (it downloads there), or copy the files yourself: "
+                f"download {CIFAR10.url} on a machine with network, then `tar -xzf {CIFAR10.filename} -C "
+                f"{Path(self.data_dir).resolve()}` so that {CIFAR10.base_folder}/data_batch_1 ... exist, or point "
+                f"data.data_dir (or LIGHTNING_CAM_DATA_DIR) at a folder that holds {CIFAR10.base_folder}/. "
+                f"No network at all? The embedded dataset needs none: python train.py data=shapes"
+            ) from err
 
     def setup(self, stage: str | None = None) -> None:
         from torchvision.datasets import CIFAR10

@@ -1,0 +1,140 @@
+"""The documentation: the site builds (mkdocs --strict), every ```python block of README.md and
+docs/*.md runs offline, and the facts that can drift (defaults, figures) match the code.
+
+Convention for runnable docs: the blocks of one page run in order in one namespace, in a
+temporary directory, with W&B offline; a block preceded by the line ``<!-- no-test -->`` is
+skipped (it needs network, a GPU or a dataset). Pages are discovered, so new pages are covered.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
+FENCE = re.compile(r"^```([\w+-]*)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+NO_TEST = "<!-- no-test -->"
+
+
+def python_blocks(page: Path) -> list[tuple[int, str]]:
+    """(line number, code) of the ```python blocks of ``page`` that are not marked no-test."""
+    text = page.read_text()
+    out = []
+    for m in FENCE.finditer(text):
+        if m.group(1) != "python":
+            continue
+        before = [line.strip() for line in text[: m.start()].splitlines() if line.strip()]
+        if before and before[-1] == NO_TEST:
+            continue
+        out.append((text[: m.start()].count("\n") + 1, m.group(2)))
+    return out
+
+
+def _id(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def test_pages_are_discovered():
+    names = {_id(p) for p in PAGES}
+    assert {"README.md", "docs/index.md", "docs/getting-started.md", "docs/methods.md"} <= names
+    assert python_blocks(ROOT / "README.md"), "the README's callback example must run"
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=_id)
+def test_python_blocks_run_offline(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    namespace: dict = {"__name__": "__docs__"}
+    try:
+        for line, code in python_blocks(page):
+            try:
+                exec(compile(code, f"{_id(page)}:{line}", "exec"), namespace)
+            except Exception as err:  # noqa: BLE001 - say which block failed
+                raise AssertionError(f"{_id(page)}, block at line {line} failed: {err!r}") from err
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_mkdocs_build_strict(tmp_path):
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
+                        "-d", str(tmp_path / "site")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "api" / "index.html").is_file()
+    api = (tmp_path / "site" / "api" / "index.html").read_text()
+    assert "insertion_deletion" in api and "CAMCallback" in api  # rendered from the docstrings
+
+
+def _yaml_text(value) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def test_cam_defaults_table_matches_the_config():
+    text = (ROOT / "docs" / "app.md").read_text()
+    block = text.split("<!-- cam-defaults:start")[1].split("<!-- cam-defaults:end -->")[0]
+    documented = dict(re.findall(r"^\| `cam\.([\w.]+)` \| `(.*)` \|$", block, re.M))
+    config = yaml.safe_load((ROOT / "conf" / "cam" / "default.yaml").read_text())
+    expected = {k: _yaml_text(v) for k, v in config.items() if k != "_target_"}
+    rows = "\n".join(f"| `cam.{k}` | `{v}` |" for k, v in expected.items())
+    assert documented == expected, f"docs/app.md's cam=default table is out of date; it should read:\n{rows}"
+
+
+def test_callback_option_defaults_match_the_signature():
+    from lightning_cam import CAMCallback
+
+    params = inspect.signature(CAMCallback.__init__).parameters
+    text = (ROOT / "docs" / "getting-started.md").read_text()
+    table = text.split("### Options")[1].split("\n\n")[1]
+    checked = 0
+    for name, default in re.findall(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M):
+        if name not in params:
+            continue
+        value = default.strip().strip("`")
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            continue
+        assert value == params[name].default, f"getting-started.md says {name}={value!r}, the code {params[name].default!r}"
+        checked += 1
+    assert checked >= 8
+
+
+def test_every_figure_has_the_command_that_made_it():
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        for i, line in enumerate(lines):
+            for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.(?:png|svg|jpg))\)", line):
+                near = " ".join(lines[i : i + 4])
+                assert re.search(r"`python [^`]*" + re.escape(Path(target).name), near), (
+                    f"{_id(page)}:{i + 1}: figure {target} needs the command that produced it next to it"
+                )
+                assert (page.parent / target).is_file(), f"{_id(page)}:{i + 1}: {target} does not exist"
+
+
+def test_readme_is_short_and_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), target
