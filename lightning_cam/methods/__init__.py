@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
@@ -48,6 +49,7 @@ def explain_all(
     methods: Sequence[str | BaseCAM] = ("liftcam",),
     targets: Targets = None,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, Explanation]:
     """Explain ``x`` with several methods from ONE shared forward pass.
 
@@ -56,8 +58,11 @@ def explain_all(
     the head. Returns ``{method name: Explanation}`` in the order given;
     ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
     ``method_kwargs`` passes constructor options by name, e.g.
-    ``{"scorecam": {"batch_size": 64}}``.
+    ``{"scorecam": {"batch_size": 64}}``. ``output_transform`` reads the
+    class scores from the model's output when it is not understood by default
+    (see :func:`lightning_cam.outputs.logits_of`).
     """
+    output_transform = check_output_transform(output_transform)
     model = unwrap_model(model)
     x = check_images(x)
     check_device(model, x)
@@ -73,5 +78,5 @@ def explain_all(
             cls = get_method(method)
             explainers[cls.name] = cls(model, layer_name, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
     with explaining(model):
-        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets)
+        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets, output_transform)
         return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

@@ -10,6 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform, check_output_transform, float_logits
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
@@ -55,14 +56,20 @@ class LayerPass:
     Holds ``A`` (the layer's output), the logits, the explained ``targets`` and,
     computed on first use, ``g = dy_c/dA`` (taken with ``torch.autograd.grad``
     through the head only: no parameter gradients, no backward through the
-    layers before ``L``).
+    layers before ``L``). ``output_transform`` reads the class scores from the
+    model's output (default: :func:`lightning_cam.outputs.logits_of`).
     """
 
-    def __init__(self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None) -> None:
+    def __init__(
+        self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None,
+        output_transform: OutputTransform | None = None,
+    ) -> None:
         start = time.perf_counter()
         self.model = model
         self.x = x
+        self.output_transform = output_transform
         self.split: SplitModel = split_model(model, layer_name)
+        self.split.output_transform = output_transform
         with torch.no_grad():
             activation, crossings = self.split.body(x)
         self.crossings = crossings
@@ -89,6 +96,10 @@ class LayerPass:
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits of the head on ``activations`` (rows of images ``index``)."""
         return self.split.run_head(activations, self.crossings, index)
+
+    def model_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C) scores of the whole model on images ``x`` (cast to the model's dtype)."""
+        return float_logits(self.model(x.to(self.x.dtype)), self.output_transform)
 
     def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``y_c`` of the head on many activation rows, in chunks of ``batch_size`` (no grad)."""
@@ -135,11 +146,19 @@ class BaseCAM:
     """Base class: resolves the layer, runs the shared pass, times the method.
 
     Subclasses implement :meth:`compute` from a :class:`LayerPass`.
+    ``output_transform``: callable reading the (B, C) class scores from the
+    model's output, for outputs that are not a tensor, a tuple/list, a dict
+    with ``"logits"`` or an object with ``.logits``.
     """
 
     name: ClassVar[str] = ""
+    output_transform: OutputTransform | None = None
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: str | nn.Module | None = None, *,
+        output_transform: OutputTransform | None = None,
+    ) -> None:
+        self.output_transform = check_output_transform(output_transform)
         self.model = unwrap_model(model)
         if target_layer is None:
             target_layer = default_target_layer(self.model)
@@ -154,7 +173,8 @@ class BaseCAM:
         x = check_images(x)
         check_device(self.model, x)
         with explaining(self.model):
-            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets)
+            x = as_float_input(x, self.model)
+            layer_pass = LayerPass(self.model, self.layer_name, x, targets, self.output_transform)
             return self.timed_compute(layer_pass)
 
     def timed_compute(self, layer_pass: LayerPass) -> Explanation:

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 
@@ -30,8 +31,11 @@ class LiftCAM(BaseCAM):
 
     name = "liftcam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = EPS) -> None:
-        super().__init__(model, target_layer)
+    def __init__(
+        self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = EPS, *,
+        output_transform: OutputTransform | None = None,
+    ) -> None:
+        super().__init__(model, target_layer, output_transform=output_transform)
         self.eps = eps
 
     def compute(self, layer_pass: LayerPass) -> Explanation:

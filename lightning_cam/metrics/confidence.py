@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
@@ -18,6 +19,7 @@ from lightning_cam.metrics._common import (
     class_scores,
     evaluating,
     forward_chunks,
+    model_scores,
     resolve_targets,
     saliency_to_size,
 )
@@ -88,6 +90,7 @@ def confidence_change(
     score: Score = "softmax",
     normalize: bool = False,
     batch_size: int = 256,
+    output_transform: OutputTransform | None = None,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -105,9 +108,15 @@ def confidence_change(
             need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
         score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+        output_transform: callable reading the (N, C) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
+
+    Images are cast to the model's dtype for each forward pass; scores are float32. An image
+    whose Y, O or D is not finite gets NaN ``drop`` and ``drop_in_deletion`` (never a silent 0).
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
+    output_transform = check_output_transform(output_transform)
     images = check_images(images)
     b, _, h, w = images.shape
     device = images.device
@@ -115,12 +124,12 @@ def confidence_change(
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):
-        logits = forward_chunks(model, images, batch_size)
+        logits = forward_chunks(model, images, batch_size, output_transform)
         classes = resolve_targets(targets, b, logits.shape[1], device)
         if classes is None:
             classes = logits.argmax(dim=1)
         y = class_scores(logits, classes, score)
-        if score == "logit" and bool((y <= 0).any()):
+        if score == "logit" and bool((y <= 0).any()):  # NaN compares False: reported as NaN below
             raise ValueError(
                 "Average Drop divides by the clean score Y, which must be > 0; with score='logit' images "
                 f"{(y <= 0).nonzero().flatten().tolist()} have Y <= 0. Use score='softmax'."
@@ -132,13 +141,16 @@ def confidence_change(
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
-            outs.append(class_scores(model(images[img_idx] * m), classes[img_idx], score))
+            outs.append(class_scores(model_scores(model, images[img_idx] * m, output_transform), classes[img_idx], score))
         both = torch.cat(outs)
     o, d = both[:b], both[b:]
     valid = y > 0
     denom = torch.where(valid, y, torch.ones_like(y))
     drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
     drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
+    nonfinite = ~(torch.isfinite(y) & torch.isfinite(o) & torch.isfinite(d))
+    drop = drop.masked_fill(nonfinite, float("nan"))
+    drop_in_deletion = drop_in_deletion.masked_fill(nonfinite, float("nan"))
     return ConfidenceResult(
         score=y,
         masked_score=o,

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
@@ -33,6 +34,7 @@ from lightning_cam.metrics._common import (
     class_scores,
     evaluating,
     forward_chunks,
+    model_scores,
     resolve_targets,
     saliency_to_size,
 )
@@ -203,6 +205,7 @@ def insertion_deletion(
     score: Score = "softmax",
     deletion_substrate: Substrate = "zeros",
     insertion_substrate: Substrate = "blur",
+    output_transform: OutputTransform | None = None,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs (Petsiuk et al., RISE, BMVC 2018).
 
@@ -226,6 +229,11 @@ def insertion_deletion(
             right choice for a model that already ends in a softmax).
         deletion_substrate / insertion_substrate: ``"zeros"``, ``"blur"``, a constant, or a tensor
             broadcastable to the images (e.g. a (C,) per-channel dataset mean, in input space).
+        output_transform: callable reading the (N, C) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
+
+    Images are cast to the model's dtype for each forward pass (bf16 / fp16 / float64 models);
+    curves and AUCs are float32. A non-finite model output gives that image NaN curves and AUCs.
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
     point n), so ``B * (2*n_steps + 1)`` images are evaluated (one fewer per image when both
@@ -236,6 +244,7 @@ def insertion_deletion(
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
+    output_transform = check_output_transform(output_transform)
     images = check_images(images)
     b, c, h, w = images.shape
     hw = h * w
@@ -251,7 +260,7 @@ def insertion_deletion(
     rank.scatter_(1, order, torch.arange(hw, device=device).expand(b, hw))
 
     with evaluating(model, device):
-        clean_logits = forward_chunks(model, images, batch_size)
+        clean_logits = forward_chunks(model, images, batch_size, output_transform)
         classes = resolve_targets(targets, b, clean_logits.shape[1], device)
         if classes is None:
             classes = clean_logits.argmax(dim=1)
@@ -293,7 +302,7 @@ def insertion_deletion(
                     )
             # advanced indexing (t[idx]) rather than index_select: the latter is ~35x slower on CPU
             # for 4-D tensors in torch 2.x
-            out = model(chunk)
+            out = model_scores(model, chunk, output_transform)
             del chunk
             scores[j0:j1] = class_scores(out, classes[img_idx], score)
 
