@@ -44,14 +44,15 @@ __all__ = [
     "ScoreCAM",
     "ShapCAM",
     "XGradCAM",
+    "evaluate",
     "explain_all",
     "get_method",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "CAMCallback":
-        from lightning_cam.callback import CAMCallback
+    if name in ("CAMCallback", "evaluate"):
+        from lightning_cam import callback
 
-        return CAMCallback
+        return getattr(callback, name)
     raise AttributeError(f"module 'lightning_cam' has no attribute {name!r}")

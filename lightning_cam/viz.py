@@ -13,6 +13,9 @@ so the logged arrays are always uint8).
 * :func:`overlay` - alpha-blend the colour map over the image.
 * :func:`overlay_grid` - rows of images followed by rows of their overlays.
 * :func:`comparison_grid` - one row of images, then one row per method.
+* :func:`labelled_grid` - tiles in rows with a title, a label per row and
+  per column (rendered with PIL), e.g. method names and class / prediction /
+  confidence.
 * :func:`to_uint8_hwc` / :func:`save_png`.
 """
 
@@ -32,6 +35,7 @@ __all__ = [
     "colormap_lut",
     "comparison_grid",
     "denormalize",
+    "labelled_grid",
     "overlay",
     "overlay_grid",
     "resize",
@@ -207,6 +211,73 @@ def comparison_grid(
     for maps in maps_by_method.values():
         rows.append(_upscale(overlay(images, maps, alpha, colormap, mean, std), min_size))
     return _grid(torch.cat(rows), rgb.shape[0], padding)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int):  # noqa: ANN202 - PIL font
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable default font
+    except TypeError:  # pragma: no cover - older Pillow: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw, text: str, font, width: int) -> str:  # noqa: ANN001
+    """``text`` shortened with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def labelled_grid(
+    rows: Sequence[tuple[str, Tensor]],
+    column_labels: Sequence[str] | None = None,
+    title: str = "",
+    min_size: int = 96,
+    padding: int = 2,
+    font_size: int = 12,
+) -> np.ndarray:
+    """Tiles in rows, with ``title`` on top, ``column_labels`` above the columns and row labels on the left.
+
+    ``rows``: ``(label, tiles)`` pairs, tiles ``(N, 3, H, W)`` float in [0, 1]
+    (N equal in every row). Tiles are upscaled (nearest, integer factor) to at
+    least ``min_size`` px so that small images and the text stay readable.
+    Column labels may hold several lines (``"\n"``). Returns ``(H, W, 3)`` uint8.
+    """
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("labelled_grid needs at least one row")
+    tiles = [_upscale(t.detach().float().cpu(), min_size) for _, t in rows]
+    ncol = tiles[0].shape[0]
+    if any(t.shape[0] != ncol for t in tiles):
+        raise ValueError(f"every row needs the same number of tiles, got {[t.shape[0] for t in tiles]}")
+    body = to_uint8_hwc(_grid(torch.cat(tiles), ncol, padding))
+    tile_h, tile_w = tiles[0].shape[-2:]
+    font = _font(font_size)
+    line = font_size + 3
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(max(probe.textlength(label, font=font) for label, _ in rows)) + 8
+    head_lines = max((len(c.split("\n")) for c in column_labels or []), default=0)
+    top = (line + 4 if title else 0) + head_lines * line + (4 if head_lines else 0)
+    canvas = Image.new("RGB", (left + body.shape[1], max(top + body.shape[0], line)), (255, 255, 255))
+    canvas.paste(Image.fromarray(body), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    black = (0, 0, 0)
+    if title:
+        draw.text((4, 2), _fit(draw, title, font, canvas.width - 8), fill=black, font=font)
+    for j, label in enumerate(column_labels or []):
+        x = left + padding + j * (tile_w + padding)
+        for k, text in enumerate(label.split("\n")):
+            y = top - (head_lines - k) * line - 2
+            draw.text((x, y), _fit(draw, text, font, tile_w), fill=black, font=font)
+    for i, (label, _) in enumerate(rows):
+        y = top + padding + i * (tile_h + padding) + tile_h // 2 - font_size // 2
+        draw.text((4, y), label, fill=black, font=font)
+    return np.asarray(canvas, dtype=np.uint8).copy()
 
 
 def to_uint8_hwc(image: Tensor) -> np.ndarray:

@@ -150,8 +150,8 @@ class SavingCAMCallback(CAMCallback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         super().on_validation_epoch_end(trainer, pl_module)
-        if self.last_results is not None:
+        if self.last_report is not None:
             torch.save(
-                {"results": self.last_results, "scalars": self.last_scalars, "indices": self.heldout.indices},
+                {"report": self.last_report, "scalars": self.last_scalars, "indices": self.heldout.indices},
                 f"{self.out_dir}/rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt",
             )

@@ -1,4 +1,4 @@
-"""Overlays / grids (lightning_cam.viz) and the held-out set helpers (lightning_cam.heldout)."""
+"""Overlays / grids (lightning_cam.viz) and the held-out set helpers (lightning_cam.callback.heldout)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_cam import heldout, viz
+from lightning_cam import viz
+from lightning_cam.callback import heldout
 
 
 def test_lut_matches_matplotlib():

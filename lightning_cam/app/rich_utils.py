@@ -14,21 +14,10 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-# Column order of the summary table, with the direction that is better.
-CAM_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("insertion", "ins ↑"),
-    ("deletion", "del ↓"),
-    ("average_drop", "AD% ↓"),
-    ("increase_in_confidence", "IC% ↑"),
-    ("pointing_game", "PG ↑"),
-    ("energy_pointing_game", "EPG ↑"),
-    ("completeness_residual", "Δcompl"),
-    ("shap_pearson", "ρ shap"),
-    ("seconds", "s/img"),
-)
 LEGEND = (
     "ins/del: insertion/deletion AUC; AD%/IC%: Average Drop / Increase in Confidence; "
-    "PG/EPG: (energy) pointing game; Δcompl: LIFT-CAM completeness residual; s/img: seconds per image"
+    "PG/EPG: (energy) pointing game; Δcompl: LIFT-CAM completeness residual; s/img: seconds per image; "
+    "↑/↓: higher/lower is better"
 )
 FIRST_FIELDS = ("data", "model", "cam", "callbacks", "logger", "trainer", "paths", "extras")
 
@@ -70,29 +59,27 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4f}" if a < 10 else f"{v:.2f}"
 
 
-def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None) -> Table | None:
-    """Table of ``cam/<method>/<metric>`` values, one row per method."""
-    per: dict[str, dict[str, float]] = {}
-    for key, value in metrics.items():
-        parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "cam":
-            per.setdefault(parts[1], {})[parts[2]] = float(value)
+def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None, prefix: str = "cam") -> Table | None:
+    """Table of the ``<prefix>/[<layer>/]<method>/<metric>`` values, one row per (layer and) method.
+
+    Columns follow :data:`lightning_cam.callback.summaries.METRICS`, with their direction arrows.
+    """
+    from lightning_cam.callback.summaries import METRICS, by_method
+
+    per = by_method(metrics, (prefix,))
     if not per:
         return None
-    order = [m for m in (methods or []) if m in per] + sorted(m for m in per if m not in (methods or []))
-    known = [c for c, _ in CAM_COLUMNS]
-    cols = [(c, d) for c, d in CAM_COLUMNS if any(c in v for v in per.values())]
-    extra = sorted({k for v in per.values() for k in v if k not in known})
-    table = Table(title="CAM faithfulness (held-out set, last evaluated epoch)", header_style="bold cyan",
+    names = list(methods or [])
+    order = sorted(per, key=lambda r: (names.index(r.split("/")[-1]) if r.split("/")[-1] in names else len(names), r))
+    cols = [spec for spec in METRICS if any(spec.name in v for v in per.values())]
+    what = {"cam": "validation, last evaluated epoch", "cam_test": "trainer.test", "cam_validate": "trainer.validate"}
+    table = Table(title=f"CAM faithfulness (held-out set, {what.get(prefix, prefix)})", header_style="bold cyan",
                   caption=LEGEND, caption_justify="left")
     table.add_column("method", style="bold", no_wrap=True)
-    for c, d in cols:
-        table.add_column(d, justify="right", no_wrap=True)
-    for c in extra:
-        table.add_column(c.replace("_", " "), justify="right")
-    for m in order:
-        row = [m] + [_fmt(per[m].get(c)) for c, _ in cols] + [_fmt(per[m].get(c)) for c in extra]
-        table.add_row(*row)
+    for spec in cols:
+        table.add_column(f"{spec.label} {spec.arrow}".strip(), justify="right", no_wrap=True)
+    for row in order:
+        table.add_row(row, *[_fmt(per[row].get(spec.name)) for spec in cols])
     return table
 
 
@@ -116,9 +103,10 @@ def print_summary(
     if optimized_metric:
         head.add_row(f"optimized_metric ({optimized_metric})", _fmt(metrics.get(optimized_metric)))
     con.print(head)
-    table = cam_table(metrics, methods)
-    if table is not None:
-        con.print(table)
+    for prefix in ("cam", "cam_validate", "cam_test"):
+        table = cam_table(metrics, methods, prefix)
+        if table is not None:
+            con.print(table)
     lines = [f"[bold]{k}:[/bold] {v}" for k, v in locations.items() if v]
     con.print(Panel("\n".join(lines), title="Where things are", border_style="green"))
 

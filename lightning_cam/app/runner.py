@@ -196,7 +196,8 @@ def run(cfg: DictConfig) -> float | None:
             if cfg.get("train", True) and cb is not None and getattr(cb, "best_model_path", ""):
                 ckpt = cb.best_model_path
             trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
-            metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith("test/")})
+            # test scores have keys of their own (test/..., cam_test/...): validation's are kept
+            metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith(("test/", "cam_test/"))})
         exit_code = 0
     finally:
         seconds = time.perf_counter() - t0

@@ -135,9 +135,22 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
             h.remove()
     if not use_cam:
         return
-    layer = _sel(cfg, "cam.target_layer")
-    if layer is None:
+    layers = _sel(cfg, "cam.target_layer")
+    if layers is None:
         return
+    if isinstance(layers, (list, tuple)) or type(layers).__name__ == "ListConfig":
+        layers = list(layers)
+        if not layers:
+            errors.append("cam.target_layer is an empty list; give a layer or a list, e.g. cam.target_layer=[layer3,layer4]")
+            return
+    else:
+        layers = [layers]
+    for layer in layers:
+        _check_layer(cfg, errors, holder, shapes, name, image_size, layer)
+
+
+def _check_layer(cfg: DictConfig, errors: list[str], holder: nn.Module, shapes: dict[str, tuple[int, ...]],
+                 name: str, image_size: int, layer: Any) -> None:
     from lightning_cam.layers import resolve_layer
 
     spatial = [n for n, s in shapes.items() if len(s) == 4 and n.count(".") <= 2]
@@ -228,9 +241,18 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
     if not use_cam:
         errors.append(f"optimized_metric={metric} needs the CAM callback, but it is disabled (cam=none).")
         return
-    parts = str(metric).split("/")
-    if len(parts) >= 3 and methods and parts[1] not in methods:
-        errors.append(f"optimized_metric={metric}: method {parts[1]!r} is not in cam.methods={methods}.")
+    from lightning_cam.callback.summaries import METRIC_NAMES, parse_key
+
+    parsed = parse_key(str(metric))
+    if parsed is None:
+        if str(metric).split("/")[-1] not in ("callback_seconds", "curve_every", "overhead"):
+            errors.append(
+                f"optimized_metric={metric} is not a CAM key: use cam/<method>/<metric> with a metric among "
+                f"{', '.join(METRIC_NAMES)}, e.g. optimized_metric=cam/liftcam/insertion."
+            )
+        return
+    if methods and parsed.method not in methods:
+        errors.append(f"optimized_metric={metric}: method {parsed.method!r} is not in cam.methods={methods}.")
 
 
 def validate_config(cfg: DictConfig) -> None:

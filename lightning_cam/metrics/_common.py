@@ -112,6 +112,22 @@ def forward_chunks(
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
+def clean_output(
+    model: nn.Module, images: Tensor, batch_size: int, clean_logits: Tensor | None,
+    output_transform: OutputTransform | None = None,
+) -> Tensor:
+    """The model's float32 scores on the clean ``images``: ``clean_logits`` when given (checked), else a forward pass."""
+    if clean_logits is None:
+        return forward_chunks(model, images, batch_size, output_transform)
+    if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 2 or clean_logits.shape[0] != images.shape[0]:
+        shape = tuple(clean_logits.shape) if isinstance(clean_logits, Tensor) else type(clean_logits).__name__
+        raise ValueError(
+            f"clean_logits must be the model's output on the images, shape ({images.shape[0]}, num_classes); "
+            f"got {shape}. Example: clean_logits=explanation.logits"
+        )
+    return clean_logits.detach().to(device=images.device, dtype=torch.float32)
+
+
 def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

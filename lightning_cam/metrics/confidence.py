@@ -17,8 +17,8 @@ from lightning_cam.metrics._common import (
     check_model_device,
     check_score,
     class_scores,
+    clean_output,
     evaluating,
-    forward_chunks,
     model_scores,
     resolve_targets,
     saliency_to_size,
@@ -91,6 +91,7 @@ def confidence_change(
     normalize: bool = False,
     batch_size: int = 256,
     output_transform: OutputTransform | None = None,
+    clean_logits: Tensor | None = None,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -113,6 +114,8 @@ def confidence_change(
 
     Images are cast to the model's dtype for each forward pass; scores are float32. An image
     whose Y, O or D is not finite gets NaN ``drop`` and ``drop_in_deletion`` (never a silent 0).
+        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+            (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
@@ -124,7 +127,7 @@ def confidence_change(
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):
-        logits = forward_chunks(model, images, batch_size, output_transform)
+        logits = clean_output(model, images, batch_size, clean_logits, output_transform)
         classes = resolve_targets(targets, b, logits.shape[1], device)
         if classes is None:
             classes = logits.argmax(dim=1)

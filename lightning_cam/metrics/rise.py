@@ -32,8 +32,8 @@ from lightning_cam.metrics._common import (
     check_model_device,
     check_score,
     class_scores,
+    clean_output,
     evaluating,
-    forward_chunks,
     model_scores,
     resolve_targets,
     saliency_to_size,
@@ -48,6 +48,7 @@ __all__ = [
     "gaussian_kernel",
     "insertion_deletion",
     "make_substrate",
+    "pixel_ranks",
 ]
 
 
@@ -177,6 +178,20 @@ class InsertionDeletionResult:
         return float(self.deletion.mean())
 
 
+def pixel_ranks(saliency: Tensor) -> Tensor:
+    """``rank[b, p]``: position of pixel ``p`` of (B,H,W) ``saliency`` in the descending, stable order.
+
+    The curves depend on the saliency only through these ranks: two maps with equal ranks give
+    identical insertion / deletion curves.
+    """
+    b = saliency.shape[0]
+    flat = saliency.reshape(b, -1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank
+
+
 def _thresholds(hw: int, step: int | None, n_steps: int | None, device: torch.device) -> Tensor:
     """Number of pixels taken from the finish image at each curve point, (n_steps + 1,) long."""
     if step is not None and n_steps is not None:
@@ -206,6 +221,7 @@ def insertion_deletion(
     deletion_substrate: Substrate = "zeros",
     insertion_substrate: Substrate = "blur",
     output_transform: OutputTransform | None = None,
+    clean_logits: Tensor | None = None,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs (Petsiuk et al., RISE, BMVC 2018).
 
@@ -234,6 +250,8 @@ def insertion_deletion(
 
     Images are cast to the model's dtype for each forward pass (bf16 / fp16 / float64 models);
     curves and AUCs are float32. A non-finite model output gives that image NaN curves and AUCs.
+        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+            (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
     point n), so ``B * (2*n_steps + 1)`` images are evaluated (one fewer per image when both
@@ -254,13 +272,10 @@ def insertion_deletion(
     thresholds = _thresholds(hw, step, n_steps, device)
     n = thresholds.shape[0] - 1
 
-    # rank[b, p] = position of pixel p in the descending, stable order
-    order = torch.sort(sal.reshape(b, hw), dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(hw, device=device).expand(b, hw))
+    rank = pixel_ranks(sal)
 
     with evaluating(model, device):
-        clean_logits = forward_chunks(model, images, batch_size, output_transform)
+        clean_logits = clean_output(model, images, batch_size, clean_logits, output_transform)
         classes = resolve_targets(targets, b, clean_logits.shape[1], device)
         if classes is None:
             classes = clean_logits.argmax(dim=1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ from torch import Tensor
 
 __all__ = [
     "HeldOut",
+    "choose",
+    "class_names",
     "dataset_of",
     "gather_from_dataset",
     "from_user",
@@ -245,3 +248,67 @@ def from_user(
 
 def is_map_style(dataset: Any) -> bool:
     return _is_map_style(dataset)
+
+
+def choose(
+    trainer: Any,
+    stage: str,
+    images: Any,
+    labels: Any,
+    masks: Any,
+    num_samples: int,
+    seed: int,
+    restored: Mapping[str, Any] | None = None,
+) -> HeldOut:
+    """The callback's held-out set: the user's ``images``, else ``num_samples`` seeded items of the
+    validation (test, for ``stage="test"``) dataset; ``restored`` (a checkpoint's state) keeps the same
+    indices after a resume."""
+    restored = restored or {}
+    if images is not None:
+        return from_user(images, labels, masks, num_samples, seed)
+    order = ("test_dataloaders", "val_dataloaders") if stage == "test" else ("val_dataloaders", "test_dataloaders")
+    loader = dataset = None
+    for attr in order:
+        try:
+            loader, dataset = dataset_of(getattr(trainer, attr, None))
+        except Exception:  # noqa: BLE001 - a loader that cannot be built here
+            loader, dataset = None, None
+        if loader is not None:
+            break
+    if loader is None:
+        raise RuntimeError(
+            "CAMCallback found no images to explain: give the Trainer validation data "
+            "(val_dataloaders / a datamodule with val_dataloader) or pass images=... to CAMCallback"
+        )
+    if _is_map_style(dataset):
+        n = len(dataset)
+        indices = restored.get("indices") if restored.get("source") == "dataset" else None
+        if indices is not None and (not indices or max(indices) >= n):
+            warnings.warn(
+                f"CAMCallback: the restored held-out indices do not fit the dataset of size {n}; "
+                "choosing a new held-out set",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            indices = None
+        if indices is None:
+            indices = select_indices(n, num_samples, seed)
+        return gather_from_dataset(dataset, indices, seed)
+    if restored.get("source") == "loader" and restored.get("images") is not None:
+        return HeldOut(restored["images"], restored.get("labels"), restored.get("masks"), None, "loader", None)
+    held = gather_from_loader(loader, num_samples, seed)
+    # an iterable dataset may be sharded per rank: take rank zero's images everywhere
+    if trainer.world_size > 1:
+        held = trainer.strategy.broadcast(held, src=0)
+    return held
+
+
+def class_names(trainer: Any, from_dataset: bool = True) -> list[str] | None:
+    """Class names of the datamodule (``classes``), else of the validation dataset."""
+    names = getattr(getattr(trainer, "datamodule", None), "classes", None)
+    if names is None and from_dataset:
+        _, ds = dataset_of(getattr(trainer, "val_dataloaders", None))
+        names = getattr(ds, "classes", None)
+    if isinstance(names, (list, tuple)) and all(isinstance(c, str) for c in names):
+        return list(names)
+    return None

@@ -1,0 +1,374 @@
+"""``CAMCallback``: hooks and state; the work is held-out set -> evaluate -> gather -> log -> sinks.
+
+Each run (every ``every_n_epochs`` validation epochs during ``fit``, every
+``trainer.validate`` / ``trainer.test``; never in the sanity check):
+
+1. :mod:`~lightning_cam.callback.heldout` picks the fixed, seeded held-out set once;
+2. :func:`~lightning_cam.callback.evaluator.evaluate` explains and scores this
+   rank's share of it (:mod:`~lightning_cam.callback.distributed`);
+3. the shares are gathered, so every rank holds the single-process report;
+4. :mod:`~lightning_cam.callback.summaries` turns it into scalars, logged with
+   ``pl_module.log`` (every logger, ``ModelCheckpoint``, sweepers);
+5. on rank zero, the :mod:`~lightning_cam.callback.sinks` write the pictures.
+
+:mod:`~lightning_cam.callback.budget` keeps the cost under ``max_overhead``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cam import viz
+from lightning_cam.callback import distributed, evaluator, heldout, sinks
+from lightning_cam.callback._lightning import lightning_package
+from lightning_cam.callback.arguments import as_floats, check_int, check_options
+from lightning_cam.callback.budget import CostBudget
+from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
+
+__all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
+
+log = logging.getLogger("lightning_cam.callback")
+
+
+def _logging_step(trainer: Any) -> int:
+    """The step Lightning gives to epoch-end ``self.log`` values (so media line up with scalars)."""
+    try:
+        return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
+    except Exception:  # private attribute: fall back to the public counter
+        return int(trainer.global_step)
+
+
+class CAMCallbackMixin:
+    """The callback's behaviour; :class:`CAMCallback` adds Lightning's ``Callback`` base class.
+
+    Args:
+        target_layer: layer to explain (dotted name, unique suffix such as
+            ``"layer4"``, or the module), ``None`` = the model's default, or a
+            list of layers: keys then read ``cam/<layer>/<method>/<metric>``.
+        methods: registry names (``liftcam``, ``cam``, ``gradcam``,
+            ``gradcam++``, ``xgradcam``, ``hirescam``, ``layercam``,
+            ``scorecam``, ``ablationcam``, ``shap``).
+        num_samples: size of the held-out set.
+        every_n_epochs: run on validation epochs ``E`` with ``(E + 1) % n == 0``.
+        images, labels, masks: explicit held-out tensors ``(N, C, H, W)``,
+            ``(N,)``, ``(N, H, W)`` (a seeded subset of ``num_samples`` when
+            ``N`` is larger). Default: drawn from the validation dataset.
+        seed: seed of the held-out selection.
+        step, n_steps: insertion/deletion granularity; default ``n_steps=16``.
+        metric_batch_size: forward batch size of the metrics.
+        shap_samples: compare each method's channel weights with ShapCAM's on
+            this many held-out images (Pearson / Spearman); 0 = off.
+        log_images: log pictures through the sinks (W&B, TensorBoard, PNG/CSV, ``log_image``).
+        max_images: images per grid.
+        mean, std: the input normalisation, undone for display; default: the
+            datamodule's ``mean`` / ``std``, else per-image min-max.
+        colormap: a matplotlib colormap (``inferno`` by default).
+        on_error: ``"warn"`` (log the traceback, keep training) or ``"raise"``.
+        max_overhead: cost budget as a fraction of the training time (0.10 =
+            10 %); over it, the insertion/deletion curves are computed every
+            k-th evaluation (see :mod:`~lightning_cam.callback.budget`). None = no budget.
+        explain_batch_size: images per explanation batch.
+        alpha: overlay opacity.
+        log_table, log_curves: W&B per-image table / mean curve charts.
+        save_png: write PNG grids and a CSV of per-image scores under
+            ``<log_dir>/cam/``; ``None`` = only when no ``WandbLogger`` is attached.
+        table_image_size: longest side of the images in the W&B table.
+        class_names: names for labels / predictions; default: the datamodule's
+            or dataset's ``classes``.
+        method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+    """
+
+    def __init__(
+        self,
+        target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
+        methods: Sequence[str] | str = ("liftcam",),
+        num_samples: int = 32,
+        every_n_epochs: int = 1,
+        images: Tensor | None = None,
+        labels: Tensor | Sequence[int] | None = None,
+        masks: Tensor | None = None,
+        seed: int = 0,
+        step: int | None = None,
+        n_steps: int | None = None,
+        metric_batch_size: int = 256,
+        shap_samples: int = 0,
+        log_images: bool = True,
+        max_images: int = 16,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        colormap: str = "inferno",
+        on_error: str = "warn",
+        max_overhead: float | None = 0.10,
+        *,
+        explain_batch_size: int = 64,
+        alpha: float = 0.5,
+        log_table: bool = True,
+        log_curves: bool = True,
+        save_png: bool | None = None,
+        table_image_size: int = 128,
+        class_names: Sequence[str] | None = None,
+        method_kwargs: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = check_options(
+            target_layer=target_layer, methods=methods, num_samples=num_samples, every_n_epochs=every_n_epochs,
+            seed=seed, step=step, n_steps=n_steps, metric_batch_size=metric_batch_size,
+            explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
+            max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
+        )
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
+        viz.colormap_lut(colormap)  # raises ValueError listing examples
+        mean, std = as_floats("mean", mean), as_floats("std", std)
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"CAMCallback: std must be > 0, got {std!r}")
+        self.display = sinks.Display(
+            mean=mean, std=std, alpha=float(alpha), colormap=colormap,
+            max_images=check_int("max_images", max_images, 1), table=bool(log_table), curves=bool(log_curves),
+            table_image_size=check_int("table_image_size", table_image_size, 8),
+        )
+        self.log_images = bool(log_images)
+        self.save_png = save_png
+        self.class_names = None if class_names is None else list(class_names)
+        self.budget = CostBudget(self.options.max_overhead)
+        self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
+        self._held: heldout.HeldOut | None = None
+        self._restored: dict[str, Any] | None = None
+        self._display_stats: tuple[Any, Any] = (mean, std)
+        self._train_mark: float | None = None
+        self._budget_exempt = False
+        #: the report of the last run (all images, CPU) and its logged scalars
+        self.last_report: evaluator.EvaluationReport | None = None
+        self.last_scalars: dict[str, float] = {}
+        #: number of failed runs (errors reported with on_error="warn")
+        self.num_errors = 0
+
+    @property
+    def methods(self) -> list[str]:
+        return self.options.methods
+
+    @property
+    def heldout(self) -> heldout.HeldOut | None:
+        """The held-out set (None until the first run)."""
+        return self._held
+
+    @property
+    def state_key(self) -> str:
+        layers = [
+            layer if isinstance(layer, str) else "default" if layer is None else type(layer).__name__
+            for layer in self.options.target_layers
+        ]
+        # layers and methods only: a resumed run may change seed / num_samples and keeps its held-out set
+        return self._generate_state_key(target_layer=layers, methods=self.methods)  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # configuration errors surface at once, whatever on_error says
+        self.layer_names = evaluator.layer_names(pl_module, self.options.target_layers)
+        monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
+        keys = [parse_key(k) for k in monitored]
+        self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)
+
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._train_mark = time.perf_counter()
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._train_mark is not None and not trainer.sanity_checking:
+            self.budget.add_training_time(time.perf_counter() - self._train_mark)
+        self._train_mark = None
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._train_mark = time.perf_counter()  # training resumes (mid-epoch validation)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._train_mark = None
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        fitting = trainer.state.fn == "fit"
+        if fitting and (trainer.current_epoch + 1) % self.options.every_n_epochs != 0:
+            return
+        self._run(trainer, pl_module, "val" if fitting else "validate")
+
+    def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._run(trainer, pl_module, "test")
+
+    def state_dict(self) -> dict[str, Any]:
+        held = self._held
+        if held is None:
+            return dict(self._restored or {})
+        state: dict[str, Any] = {
+            "version": 2,
+            "source": held.source,
+            "indices": held.indices,
+            "dataset_len": held.dataset_len,
+            "seed": self.options.seed,
+            "num_samples": self.options.num_samples,
+            "budget": self.budget.state_dict(),
+        }
+        if held.source == "loader":  # no indices to re-read: keep the tensors
+            state.update(images=held.images, labels=held.labels, masks=held.masks)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict) if state_dict else None
+        self._held = None
+        if state_dict and "budget" in state_dict:
+            self.budget.load_state_dict(state_dict["budget"])
+
+    # ------------------------------------------------------------ the work
+    def _curves_due(self, trainer: Any, stage: str) -> bool:
+        if stage != "val" or self._budget_exempt:
+            return True
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+        return last or self.budget.curves_due()
+
+    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int, curves: bool):
+        rows, count = distributed.shard_rows(len(held), rank, world)
+        idx = torch.tensor(rows)
+        opts = self.options
+        report = evaluator.evaluate(
+            pl_module, opts.target_layers, held.images[idx],
+            labels=None if held.labels is None else held.labels[idx],
+            masks=None if held.masks is None else held.masks[idx],
+            methods=opts.methods, curves=curves, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
+            batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
+            method_kwargs=opts.method_kwargs, **opts.curve_steps(),
+        )
+        if count == 0:  # the dummy row explains nothing: zero seconds
+            report = replace(report, layers={
+                n: replace(lr, methods={m: replace(r, seconds=0.0) for m, r in lr.methods.items()})
+                for n, lr in report.layers.items()
+            })
+        return replace(report, index=idx.to(report.predictions.device)), count
+
+    def _run(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        start = time.perf_counter()
+        rank, world, strategy = trainer.global_rank, trainer.world_size, trainer.strategy
+        prefix = STAGE_PREFIX[stage]
+        curves = self._curves_due(trainer, stage)
+        local = error = exc = None
+        count = 0
+        try:
+            with heldout.preserved_rng(self.options.seed, devices=[pl_module.device]), torch.inference_mode(False):
+                held = self._ensure_heldout(trainer, stage)
+                local, count = self._evaluate_share(pl_module, held, rank, world, curves)
+        except Exception as e:  # reported below, after every rank agrees
+            error, exc = traceback.format_exc(), e
+        # every rank takes part in this collective, failed or not
+        if distributed.any_rank(strategy, local is None, pl_module.device, world):
+            self._report(trainer, stage, error or "another rank failed (see its log)", exc)
+            return
+        try:
+            with torch.inference_mode(False):
+                report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
+                scalars = summarise(report, prefix, layer_in_key=self.options.multi_layer)
+        except Exception as e:
+            self._report(trainer, stage, traceback.format_exc(), e)
+            return
+        self.last_report = report
+        for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+        self._write_media(trainer, stage, prefix, report)
+        seconds = time.perf_counter() - start
+        extra = {f"{prefix}/callback_seconds": seconds}
+        if stage == "val":
+            msg = self.budget.update(seconds, local.timing.get("curves", 0.0), curves)
+            if world > 1:  # rank zero's decision everywhere (timings differ per rank)
+                self.budget.curve_every = int(strategy.broadcast(self.budget.curve_every, src=0))
+                msg = msg if trainer.is_global_zero else None
+            if msg:
+                log.info(msg)
+            extra[f"{prefix}/curve_every"] = float(self.budget.curve_every)
+        for key, value in extra.items():
+            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.last_scalars = dict(scalars, **extra)
+
+    def _write_media(self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport) -> None:
+        if not self.log_images or trainer.fast_dev_run:
+            return
+        loggers = list(getattr(trainer, "loggers", []) or [])
+        has_wandb = any(sinks.is_logger(lg, "WandbLogger") for lg in loggers)
+        png_dir = None
+        if self.save_png if self.save_png is not None else not has_wandb:
+            try:  # trainer.log_dir broadcasts: every rank must call it
+                png_dir = f"{trainer.log_dir or trainer.default_root_dir}/cam"
+            except Exception:
+                png_dir = f"{trainer.default_root_dir}/cam"
+        if not trainer.is_global_zero:
+            return
+        mean, std = self._display_stats
+        media = sinks.Media(
+            report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
+            step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
+            class_names=self.class_names,
+        )
+        for sink in sinks.sinks_for(loggers, png_dir):
+            try:
+                sink.write(media)
+            except Exception as e:
+                self._report(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
+
+    def _report(self, trainer: Any, stage: str, error: str, exc: BaseException | None,
+                during: str = "explaining the held-out set") -> None:
+        self.num_errors += 1
+        msg = (
+            f"CAMCallback failed while {during} (stage {stage}, epoch {trainer.current_epoch}, "
+            f"global step {trainer.global_step}, rank {trainer.global_rank})"
+        )
+        if self.options.on_error == "raise":
+            raise RuntimeError(f"{msg}: {exc if exc is not None else error}") from exc
+        full = f"{msg}; training continues (on_error='warn'):\n{error}"
+        log.error(full)
+        warnings.warn(full, RuntimeWarning, stacklevel=2)
+
+    # ----------------------------------------------------------- held-out set
+    def _ensure_heldout(self, trainer: Any, stage: str) -> heldout.HeldOut:
+        if self._held is None:
+            opts = self.options
+            self._held = heldout.choose(
+                trainer, stage, opts.images, opts.labels, opts.masks, opts.num_samples, opts.seed, self._restored
+            )
+            if self.class_names is None:
+                self.class_names = heldout.class_names(trainer, from_dataset=opts.images is None)
+            if self.display.mean is None and self.display.std is None:
+                dm = getattr(trainer, "datamodule", None)
+                self._display_stats = (getattr(dm, "mean", None), getattr(dm, "std", None))
+        return self._held
+
+
+_pl = lightning_package()
+_CLASSES: dict[str, type] = {}
+
+
+def for_package(package: str) -> type:
+    """``CAMCallback`` built on ``<package>.Callback`` (``"pytorch_lightning"`` or ``"lightning.pytorch"``).
+
+    Lightning checks callbacks against its own ``Callback`` class: with both
+    packages installed, a ``lightning.pytorch.Trainer`` needs
+    ``for_package("lightning.pytorch")(...)``.
+    """
+    if package not in _CLASSES:
+        base = lightning_package(package).Callback
+        _CLASSES[package] = type("CAMCallback", (CAMCallbackMixin, base), {
+            "__doc__": CAMCallbackMixin.__doc__, "__module__": __name__, "__qualname__": "CAMCallback",
+        })
+    return _CLASSES[package]
+
+
+class CAMCallback(CAMCallbackMixin, _pl.Callback):  # type: ignore[misc,name-defined]
+    __doc__ = CAMCallbackMixin.__doc__
+
+
+_CLASSES[_pl.__name__] = CAMCallback

@@ -1,0 +1,408 @@
+"""Score explanations without a Trainer: :func:`evaluate` -> :class:`EvaluationReport`.
+
+The pure core of :class:`~lightning_cam.CAMCallback` and the way to score
+explanations in a notebook or a custom loop::
+
+    from lightning_cam import evaluate
+    report = evaluate(model, "layer4", images, labels, methods=["liftcam", "gradcam"])
+    report.summary()                      # {"cam/liftcam/insertion": 0.71, ...}
+    report["liftcam"].insertion           # (N,) per-image AUCs
+    report["gradcam"].saliency            # (N, H, W) maps in [0, 1]
+
+For each batch of ``batch_size`` images and each layer, every method is
+explained from one shared forward pass (:func:`lightning_cam.explain_all`),
+then scored:
+
+* insertion / deletion AUCs and curves (:func:`~lightning_cam.metrics.insertion_deletion`);
+  methods whose maps put the pixels of an image in the same order share that
+  image's curves (the curves depend on the pixel order only), e.g. LIFT-CAM and
+  Ablation-CAM, or Grad-CAM and XGrad-CAM, on a GAP + linear head;
+* Average Drop % and Increase in Confidence % (:func:`~lightning_cam.metrics.confidence_change`);
+* pointing game and energy pointing game when ``masks`` are given;
+* LIFT-CAM's completeness residual ``|delta|``;
+* optionally the Pearson / Spearman correlation of each method's channel
+  weights with ShapCAM's exact Shapley values (``shap_samples``).
+
+The clean-image scores of the metrics come from the explanation pass's logits.
+Nothing here touches the model's modes, gradients, hooks or RNG state beyond
+what the engine already guarantees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["EvaluationReport", "LayerReport", "MethodReport", "evaluate", "layer_names"]
+
+LayerLike = str | nn.Module | None
+
+
+@dataclass
+class MethodReport:
+    """Per-image results of one method at one layer (tensors of first dimension N).
+
+    ``saliency`` (N,H,W) in [0,1]. ``insertion`` / ``deletion`` (N,) AUCs and
+    ``insertion_curve`` / ``deletion_curve`` (N,T) (None when curves were
+    skipped). ``average_drop`` (N,) in %: ``max(0, Y-O)/Y*100``;
+    ``increase_in_confidence`` (N,) 100 where ``O > Y`` else 0, so their means
+    are the papers' percentages. ``pointing_game`` (N,) 1/0 and
+    ``energy_pointing_game`` (N,), NaN where the mask is empty (None without
+    masks). ``completeness_residual`` (N,) ``|delta|`` (LIFT-CAM only).
+    ``shap_pearson`` / ``shap_spearman`` (N,), NaN on images not compared.
+    ``shared_curves`` (N,) bool: the curves were copied from an earlier method
+    with the same pixel order. ``seconds``: explanation time, all images.
+    """
+
+    method: str
+    saliency: Tensor
+    average_drop: Tensor
+    increase_in_confidence: Tensor
+    insertion: Tensor | None = None
+    deletion: Tensor | None = None
+    insertion_curve: Tensor | None = None
+    deletion_curve: Tensor | None = None
+    shared_curves: Tensor | None = None
+    pointing_game: Tensor | None = None
+    energy_pointing_game: Tensor | None = None
+    completeness_residual: Tensor | None = None
+    shap_pearson: Tensor | None = None
+    shap_spearman: Tensor | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class LayerReport:
+    """The methods' reports at one layer: ``layer`` is the name the user gave, ``qualified`` the module's path."""
+
+    layer: str
+    qualified: str
+    methods: dict[str, MethodReport] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationReport:
+    """Everything :func:`evaluate` computed, per layer and method, for N images.
+
+    ``predictions`` (N,) the explained class (top-1 unless ``targets``);
+    ``confidence`` (N,) its softmax probability; ``labels`` (N,) or None;
+    ``fractions`` (T,) the x-axis of the curves (None when skipped);
+    ``index`` (N,) each image's position in the evaluated set;
+    ``timing``: wall seconds of this process in ``explain`` (all methods),
+    ``curves`` (insertion/deletion) and ``scores`` (all scoring, curves included).
+    """
+
+    layers: dict[str, LayerReport]
+    predictions: Tensor
+    confidence: Tensor
+    labels: Tensor | None = None
+    fractions: Tensor | None = None
+    index: Tensor | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.predictions.shape[0])
+
+    @property
+    def methods(self) -> list[str]:
+        first = next(iter(self.layers.values()))
+        return list(first.methods)
+
+    def __getitem__(self, method: str) -> MethodReport:
+        """The report of ``method`` (single-layer reports; use :meth:`method` with ``layer=`` otherwise)."""
+        return self.method(method)
+
+    def method(self, method: str, layer: str | None = None) -> MethodReport:
+        if layer is None:
+            if len(self.layers) != 1:
+                raise KeyError(f"this report has several layers {list(self.layers)}; pass layer=...")
+            layer = next(iter(self.layers))
+        return self.layers[layer].methods[method]
+
+    def items(self) -> Iterator[tuple[str, str, MethodReport]]:
+        """``(layer, method, report)`` for every layer and method."""
+        for layer, lrep in self.layers.items():
+            for method, mrep in lrep.methods.items():
+                yield layer, method, mrep
+
+    def summary(self, prefix: str = "cam") -> dict[str, float]:
+        """Mean of every metric over the images, keyed ``prefix/[layer/]method/metric`` (see summaries)."""
+        from lightning_cam.callback.summaries import summarise
+
+        return summarise(self, prefix)
+
+    def to(self, device: torch.device | str) -> EvaluationReport:
+        """A copy with every tensor on ``device``."""
+        return map_tensors(self, lambda t: t.to(device))
+
+
+def map_tensors(report: EvaluationReport, fn: Any) -> EvaluationReport:
+    """Apply ``fn`` to every tensor of ``report`` (per-image fields and ``fractions``)."""
+
+    def conv(obj: Any) -> Any:
+        changes = {f.name: fn(getattr(obj, f.name)) for f in fields(obj) if isinstance(getattr(obj, f.name), Tensor)}
+        return replace(obj, **changes)
+
+    layers = {
+        name: replace(lrep, methods={m: conv(r) for m, r in lrep.methods.items()}) for name, lrep in report.layers.items()
+    }
+    return replace(conv(report), layers=layers)
+
+
+def _as_list(target_layer: LayerLike | Sequence[LayerLike]) -> list[LayerLike]:
+    if isinstance(target_layer, (list, tuple)):
+        if not target_layer:
+            raise ValueError("target_layer is an empty list; give at least one layer, e.g. ['layer3', 'layer4']")
+        return list(target_layer)
+    return [target_layer]
+
+
+def layer_names(model: nn.Module, target_layer: LayerLike | Sequence[LayerLike], example: Tensor | None = None) -> dict[str, str]:
+    """``{name the user gave: qualified module name}`` for one layer or a list (None = the model's default)."""
+    from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
+
+    model = unwrap_model(model)
+    out: dict[str, str] = {}
+    for layer in _as_list(target_layer):
+        if layer is None:
+            layer = default_target_layer(model, None if example is None else tuple(example.shape))
+        qualified, _ = resolve_layer(model, layer)
+        name = layer if isinstance(layer, str) else qualified
+        if name in out:
+            raise ValueError(f"target_layer lists {name!r} twice; give each layer once")
+        out[name] = qualified
+    return out
+
+
+def _correlations(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise Pearson and Spearman (average ranks for ties) of (B,K) tensors; NaN for constant rows."""
+    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+    a, b = a.double(), b.double()
+    ok = (a.std(1) > 0) & (b.std(1) > 0)
+    pear = torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device)
+    spear = pear.clone()
+    if bool(ok.any()):
+        x, y = a[ok].T.contiguous(), b[ok].T.contiguous()
+        pear[ok] = pearson_corrcoef(x, y).reshape(-1).to(pear.dtype)
+        spear[ok] = spearman_corrcoef(x, y).reshape(-1).to(spear.dtype)
+    return pear.float(), spear.float()
+
+
+def _nan(n: int, device: torch.device) -> Tensor:
+    return torch.full((n,), float("nan"), device=device)
+
+
+@torch.no_grad()
+def _score_batch(
+    model: nn.Module,
+    xb: Tensor,
+    exps: Mapping[str, Any],
+    masks: Tensor | None,
+    shap_weights: Tensor | None,
+    shap_rows: Tensor,
+    compare: bool,
+    curves: bool,
+    steps: dict[str, int],
+    metric_batch_size: int,
+) -> tuple[dict[str, dict[str, Tensor]], Tensor | None, float]:
+    from lightning_cam.metrics import confidence_change, insertion_deletion, pointing_game
+    from lightning_cam.metrics.rise import pixel_ranks
+
+    b, _, h, w = xb.shape
+    device = xb.device
+    out: dict[str, dict[str, Tensor]] = {}
+    fractions = None
+    curve_seconds = 0.0
+    done: list[tuple[Tensor, dict[str, Tensor]]] = []  # (ranks, curve fields) of earlier methods
+    for m, e in exps.items():
+        sal = e.saliency((h, w))
+        targets = e.targets
+        res: dict[str, Tensor] = {"saliency": sal}
+        c = confidence_change(
+            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits
+        )
+        res["average_drop"] = c.drop * 100.0
+        res["increase_in_confidence"] = c.increase.float() * 100.0
+        if curves:
+            ranks = pixel_ranks(sal)
+            shared = torch.zeros(b, dtype=torch.bool, device=device)
+            fields_ = {k: None for k in ("insertion", "deletion", "insertion_curve", "deletion_curve")}
+            source: dict[str, Tensor] = {}
+            for prev_ranks, prev in done:
+                same = (prev_ranks == ranks).all(1) & ~shared
+                if bool(same.any()):
+                    for k in fields_:
+                        source.setdefault(k, torch.empty_like(prev[k]))[same] = prev[k][same]
+                    shared |= same
+            need = ~shared
+            if bool(need.any()):
+                t0 = time.perf_counter()
+                r = insertion_deletion(
+                    model, xb[need], sal[need], targets=targets[need], batch_size=metric_batch_size,
+                    clean_logits=e.logits[need], **steps,
+                )
+                fractions = r.fractions
+                curve_seconds += time.perf_counter() - t0
+                computed = {
+                    "insertion": r.insertion, "deletion": r.deletion,
+                    "insertion_curve": r.insertion_curve, "deletion_curve": r.deletion_curve,
+                }
+                for k, v in computed.items():
+                    source.setdefault(k, torch.empty((b, *v.shape[1:]), dtype=v.dtype, device=device))[need] = v
+            res.update(source)
+            res["shared_curves"] = shared
+            done.append((ranks, source))
+        if masks is not None:
+            p = pointing_game(sal, masks)
+            res["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
+            res["energy_pointing_game"] = torch.where(p.valid, p.energy.float(), _nan(b, device))
+        if e.delta is not None:
+            res["completeness_residual"] = e.delta.float().abs()
+        if compare and e.weights is not None and m != "shap":
+            pear = spear = _nan(b, device)
+            if shap_weights is not None and e.weights.shape == shap_weights.shape:
+                pear, spear = _correlations(e.weights, shap_weights)
+            res["shap_pearson"] = torch.where(shap_rows, pear, _nan(b, device))
+            res["shap_spearman"] = torch.where(shap_rows, spear, _nan(b, device))
+        out[m] = res
+    return out, fractions, curve_seconds
+
+
+def evaluate(
+    model: nn.Module,
+    target_layer: LayerLike | Sequence[LayerLike],
+    images: Tensor,
+    labels: Tensor | Sequence[int] | None = None,
+    masks: Tensor | None = None,
+    methods: Sequence[str] | str = ("liftcam",),
+    *,
+    targets: Tensor | Sequence[int] | int | None = None,
+    step: int | None = None,
+    n_steps: int | None = 16,
+    curves: bool = True,
+    shap_samples: int = 0,
+    shap_on: Tensor | None = None,
+    batch_size: int = 64,
+    metric_batch_size: int = 256,
+    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> EvaluationReport:
+    """Explain ``images`` with every method at every layer and score the maps.
+
+    Args:
+        model: any classifier ``nn.Module`` returning (B, num_classes) (a
+            LightningModule works); its modes, grads and hooks are left as found.
+        target_layer: a layer (dotted name, unique suffix, or module), ``None``
+            for the model's default, or a list of them.
+        images: (N, C, H, W) normalised model inputs (moved to the model's device).
+        labels: (N,) kept in the report (for display); not used by the scores.
+        masks: (N, H, W) object masks; enable the pointing games.
+        methods: registry names (``liftcam``, ``gradcam``, ``gradcam++`` ...).
+        targets: classes to explain; default the top-1 prediction per image.
+        step, n_steps: insertion/deletion granularity (``n_steps + 1`` points;
+            capped at H*W); ``curves=False`` skips them.
+        shap_samples: compare the channel weights with ShapCAM's on the first
+            ``shap_samples`` images (``shap_on``: a (N,) bool mask instead).
+        batch_size: images per explanation batch; ``metric_batch_size``:
+            images per forward pass of the metrics.
+        method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+
+    Returns:
+        An :class:`EvaluationReport` with per-image tensors on the model's device.
+    """
+    from lightning_cam.layers import unwrap_model
+    from lightning_cam.methods import explain_all, get_method
+
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = [get_method(m).name for m in methods]
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got {shape}")
+    net = unwrap_model(model)
+    param = next(net.parameters(), None)
+    device = param.device if param is not None else images.device
+    n, _, h, w = images.shape
+    names = layer_names(net, target_layer, images[:1])
+    if step is None:
+        steps = {"n_steps": min(n_steps or 16, h * w)}
+    else:
+        steps = {"step": int(step)}
+    compare = shap_on is not None or shap_samples > 0  # the shap_* fields exist (NaN where not compared)
+    if shap_on is None:
+        shap_on = torch.arange(n) < int(shap_samples)
+    shap_on = torch.as_tensor(shap_on, dtype=torch.bool).reshape(-1).cpu()
+    if shap_on.shape[0] != n:
+        raise ValueError(f"shap_on has {shap_on.shape[0]} entries for {n} images")
+    label_t = None if labels is None else torch.as_tensor(labels).reshape(-1).long()
+    if label_t is not None and label_t.shape[0] != n:
+        raise ValueError(f"{label_t.shape[0]} labels for {n} images")
+    if masks is not None and (masks.shape[0] != n or tuple(masks.shape[-2:]) != (h, w)):
+        raise ValueError(f"masks must be (N, H, W) = ({n}, {h}, {w}), got {tuple(masks.shape)}")
+    target_t = targets
+    if isinstance(targets, (Tensor, list, tuple)):
+        target_t = torch.as_tensor(targets).reshape(-1)
+
+    chunks: dict[str, dict[str, dict[str, list[Tensor]]]] = {name: {m: {} for m in methods} for name in names}
+    seconds: dict[str, dict[str, float]] = {name: dict.fromkeys(methods, 0.0) for name in names}
+    preds, confs = [], []
+    fractions = None
+    timing = {"explain": 0.0, "scores": 0.0, "curves": 0.0}
+    for s in range(0, n, batch_size):
+        rows = slice(s, min(s + batch_size, n))
+        xb = images[rows].to(device)
+        mb = None if masks is None else masks[rows].to(device)
+        tb = target_t[rows] if isinstance(target_t, Tensor) else target_t
+        sel = shap_on[rows].to(device)
+        for li, (name, qualified) in enumerate(names.items()):
+            t0 = time.perf_counter()
+            exps = explain_all(net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs)
+            first = exps[methods[0]]
+            if li == 0:
+                preds.append(first.targets)
+                confs.append(torch.softmax(first.logits.float(), dim=1).gather(1, first.targets[:, None])[:, 0])
+            shap_weights = None
+            if bool(sel.any()):
+                if "shap" in exps:
+                    shap_weights = exps["shap"].weights
+                else:
+                    ws = explain_all(
+                        net, qualified, xb[sel], methods=["shap"], targets=first.targets[sel], method_kwargs=method_kwargs
+                    )["shap"].weights
+                    shap_weights = torch.zeros((xb.shape[0], ws.shape[1]), device=device, dtype=ws.dtype)
+                    shap_weights[sel] = ws
+            t1 = time.perf_counter()
+            scored, frac, t_curves = _score_batch(
+                net, xb, exps, mb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size
+            )
+            timing["explain"] += t1 - t0
+            timing["scores"] += time.perf_counter() - t1
+            timing["curves"] += t_curves
+            fractions = frac if frac is not None else fractions
+            for m, res in scored.items():
+                seconds[name][m] += float(exps[m].seconds)
+                for k, v in res.items():
+                    chunks[name][m].setdefault(k, []).append(v)
+
+    layers: dict[str, LayerReport] = {}
+    for name, qualified in names.items():
+        reps = {}
+        for m in methods:
+            data = {k: torch.cat(v) for k, v in chunks[name][m].items()}
+            reps[m] = MethodReport(method=m, seconds=seconds[name][m], **data)
+        layers[name] = LayerReport(layer=name, qualified=qualified, methods=reps)
+    return EvaluationReport(
+        layers=layers,
+        predictions=torch.cat(preds),
+        confidence=torch.cat(confs),
+        labels=None if label_t is None else label_t.to(device),
+        fractions=fractions,
+        index=torch.arange(n, device=device),
+        timing=timing,
+    )

@@ -1,0 +1,50 @@
+"""Where the callback's pictures go: one sink per logger kind behind one small protocol.
+
+A sink takes a :class:`~lightning_cam.callback.sinks.media.Media` (the report
+of one evaluation, its held-out images, epoch, stage and key prefix; the
+labelled grids are rendered once and shared) and writes it:
+
+* :class:`WandbSink` - grids, a per-image table and the mean curves (W&B);
+* :class:`TensorBoardSink` - grids as TensorBoard images;
+* :class:`FileSink` - PNG grids and a CSV of every per-image score (any logger, or none);
+* :class:`ImageLoggerSink` - grids through ``log_image`` of any other Lightning logger.
+
+Scalars do not go through sinks: they are logged with ``pl_module.log`` and
+reach every logger, ``ModelCheckpoint`` and the sweepers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from lightning_cam.callback._lightning import is_logger
+from lightning_cam.callback.sinks.files import FileSink
+from lightning_cam.callback.sinks.image_logger import ImageLoggerSink
+from lightning_cam.callback.sinks.media import Display, Media
+from lightning_cam.callback.sinks.tensorboard_sink import TensorBoardSink
+from lightning_cam.callback.sinks.wandb_sink import WandbSink
+
+__all__ = ["Display", "FileSink", "is_logger", "ImageLoggerSink", "Media", "Sink", "TensorBoardSink", "WandbSink", "sinks_for"]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Anything with ``write(media)``; called on rank zero only."""
+
+    def write(self, media: Media) -> None: ...
+
+
+def sinks_for(loggers: list[Any], png_dir: str | Path | None) -> list[Sink]:
+    """One sink per logger that can take images, plus PNG/CSV files under ``png_dir`` (None = no files)."""
+    sinks: list[Sink] = []
+    for lg in loggers:
+        if is_logger(lg, "WandbLogger"):
+            sinks.append(WandbSink(lg))
+        elif is_logger(lg, "TensorBoardLogger"):
+            sinks.append(TensorBoardSink(lg))
+        elif callable(getattr(lg, "log_image", None)):
+            sinks.append(ImageLoggerSink(lg))
+    if png_dir is not None:
+        sinks.append(FileSink(png_dir))
+    return sinks

@@ -1,0 +1,29 @@
+"""PNG grids and a CSV of every per-image score, written under a folder (``<log_dir>/cam`` by default)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from lightning_cam import viz
+from lightning_cam.callback.sinks.media import Media
+
+__all__ = ["FileSink"]
+
+
+class FileSink:
+    """Writes ``<stem>.png`` per grid and ``<stage_>epoch<E>_scores.csv`` (one row per held-out image)."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def write(self, media: Media) -> None:
+        for stem, grid, _ in media.grids.values():
+            viz.save_png(grid, self.directory / f"{stem}.png")
+        cols, rows = media.table_rows()
+        stage = "" if media.stage == "val" else f"{media.stage}_"
+        path = self.directory / f"{stage}epoch{media.epoch}_scores.csv"
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(cols)
+            writer.writerows(rows)

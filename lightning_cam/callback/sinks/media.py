@@ -1,0 +1,150 @@
+"""What the sinks receive: one evaluation's report, images and labels, and its rendered grids."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from torch import Tensor
+
+from lightning_cam import viz
+from lightning_cam.callback.evaluator import EvaluationReport
+from lightning_cam.callback.heldout import HeldOut
+
+__all__ = ["Display", "Media", "STAGE_WORDS"]
+
+STAGE_WORDS = {"val": "validation", "validate": "trainer.validate", "test": "trainer.test"}
+
+
+@dataclass(frozen=True)
+class Display:
+    """How pictures look: input normalisation to undo, overlay opacity, colour map, sizes and extras."""
+
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    alpha: float = 0.5
+    colormap: str = "inferno"
+    max_images: int = 16
+    tile_size: int = 96
+    table: bool = True
+    curves: bool = True
+    table_image_size: int = 128
+
+
+@dataclass
+class Media:
+    """One evaluation to write: ``report`` (CPU), the ``held`` images, epoch / step / stage and key ``prefix``."""
+
+    report: EvaluationReport
+    held: HeldOut
+    stage: str
+    prefix: str
+    epoch: int
+    step: int
+    display: Display = field(default_factory=Display)
+    class_names: Sequence[str] | None = None
+
+    @property
+    def multi_layer(self) -> bool:
+        return len(self.report.layers) > 1
+
+    def key(self, layer: str, *parts: str) -> str:
+        """``prefix/[layer/]parts...`` (the layer only when there are several)."""
+        return "/".join([self.prefix, *([layer] if self.multi_layer else []), *parts])
+
+    def file_stem(self, layer: str, name: str) -> str:
+        """PNG/CSV name: ``[<stage>_]epoch<E>_[<layer>_]<name>`` (no stage for validation during fit)."""
+        stage = "" if self.stage == "val" else f"{self.stage}_"
+        lay = f"{layer.replace('/', '_')}_" if self.multi_layer else ""
+        return f"{stage}epoch{self.epoch}_{lay}{name}"
+
+    def label(self, value: int | None) -> str:
+        """``"k: name"`` with class names, else ``"k"``; empty for None."""
+        if value is None or value < 0:
+            return ""
+        if self.class_names and value < len(self.class_names):
+            return f"{value}: {self.class_names[value]}"
+        return str(value)
+
+    def title(self, layer: str) -> str:
+        where = f" · layer {layer}" if layer else ""
+        return f"{STAGE_WORDS.get(self.stage, self.stage)} · epoch {self.epoch}{where}"
+
+    @functools.cached_property
+    def shown(self) -> int:
+        return min(self.display.max_images, len(self.held))
+
+    def column_labels(self) -> list[str]:
+        """Per shown image: label, prediction and its confidence (three lines)."""
+        k = self.shown
+        labels = self.held.labels
+        out = []
+        for i in range(k):
+            lab = self.label(None if labels is None else int(labels[i]))
+            pred = self.label(int(self.report.predictions[i]))
+            conf = float(self.report.confidence[i])
+            out.append(f"label {lab or '?'}\npred {pred}\nconf {conf:.2f}")
+        return out
+
+    @functools.cached_property
+    def rgb(self) -> Tensor:
+        return viz.denormalize(self.held.images[: self.shown].float(), self.display.mean, self.display.std)
+
+    def overlays(self, layer: str, method: str) -> Tensor:
+        d = self.display
+        sal = self.report.method(method, layer).saliency[: self.shown].detach().float().cpu()
+        return viz.overlay(self.held.images[: self.shown].float(), sal, d.alpha, d.colormap, d.mean, d.std)
+
+    @functools.cached_property
+    def grids(self) -> dict[str, tuple[str, np.ndarray, str]]:
+        """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview and one grid per method.
+
+        Every grid has a title (stage, epoch, layer), a label per row (``image``
+        / method name) and per column (label, prediction, confidence).
+        """
+        out: dict[str, tuple[str, np.ndarray, str]] = {}
+        cols = self.column_labels()
+        size = self.display.tile_size
+        for layer, lrep in self.report.layers.items():
+            over = {m: self.overlays(layer, m) for m in lrep.methods}
+            lay = layer if self.multi_layer else ""
+            title = self.title(lay or lrep.qualified)
+            rows = [("image", self.rgb), *over.items()]
+            out[self.key(layer, "overview")] = (
+                self.file_stem(layer, "overview"),
+                viz.labelled_grid(rows, cols, title, min_size=size),
+                f"{title}: the images, then one row per method ({', '.join(lrep.methods)})",
+            )
+            for m, ov in over.items():
+                out[self.key(layer, m, "grid")] = (
+                    self.file_stem(layer, m),
+                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
+                    f"{title}: the images, then their {m} overlays",
+                )
+        return out
+
+    def table_rows(self) -> tuple[list[str], list[list[object]]]:
+        """Per-image scores: columns and rows (no pictures), for the CSV file and the W&B table."""
+        rep = self.report
+        cols = ["index", "label", "prediction", "confidence"]
+        names = []
+        for layer, m, r in rep.items():
+            name = f"{layer}/{m}" if self.multi_layer else m
+            for k in ("insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game",
+                      "energy_pointing_game", "completeness_residual"):
+                if getattr(r, k) is not None:
+                    names.append((layer, m, k))
+                    cols.append(f"{name}_{k}")
+        src = self.held.indices if self.held.indices is not None else list(range(len(self.held)))
+        rows = []
+        for i in range(rep.num_images):
+            lab = None if self.held.labels is None else int(self.held.labels[i])
+            row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i])), float(rep.confidence[i])]
+            row += [float(getattr(rep.method(m, layer), k)[i]) for layer, m, k in names]
+            rows.append(row)
+        return cols, rows
+
+

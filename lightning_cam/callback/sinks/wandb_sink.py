@@ -1,0 +1,79 @@
+"""W&B: labelled grids, a per-image table and the mean insertion / deletion curves.
+
+Logged with ``experiment.log`` together with ``trainer/global_step`` and
+``epoch`` (no ``step=``: W&B's x-axis is the trainer's global step, so the
+pictures line up with the epoch's scalars).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+
+from lightning_cam import viz
+from lightning_cam.callback.sinks.media import Media
+
+__all__ = ["WandbSink"]
+
+
+class WandbSink:
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def write(self, media: Media) -> None:
+        import wandb
+
+        payload: dict[str, Any] = {
+            key: wandb.Image(grid, caption=caption) for key, (_, grid, caption) in media.grids.items()
+        }
+        if media.display.table:
+            payload[f"{media.prefix}/table"] = self.table(media)
+        if media.display.curves and media.report.fractions is not None:
+            payload.update(self.curves(media))
+        self.logger.experiment.log(dict(payload, **{"trainer/global_step": media.step, "epoch": media.epoch}))
+
+    @staticmethod
+    def curves(media: Media) -> dict[str, Any]:
+        import wandb
+
+        out: dict[str, Any] = {}
+        xs = media.report.fractions.detach().cpu().tolist()
+        for layer, lrep in media.report.layers.items():
+            for kind in ("insertion", "deletion"):
+                keys = [m for m, r in lrep.methods.items() if getattr(r, f"{kind}_curve") is not None]
+                ys = [getattr(lrep.methods[m], f"{kind}_curve").double().mean(0).cpu().tolist() for m in keys]
+                out[media.key(layer, "curves", kind)] = wandb.plot.line_series(
+                    xs=xs, ys=ys, keys=keys, title=f"Mean {kind} curve ({media.title(layer if media.multi_layer else '')})",
+                    xname="fraction of pixels " + ("inserted" if kind == "insertion" else "deleted"),
+                )
+        return out
+
+    @staticmethod
+    def table(media: Media) -> Any:
+        """One row per held-out image: image, label, prediction, confidence, then per method its overlay and scores."""
+        import wandb
+
+        held, d = media.held, media.display
+        images = held.images.float()
+        h, w = images.shape[-2:]
+        scale = min(1.0, d.table_image_size / max(h, w))
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+
+        def small(x):  # noqa: ANN001, ANN202
+            if tuple(x.shape[-2:]) != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            return viz._upscale(x, min(64, d.table_image_size))
+
+        rgb = small(viz.denormalize(images, d.mean, d.std))
+        score_cols, score_rows = media.table_rows()
+        overlays = {}
+        for layer, m, r in media.report.items():
+            name = f"{layer}/{m}" if media.multi_layer else m
+            overlays[name] = small(viz.overlay(images, r.saliency.detach().float().cpu(), d.alpha, d.colormap, d.mean, d.std))
+        cols = score_cols[:1] + ["image"] + score_cols[1:] + list(overlays)
+        table = wandb.Table(columns=cols)
+        for i, row in enumerate(score_rows):
+            pics = [wandb.Image(viz.to_uint8_hwc(ov[i])) for ov in overlays.values()]
+            table.add_data(row[0], wandb.Image(viz.to_uint8_hwc(rgb[i])), *row[1:], *pics)
+        return table
