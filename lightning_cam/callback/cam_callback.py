@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from lightning_cam.callback import distributed, evaluator, heldout, sinks
 from lightning_cam.callback._lightning import lightning_package
 from lightning_cam.callback.arguments import as_floats, check_int, check_options
 from lightning_cam.callback.budget import CostBudget
+from lightning_cam.callback.sinks.media import STAGE_WORDS
 from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
@@ -85,6 +86,17 @@ class CAMCallbackMixin:
         class_names: names for labels / predictions; default: the datamodule's
             or dataset's ``classes``.
         method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+        target: ``"prediction"`` (default) explains and scores each image's
+            predicted class; ``"label"`` its true label (needs labels): the
+            grids and the table then mark the misclassified images.
+        output_transform: callable reading the (B, num_classes) scores from
+            the model's output when ``forward`` returns something other than a
+            tensor, a tuple/list (first element), a dict with ``"logits"`` or an
+            object with ``.logits`` (see :mod:`lightning_cam.outputs`).
+
+    Images whose logits, map or scores are not finite (a diverging model) are
+    left out of the means; ``cam/nonfinite_images`` counts them and one
+    warning per evaluation names the epoch.
     """
 
     def __init__(
@@ -117,6 +129,8 @@ class CAMCallbackMixin:
         table_image_size: int = 128,
         class_names: Sequence[str] | None = None,
         method_kwargs: dict[str, dict[str, Any]] | None = None,
+        target: str = "prediction",
+        output_transform: Callable[[Any], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.options = check_options(
@@ -124,6 +138,7 @@ class CAMCallbackMixin:
             seed=seed, step=step, n_steps=n_steps, metric_batch_size=metric_batch_size,
             explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
+            target=target, output_transform=output_transform,
         )
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
@@ -238,13 +253,22 @@ class CAMCallbackMixin:
         rows, count = distributed.shard_rows(len(held), rank, world)
         idx = torch.tensor(rows)
         opts = self.options
+        targets = None
+        if opts.target == "label":
+            if held.labels is None:
+                raise ValueError(
+                    "CAMCallback(target='label') explains the true labels, but the held-out set has none (the "
+                    "validation dataset yields no labels); pass images=... and labels=..., or target='prediction'"
+                )
+            targets = torch.as_tensor(held.labels)[idx]
         report = evaluator.evaluate(
             pl_module, opts.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
             masks=None if held.masks is None else held.masks[idx],
             methods=opts.methods, curves=curves, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
-            method_kwargs=opts.method_kwargs, **opts.curve_steps(),
+            method_kwargs=opts.method_kwargs, targets=targets, output_transform=opts.output_transform,
+            **opts.curve_steps(),
         )
         if count == 0:  # the dummy row explains nothing: zero seconds
             report = replace(report, layers={
@@ -278,6 +302,7 @@ class CAMCallbackMixin:
             self._report(trainer, stage, traceback.format_exc(), e)
             return
         self.last_report = report
+        self._warn_nonfinite(trainer, stage, prefix, report)
         for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self._write_media(trainer, stage, prefix, report)
@@ -312,13 +337,32 @@ class CAMCallbackMixin:
         media = sinks.Media(
             report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
-            class_names=self.class_names,
+            class_names=self.class_names, target=self.options.target,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:
                 sink.write(media)
             except Exception as e:
                 self._report(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
+
+    def _warn_nonfinite(self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport) -> None:
+        """One warning per evaluation when images were left out for non-finite logits, maps or scores."""
+        bad = report.nonfinite
+        if not bool(bad.any()) or not trainer.is_global_zero:
+            return
+        per = {
+            (f"{layer}/{m}" if len(report.layers) > 1 else m): int((~r.finite.bool()).sum())
+            for layer, m, r in report.items() if r.finite is not None and not bool(r.finite.all())
+        }
+        where = [int(i) for i in bad.nonzero().flatten()[:10]]
+        msg = (
+            f"CAMCallback: {int(bad.sum())} of {report.num_images} held-out images have non-finite logits, maps "
+            f"or scores at epoch {trainer.current_epoch} ({STAGE_WORDS.get(stage, stage)}), per method {per} "
+            f"(held-out positions {where}); they are left out of the {prefix}/* means and counted in "
+            f"{prefix}/nonfinite_images. The model may be diverging (check the loss and the learning rate)."
+        )
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _report(self, trainer: Any, stage: str, error: str, exc: BaseException | None,
                 during: str = "explaining the held-out set") -> None:

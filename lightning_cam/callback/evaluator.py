@@ -23,6 +23,10 @@ then scored:
 * optionally the Pearson / Spearman correlation of each method's channel
   weights with ShapCAM's exact Shapley values (``shap_samples``).
 
+Images whose logits, map or scores are not finite (a diverging model) are
+flagged per method (``MethodReport.finite``) and left out of the means
+(:mod:`~lightning_cam.callback.summaries`), which count them instead.
+
 The clean-image scores of the metrics come from the explanation pass's logits.
 Nothing here touches the model's modes, gradients, hooks or RNG state beyond
 what the engine already guarantees.
@@ -37,6 +41,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lightning_cam.outputs import OutputTransform
 
 __all__ = ["EvaluationReport", "LayerReport", "MethodReport", "evaluate", "layer_names"]
 
@@ -56,7 +62,9 @@ class MethodReport:
     masks). ``completeness_residual`` (N,) ``|delta|`` (LIFT-CAM only).
     ``shap_pearson`` / ``shap_spearman`` (N,), NaN on images not compared.
     ``shared_curves`` (N,) bool: the curves were copied from an earlier method
-    with the same pixel order. ``seconds``: explanation time, all images.
+    with the same pixel order. ``finite`` (N,) bool: the image's logits, raw
+    map and scores are all finite (False: left out of every mean; its map is
+    shown as zeros). ``seconds``: explanation time, all images.
     """
 
     method: str
@@ -73,6 +81,7 @@ class MethodReport:
     completeness_residual: Tensor | None = None
     shap_pearson: Tensor | None = None
     shap_spearman: Tensor | None = None
+    finite: Tensor | None = None
     seconds: float = 0.0
 
 
@@ -89,8 +98,10 @@ class LayerReport:
 class EvaluationReport:
     """Everything :func:`evaluate` computed, per layer and method, for N images.
 
-    ``predictions`` (N,) the explained class (top-1 unless ``targets``);
-    ``confidence`` (N,) its softmax probability; ``labels`` (N,) or None;
+    ``predictions`` (N,) the model's top-1 class; ``targets`` (N,) the class
+    explained and scored (the prediction unless ``targets`` were given, e.g.
+    the labels); ``confidence`` (N,) the softmax probability of ``targets``;
+    ``labels`` (N,) or None;
     ``fractions`` (T,) the x-axis of the curves (None when skipped);
     ``index`` (N,) each image's position in the evaluated set;
     ``timing``: wall seconds of this process in ``explain`` (all methods),
@@ -104,6 +115,7 @@ class EvaluationReport:
     fractions: Tensor | None = None
     index: Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    targets: Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -130,6 +142,19 @@ class EvaluationReport:
         for layer, lrep in self.layers.items():
             for method, mrep in lrep.methods.items():
                 yield layer, method, mrep
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """(N,) bool: images with a non-finite logit, map or score for some method at some layer."""
+        bad = torch.zeros_like(self.predictions, dtype=torch.bool)
+        for _, _, r in self.items():
+            if r.finite is not None:
+                bad |= ~r.finite.bool()
+        return bad
+
+    def misclassified(self) -> Tensor | None:
+        """(N,) bool: prediction differs from the label (None without labels)."""
+        return None if self.labels is None else self.predictions != self.labels.to(self.predictions.device)
 
     def summary(self, prefix: str = "cam") -> dict[str, float]:
         """Mean of every metric over the images, keyed ``prefix/[layer/]method/metric`` (see summaries)."""
@@ -199,6 +224,13 @@ def _nan(n: int, device: torch.device) -> Tensor:
     return torch.full((n,), float("nan"), device=device)
 
 
+#: Per-image fields that are finite for every image of a finite model.
+_FINITE_FIELDS = (
+    "average_drop", "increase_in_confidence", "insertion", "deletion", "insertion_curve", "deletion_curve",
+    "completeness_residual",
+)
+
+
 @torch.no_grad()
 def _score_batch(
     model: nn.Module,
@@ -211,6 +243,7 @@ def _score_batch(
     curves: bool,
     steps: dict[str, int],
     metric_batch_size: int,
+    output_transform: OutputTransform | None = None,
 ) -> tuple[dict[str, dict[str, Tensor]], Tensor | None, float]:
     from lightning_cam.metrics import confidence_change, insertion_deletion, pointing_game
     from lightning_cam.metrics.rise import pixel_ranks
@@ -223,10 +256,14 @@ def _score_batch(
     done: list[tuple[Tensor, dict[str, Tensor]]] = []  # (ranks, curve fields) of earlier methods
     for m, e in exps.items():
         sal = e.saliency((h, w))
+        finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
+        finite &= torch.isfinite(sal).flatten(1).all(1)
+        sal = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
         targets = e.targets
         res: dict[str, Tensor] = {"saliency": sal}
         c = confidence_change(
-            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits
+            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits,
+            output_transform=output_transform,
         )
         res["average_drop"] = c.drop * 100.0
         res["increase_in_confidence"] = c.increase.float() * 100.0
@@ -246,7 +283,7 @@ def _score_batch(
                 t0 = time.perf_counter()
                 r = insertion_deletion(
                     model, xb[need], sal[need], targets=targets[need], batch_size=metric_batch_size,
-                    clean_logits=e.logits[need], **steps,
+                    clean_logits=e.logits[need], output_transform=output_transform, **steps,
                 )
                 fractions = r.fractions
                 curve_seconds += time.perf_counter() - t0
@@ -271,6 +308,10 @@ def _score_batch(
                 pear, spear = _correlations(e.weights, shap_weights)
             res["shap_pearson"] = torch.where(shap_rows, pear, _nan(b, device))
             res["shap_spearman"] = torch.where(shap_rows, spear, _nan(b, device))
+        for k in _FINITE_FIELDS:  # NaN by design elsewhere: no mask, not compared with ShapCAM
+            if k in res:
+                finite &= torch.isfinite(res[k]).reshape(b, -1).all(1)
+        res["finite"] = finite
         out[m] = res
     return out, fractions, curve_seconds
 
@@ -292,19 +333,23 @@ def evaluate(
     batch_size: int = 64,
     metric_batch_size: int = 256,
     method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> EvaluationReport:
     """Explain ``images`` with every method at every layer and score the maps.
 
     Args:
-        model: any classifier ``nn.Module`` returning (B, num_classes) (a
-            LightningModule works); its modes, grads and hooks are left as found.
+        model: any classifier ``nn.Module`` (a LightningModule works) whose output
+            holds the class scores (see :mod:`lightning_cam.outputs`); its modes,
+            grads and hooks are left as found.
         target_layer: a layer (dotted name, unique suffix, or module), ``None``
             for the model's default, or a list of them.
         images: (N, C, H, W) normalised model inputs (moved to the model's device).
-        labels: (N,) kept in the report (for display); not used by the scores.
+        labels: (N,) kept in the report (for display and ``misclassified()``);
+            to explain them, pass them as ``targets`` too.
         masks: (N, H, W) object masks; enable the pointing games.
         methods: registry names (``liftcam``, ``gradcam``, ``gradcam++`` ...).
-        targets: classes to explain; default the top-1 prediction per image.
+        targets: classes to explain (an int, or (N,) e.g. the labels); default
+            the top-1 prediction per image.
         step, n_steps: insertion/deletion granularity (``n_steps + 1`` points;
             capped at H*W); ``curves=False`` skips them.
         shap_samples: compare the channel weights with ShapCAM's on the first
@@ -312,13 +357,17 @@ def evaluate(
         batch_size: images per explanation batch; ``metric_batch_size``:
             images per forward pass of the metrics.
         method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+        output_transform: reads the (B, num_classes) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
 
     Returns:
         An :class:`EvaluationReport` with per-image tensors on the model's device.
     """
     from lightning_cam.layers import unwrap_model
     from lightning_cam.methods import explain_all, get_method
+    from lightning_cam.outputs import check_output_transform
 
+    output_transform = check_output_transform(output_transform)
     if isinstance(methods, str):
         methods = [methods]
     methods = [get_method(m).name for m in methods]
@@ -351,7 +400,7 @@ def evaluate(
 
     chunks: dict[str, dict[str, dict[str, list[Tensor]]]] = {name: {m: {} for m in methods} for name in names}
     seconds: dict[str, dict[str, float]] = {name: dict.fromkeys(methods, 0.0) for name in names}
-    preds, confs = [], []
+    preds, explained, confs = [], [], []
     fractions = None
     timing = {"explain": 0.0, "scores": 0.0, "curves": 0.0}
     for s in range(0, n, batch_size):
@@ -362,10 +411,14 @@ def evaluate(
         sel = shap_on[rows].to(device)
         for li, (name, qualified) in enumerate(names.items()):
             t0 = time.perf_counter()
-            exps = explain_all(net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs)
+            exps = explain_all(
+                net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs,
+                output_transform=output_transform,
+            )
             first = exps[methods[0]]
             if li == 0:
-                preds.append(first.targets)
+                preds.append(first.logits.argmax(dim=1))
+                explained.append(first.targets)
                 confs.append(torch.softmax(first.logits.float(), dim=1).gather(1, first.targets[:, None])[:, 0])
             shap_weights = None
             if bool(sel.any()):
@@ -373,13 +426,15 @@ def evaluate(
                     shap_weights = exps["shap"].weights
                 else:
                     ws = explain_all(
-                        net, qualified, xb[sel], methods=["shap"], targets=first.targets[sel], method_kwargs=method_kwargs
+                        net, qualified, xb[sel], methods=["shap"], targets=first.targets[sel], method_kwargs=method_kwargs,
+                        output_transform=output_transform,
                     )["shap"].weights
                     shap_weights = torch.zeros((xb.shape[0], ws.shape[1]), device=device, dtype=ws.dtype)
                     shap_weights[sel] = ws
             t1 = time.perf_counter()
             scored, frac, t_curves = _score_batch(
-                net, xb, exps, mb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size
+                net, xb, exps, mb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size,
+                output_transform,
             )
             timing["explain"] += t1 - t0
             timing["scores"] += time.perf_counter() - t1
@@ -400,6 +455,7 @@ def evaluate(
     return EvaluationReport(
         layers=layers,
         predictions=torch.cat(preds),
+        targets=torch.cat(explained),
         confidence=torch.cat(confs),
         labels=None if label_t is None else label_t.to(device),
         fractions=fractions,
