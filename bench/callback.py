@@ -1,6 +1,15 @@
-"""Benchmark: what CAMCallback adds to a training epoch.
+"""Benchmark: what CAMCallback adds to training.
 
-Trains the same seeded model twice on the embedded shapes dataset (the app's
+Default: the app's default run, ``python train.py`` against ``python train.py
+cam=none``, run alternately (interleaved, so load changes hit both alike) as
+subprocesses, with wall times, their ratio, the load average, and the
+callback's own figures from each run's ``metrics.json``
+(``cam/callback_seconds`` of the last epoch, ``cam/curve_every``):
+
+    python bench/callback.py --repeats 2                      # the figure quoted in docs/callback.md
+    python bench/callback.py --repeats 1 -- trainer.max_epochs=2   # extra overrides for both runs
+
+``--inprocess`` instead trains the same seeded model twice on the embedded shapes dataset (the app's
 default data + SmallCNN at 64x64): once without and once with the callback, and
 reports the median epoch wall time of each (epoch = training + validation, as
 measured from ``on_train_epoch_start`` to ``on_validation_epoch_end`` of the
@@ -27,9 +36,14 @@ insertion / deletion curve charts and the ``cam/<method>/insertion`` history.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -83,7 +97,7 @@ def run(args: argparse.Namespace, with_cam: bool) -> dict[str, Any]:
     if with_cam:
         cam = CAMCallback(
             target_layer=args.target_layer, methods=args.methods, num_samples=args.num_samples,
-            n_steps=args.n_steps, mean=dm.mean, std=dm.std,
+            n_steps=args.n_steps, mean=dm.mean, std=dm.std, max_overhead=args.max_overhead,
         )
         callbacks.append(cam)
     callbacks.append(timer)  # after the CAM callback: its epoch time includes it
@@ -131,7 +145,7 @@ def figure(args: argparse.Namespace, path: str) -> None:
                               image_size=args.image_size, batch_size=args.batch_size)
         model = LitClassifier(net=build_model(args.model, num_classes=6), num_classes=6, lr=0.003)
         cam = CAMCallback(target_layer=args.target_layer, methods=methods, num_samples=args.num_samples,
-                          n_steps=args.n_steps, max_images=8, mean=dm.mean, std=dm.std)
+                          n_steps=args.n_steps, max_images=8, mean=dm.mean, std=dm.std, max_overhead=None)
         logger = WandbLogger(offline=True, save_dir=tmp, project="lightning-cam-figure")
         trainer = pl.Trainer(default_root_dir=tmp, accelerator=args.accelerator, devices=1, max_epochs=args.epochs,
                              logger=logger, enable_checkpointing=False, enable_progress_bar=False,
@@ -181,6 +195,49 @@ def figure(args: argparse.Namespace, path: str) -> None:
         print(f"wrote {path}")
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def app_run(overrides: list[str], out: Path) -> dict[str, Any]:
+    """``python train.py <overrides>`` in ``out``: wall time, load average before and the run's metrics.json."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(ROOT))
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={out}", "extras.print_config=false"],
+        cwd=str(ROOT), env=env, capture_output=True, text=True,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.py {' '.join(overrides)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    return {"wall": wall, "load": load, "metrics": metrics}
+
+
+def app_bench(args: argparse.Namespace) -> None:
+    rows: list[tuple[float, float, float, float, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):  # interleaved: off, on, off, on ...
+            off = app_run(["cam=none", *args.overrides], Path(tmp) / f"off{i}")
+            on = app_run(list(args.overrides), Path(tmp) / f"on{i}")
+            rows.append((off["wall"], on["wall"], off["load"], on["load"], on["metrics"]))
+            print(f"repeat {i}: cam=none {off['wall']:.1f} s (load {off['load']:.1f}), "
+                  f"default {on['wall']:.1f} s (load {on['load']:.1f}), ratio {on['wall'] / off['wall']:.3f}", flush=True)
+    off_t = [r[0] for r in rows]
+    on_t = [r[1] for r in rows]
+    last = rows[-1][4]
+    print(f"\ncommand: python bench/callback.py --repeats {args.repeats}" + (" -- " + " ".join(args.overrides) if args.overrides else ""))
+    print(f"{'run':34s}{'wall (s), median':>18s}")
+    print(f"{'python train.py cam=none':34s}{statistics.median(off_t):18.1f}")
+    print(f"{'python train.py':34s}{statistics.median(on_t):18.1f}")
+    print(f"ratio (median of per-repeat ratios): {statistics.median(b / a for a, b in zip(off_t, on_t)):.3f}; "
+          f"load average (1 min) at the starts: {', '.join(f'{r[2]:.1f}/{r[3]:.1f}' for r in rows)}; "
+          f"{os.cpu_count()} CPUs")
+    cam = {k: v for k, v in last.items() if k in ("cam/callback_seconds", "cam/curve_every")}
+    print("last run's callback figures (last epoch): " + ", ".join(f"{k}={v:.3g}" for k, v in cam.items()))
+    print("scores logged at the last epoch: " + ", ".join(sorted({k.split("/")[-1] for k in last if k.count("/") == 2 and k.startswith("cam/")})))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smallcnn")
@@ -197,12 +254,18 @@ def main() -> None:
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-overhead", type=float, default=None, help="--inprocess: the callback's budget (default none)")
     p.add_argument("--figure", default=None, help="write the README's dashboard figure here instead of benchmarking")
+    p.add_argument("--inprocess", action="store_true", help="per-epoch timing in this process instead of train.py runs")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for both train.py runs (after --)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.figure:
         figure(args, args.figure)
+        return
+    if not args.inprocess:
+        app_bench(args)
         return
 
     off: dict[str, Any] = {"epochs": [], "cam": [], "scalars": {}}

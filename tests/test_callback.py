@@ -59,7 +59,8 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
 
     pl.seed_everything(0)
     cb = CAMCallback(
-        target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=6, max_images=4, shap_samples=2
+        max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=6, max_images=4, shap_samples=2,
+        method_grids=True,
     )
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="cam-test")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=2))
@@ -117,7 +118,10 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
 @pytest.mark.slow
 def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
     pl.seed_everything(0)
-    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "hirescam"], num_samples=4, every_n_epochs=2, n_steps=8)
+    cb = CAMCallback(
+        max_overhead=None, target_layer="layer4", methods=["liftcam", "hirescam"], num_samples=4, every_n_epochs=2,
+        n_steps=8, method_grids=True,
+    )
     logger = CSVLogger(str(tmp_path), name="csv")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=3))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16))
@@ -138,7 +142,8 @@ def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
 def test_tensorboard_user_images_and_no_logger(tmp_path):
     ds = ToyShapes(10, seed=7)
     cb = CAMCallback(
-        target_layer="layer4", images=ds.images, labels=ds.labels, masks=ds.masks, num_samples=5, n_steps=8
+        max_overhead=None, target_layer="layer4", images=ds.images, labels=ds.labels, masks=ds.masks, num_samples=5,
+        n_steps=8, method_grids=True,
     )
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=logger, callbacks=[cb], max_epochs=1))
@@ -156,7 +161,7 @@ def test_tensorboard_user_images_and_no_logger(tmp_path):
 
     # no logger at all: PNGs under default_root_dir/cam
     root = tmp_path / "nolog"
-    cb2 = CAMCallback(target_layer="layer4", num_samples=3, n_steps=8)
+    cb2 = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=3, n_steps=8, method_grids=True)
     trainer = pl.Trainer(**trainer_kwargs(root, callbacks=[cb2], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, with_masks=False))
     assert (root / "cam" / "epoch0_liftcam.png").is_file()
@@ -178,7 +183,7 @@ def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
     """Shuffled loader, BatchNorm + Dropout, 3 epochs: same weights, buffers and RNG states."""
     ref, ref_rng = _train(tmp_path / "off", None)
     cb = CAMCallback(
-        target_layer="layer4", methods=["liftcam", "gradcam", "scorecam", "shap"], num_samples=6, shap_samples=2,
+        max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam", "scorecam", "shap"], num_samples=6, shap_samples=2,
         n_steps=8,
     )
     got, got_rng = _train(tmp_path / "on", cb)
@@ -196,7 +201,7 @@ def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
 @pytest.mark.slow
 def test_resume_keeps_the_heldout_set_and_checkpoint_monitor_sees_cam_keys(tmp_path):
     dm = ToyDataModule(n_train=16, n_val=24)
-    cb1 = CAMCallback(target_layer="layer4", num_samples=5, seed=0, n_steps=8)
+    cb1 = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=5, seed=0, n_steps=8)
     ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="cam/liftcam/insertion", mode="max", save_last=True)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb1, ckpt], max_epochs=1, enable_checkpointing=True))
     trainer.fit(LitTiny(), datamodule=dm)
@@ -207,7 +212,7 @@ def test_resume_keeps_the_heldout_set_and_checkpoint_monitor_sees_cam_keys(tmp_p
 
     other_seed = 99
     assert heldout.select_indices(24, 5, other_seed) != first  # so the check below means something
-    cb2 = CAMCallback(target_layer="layer4", num_samples=5, seed=other_seed, n_steps=8)
+    cb2 = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=5, seed=other_seed, n_steps=8)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb2], max_epochs=2))
     trainer.fit(LitTiny(), datamodule=dm, ckpt_path=ckpt.last_model_path)
     assert cb2.heldout.indices == first
@@ -218,7 +223,8 @@ def test_resume_keeps_the_heldout_set_and_checkpoint_monitor_sees_cam_keys(tmp_p
 def test_validate_and_test_under_inference_mode_and_mixed_precision(tmp_path):
     dm = ToyDataModule(n_train=16, n_val=8)
     model = LitTiny()
-    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4, n_steps=8)
+    cb = CAMCallback(max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4,
+                     n_steps=8, method_grids=True)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb]))  # inference_mode=True by default
     (val,) = trainer.validate(model, datamodule=dm)
     assert cb.num_errors == 0
@@ -229,7 +235,7 @@ def test_validate_and_test_under_inference_mode_and_mixed_precision(tmp_path):
     assert (tmp_path / "cam" / "validate_epoch0_liftcam.png").is_file()
     assert (tmp_path / "cam" / "test_epoch0_liftcam.png").is_file()
     # autocast is switched off for the explanations and metrics: the same numbers in bf16-mixed
-    cb16 = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4, n_steps=8)
+    cb16 = CAMCallback(max_overhead=None, target_layer="layer4", methods=["liftcam", "gradcam++", "layercam"], num_samples=4, n_steps=8)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path / "bf16", callbacks=[cb16], precision="bf16-mixed"))
     (val16,) = trainer.validate(model, datamodule=dm)
     assert cb16.num_errors == 0
@@ -242,7 +248,7 @@ def test_errors_are_reported_not_fatal(tmp_path, monkeypatch, caplog):
         raise ZeroDivisionError("boom in the callback")
 
     monkeypatch.setattr(evaluator, "evaluate", boom)
-    cb = CAMCallback(target_layer="layer4", num_samples=2)
+    cb = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=2)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=2))
     with caplog.at_level(logging.ERROR, logger="lightning_cam.callback"):
         with pytest.warns(RuntimeWarning, match=r"CAMCallback failed .*epoch 0.*training continues"):
@@ -251,7 +257,7 @@ def test_errors_are_reported_not_fatal(tmp_path, monkeypatch, caplog):
     assert "Traceback" in caplog.text and "ZeroDivisionError: boom in the callback" in caplog.text
     assert "epoch 1" in caplog.text
 
-    cb = CAMCallback(target_layer="layer4", num_samples=2, on_error="raise")
+    cb = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=2, on_error="raise")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
     with pytest.raises(RuntimeError, match="CAMCallback failed") as info:
         trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
@@ -266,7 +272,7 @@ def test_media_errors_keep_the_scalars(tmp_path, monkeypatch):
         raise ValueError("grid failed")
 
     monkeypatch.setattr(viz, "labelled_grid", bad_grid)
-    cb = CAMCallback(target_layer="layer4", num_samples=2, n_steps=4)
+    cb = CAMCallback(max_overhead=None, target_layer="layer4", num_samples=2, n_steps=4)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
     with pytest.warns(RuntimeWarning, match="logging media"):
         trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=4))
@@ -275,7 +281,7 @@ def test_media_errors_keep_the_scalars(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bad_target_layer_fails_at_setup(tmp_path):
-    cb = CAMCallback(target_layer="layer9")
+    cb = CAMCallback(max_overhead=None, target_layer="layer9")
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
     with pytest.raises(ValueError, match="Unknown target layer 'layer9'"):
         trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=4))
@@ -287,7 +293,9 @@ def test_fast_dev_run_and_default_arguments(tmp_path):
     trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", fast_dev_run=True, callbacks=[cb],
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=8))
-    assert cb.num_errors == 0 and "cam/liftcam/insertion" in cb.last_scalars
+    # tiny training, so the 10 % budget affords no curves; every other score is there
+    assert cb.num_errors == 0 and "cam/liftcam/average_drop" in cb.last_scalars
+    assert "cam/liftcam/insertion" not in cb.last_scalars and cb.last_scalars["cam/curve_every"] == 0
     assert cb.layer_names == {"net.layer4": "net.layer4"} and len(cb.heldout) == 8
     assert not (tmp_path / "cam").exists()  # fast_dev_run writes no media
 
@@ -295,7 +303,7 @@ def test_fast_dev_run_and_default_arguments(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(tmp_path):
     """ddp_spawn on CPU (gloo): each rank explains rows rank::2, gathered results equal one process."""
-    kw = dict(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=7, n_steps=8, shap_samples=3)
+    kw = dict(max_overhead=None, method_grids=True, target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=7, n_steps=8, shap_samples=3)
     dm = ToyDataModule(n_train=16, n_val=12)
     (tmp_path / "ddp").mkdir()
     (tmp_path / "one").mkdir()

@@ -31,6 +31,7 @@ TINY = [
     "trainer.num_sanity_val_steps=0",
     "cam.num_samples=8",
     "cam.n_steps=8",
+    "cam.max_overhead=null",  # tiny runs: the 10 % budget would afford no insertion/deletion curves
     "cam.methods=[liftcam,gradcam]",
 ]
 
@@ -106,7 +107,7 @@ def test_single_run_logs_cam_keys_to_wandb_offline(tmp_path):
 def test_multirun_two_architectures_two_finished_grouped_runs(tmp_path):
     p = run_train(
         ["-m", "model=smallcnn,resnet18", *TINY, "model.image_size=64", "data.num_train=64", "data.num_val=16",
-         "cam.num_samples=4", "cam.methods=[liftcam]", f"hydra.sweep.dir={tmp_path / 'sweep'}", "callbacks=none"],
+         "cam.num_samples=4", "cam.methods=[liftcam]", "cam.max_overhead=null", f"hydra.sweep.dir={tmp_path / 'sweep'}", "callbacks=none"],
         cwd=tmp_path,
     )
     assert p.returncode == 0, _out(p)[-4000:]

@@ -80,6 +80,8 @@ class CAMCallbackMixin:
         explain_batch_size: images per explanation batch.
         alpha: overlay opacity.
         log_table, log_curves: W&B per-image table / mean curve charts.
+        method_grids: also a grid per method (``cam/<method>/grid``); the
+            overview (``cam/overview``) always shows every method.
         save_png: write PNG grids and a CSV of per-image scores under
             ``<log_dir>/cam/``; ``None`` = only when no ``WandbLogger`` is attached.
         table_image_size: longest side of the images in the W&B table.
@@ -125,6 +127,7 @@ class CAMCallbackMixin:
         alpha: float = 0.5,
         log_table: bool = True,
         log_curves: bool = True,
+        method_grids: bool = False,
         save_png: bool | None = None,
         table_image_size: int = 128,
         class_names: Sequence[str] | None = None,
@@ -149,7 +152,7 @@ class CAMCallbackMixin:
         self.display = sinks.Display(
             mean=mean, std=std, alpha=float(alpha), colormap=colormap,
             max_images=check_int("max_images", max_images, 1), table=bool(log_table), curves=bool(log_curves),
-            table_image_size=check_int("table_image_size", table_image_size, 8),
+            table_image_size=check_int("table_image_size", table_image_size, 8), method_grids=bool(method_grids),
         )
         self.log_images = bool(log_images)
         self.save_png = save_png
@@ -243,13 +246,8 @@ class CAMCallbackMixin:
             self.budget.load_state_dict(state_dict["budget"])
 
     # ------------------------------------------------------------ the work
-    def _curves_due(self, trainer: Any, stage: str) -> bool:
-        if stage != "val" or self._budget_exempt:
-            return True
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
-        return last or self.budget.curves_due()
-
-    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int, curves: bool):
+    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int):
+        """Explain and score (all but the curves) this rank's rows ``rank::world`` of the held-out set."""
         rows, count = distributed.shard_rows(len(held), rank, world)
         idx = torch.tensor(rows)
         opts = self.options
@@ -265,10 +263,9 @@ class CAMCallbackMixin:
             pl_module, opts.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
             masks=None if held.masks is None else held.masks[idx],
-            methods=opts.methods, curves=curves, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
+            methods=opts.methods, curves=False, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
             method_kwargs=opts.method_kwargs, targets=targets, output_transform=opts.output_transform,
-            **opts.curve_steps(),
         )
         if count == 0:  # the dummy row explains nothing: zero seconds
             report = replace(report, layers={
@@ -277,30 +274,57 @@ class CAMCallbackMixin:
             })
         return replace(report, index=idx.to(report.predictions.device)), count
 
+    def _curve_estimate(self, local: evaluator.EvaluationReport) -> float:
+        """Seconds the curves would take: their forward passes x this evaluation's time per forward pass."""
+        per_forward = local.timing["scores"] / max(local.timing["forwards"], 1.0)
+        return per_forward * evaluator.curve_forwards(local, **self.options.curve_steps())
+
+    def _curves_due(self, trainer: Any, stage: str, spent: float, local: evaluator.EvaluationReport) -> bool:
+        """Curves at every trainer.validate / test, and during fit when the budget affords them (rank zero decides)."""
+        if stage != "val" or self._budget_exempt:
+            return True
+        due = self.budget.curves_due(spent, self._curve_estimate(local))
+        if trainer.world_size > 1:
+            due = bool(trainer.strategy.broadcast(due, src=0))
+        return due
+
     def _run(self, trainer: Any, pl_module: Any, stage: str) -> None:
         start = time.perf_counter()
-        rank, world, strategy = trainer.global_rank, trainer.world_size, trainer.strategy
+        rank, world, strategy, device = trainer.global_rank, trainer.world_size, trainer.strategy, pl_module.device
         prefix = STAGE_PREFIX[stage]
-        curves = self._curves_due(trainer, stage)
+        if stage == "val":
+            self.budget.credit()
         local = error = exc = None
-        count = 0
-        try:
-            with heldout.preserved_rng(self.options.seed, devices=[pl_module.device]), torch.inference_mode(False):
+        count, idx = 0, None
+        with heldout.preserved_rng(self.options.seed, devices=[device]), torch.inference_mode(False):
+            try:
                 held = self._ensure_heldout(trainer, stage)
-                local, count = self._evaluate_share(pl_module, held, rank, world, curves)
-        except Exception as e:  # reported below, after every rank agrees
-            error, exc = traceback.format_exc(), e
-        # every rank takes part in this collective, failed or not
-        if distributed.any_rank(strategy, local is None, pl_module.device, world):
-            self._report(trainer, stage, error or "another rank failed (see its log)", exc)
-            return
-        try:
-            with torch.inference_mode(False):
+                local, count = self._evaluate_share(pl_module, held, rank, world)
+            except Exception as e:  # reported below, after every rank agrees
+                error, exc = traceback.format_exc(), e
+            # every rank takes part in these collectives, failed or not
+            if distributed.any_rank(strategy, local is None, device, world):
+                self._report(trainer, stage, error or "another rank failed (see its log)", exc)
+                return
+            curves = self._curves_due(trainer, stage, time.perf_counter() - start, local)
+            if curves:
+                try:
+                    local = evaluator.add_curves(
+                        local, pl_module, held.images[local.index.cpu()], batch_size=self.options.explain_batch_size,
+                        metric_batch_size=self.options.metric_batch_size, output_transform=self.options.output_transform,
+                        **self.options.curve_steps(),
+                    )
+                except Exception as e:
+                    error, exc, local = traceback.format_exc(), e, None
+                if distributed.any_rank(strategy, local is None, device, world):
+                    self._report(trainer, stage, error or "another rank failed (see its log)", exc)
+                    return
+            try:
                 report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
                 scalars = summarise(report, prefix, layer_in_key=self.options.multi_layer)
-        except Exception as e:
-            self._report(trainer, stage, traceback.format_exc(), e)
-            return
+            except Exception as e:
+                self._report(trainer, stage, traceback.format_exc(), e)
+                return
         self.last_report = report
         self._warn_nonfinite(trainer, stage, prefix, report)
         for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
@@ -309,9 +333,11 @@ class CAMCallbackMixin:
         seconds = time.perf_counter() - start
         extra = {f"{prefix}/callback_seconds": seconds}
         if stage == "val":
-            msg = self.budget.update(seconds, local.timing.get("curves", 0.0), curves)
-            if world > 1:  # rank zero's decision everywhere (timings differ per rank)
-                self.budget.curve_every = int(strategy.broadcast(self.budget.curve_every, src=0))
+            curve_seconds = local.timing.get("curves") if curves else None
+            msg = self.budget.debit(seconds, curve_seconds, self._curve_estimate(local))
+            if world > 1:  # rank zero's account everywhere (timings differ per rank)
+                state = strategy.broadcast(self.budget.state_dict(), src=0)
+                self.budget.load_state_dict(state)
                 msg = msg if trainer.is_global_zero else None
             if msg:
                 log.info(msg)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from lightning_cam.outputs import OutputTransform
 
-__all__ = ["EvaluationReport", "LayerReport", "MethodReport", "evaluate", "layer_names"]
+__all__ = ["EvaluationReport", "LayerReport", "MethodReport", "add_curves", "evaluate", "layer_names"]
 
 LayerLike = str | nn.Module | None
 
@@ -87,11 +87,13 @@ class MethodReport:
 
 @dataclass
 class LayerReport:
-    """The methods' reports at one layer: ``layer`` is the name the user gave, ``qualified`` the module's path."""
+    """The methods' reports at one layer: ``layer`` is the name the user gave, ``qualified`` the module's path,
+    ``channels`` the layer's number of channels K (when a method reports channel weights)."""
 
     layer: str
     qualified: str
     methods: dict[str, MethodReport] = field(default_factory=dict)
+    channels: int | None = None
 
 
 @dataclass
@@ -101,16 +103,19 @@ class EvaluationReport:
     ``predictions`` (N,) the model's top-1 class; ``targets`` (N,) the class
     explained and scored (the prediction unless ``targets`` were given, e.g.
     the labels); ``confidence`` (N,) the softmax probability of ``targets``;
+    ``logits`` (N, C) the model's output (from the explanation pass);
     ``labels`` (N,) or None;
     ``fractions`` (T,) the x-axis of the curves (None when skipped);
     ``index`` (N,) each image's position in the evaluated set;
-    ``timing``: wall seconds of this process in ``explain`` (all methods),
-    ``curves`` (insertion/deletion) and ``scores`` (all scoring, curves included).
+    ``timing``: this process's wall seconds in ``explain`` (all methods),
+    ``scores`` (all scores but the curves) and ``curves`` (insertion/deletion),
+    and the number of model ``forwards`` of the scores and ``curve_forwards``.
     """
 
     layers: dict[str, LayerReport]
     predictions: Tensor
     confidence: Tensor
+    logits: Tensor | None = None
     labels: Tensor | None = None
     fractions: Tensor | None = None
     index: Tensor | None = None
@@ -142,6 +147,11 @@ class EvaluationReport:
         for layer, lrep in self.layers.items():
             for method, mrep in lrep.methods.items():
                 yield layer, method, mrep
+
+    @property
+    def explained(self) -> Tensor:
+        """(N,) the class explained and scored: ``targets``, else the predictions."""
+        return self.predictions if self.targets is None else self.targets
 
     @property
     def nonfinite(self) -> Tensor:
@@ -224,13 +234,6 @@ def _nan(n: int, device: torch.device) -> Tensor:
     return torch.full((n,), float("nan"), device=device)
 
 
-#: Per-image fields that are finite for every image of a finite model.
-_FINITE_FIELDS = (
-    "average_drop", "increase_in_confidence", "insertion", "deletion", "insertion_curve", "deletion_curve",
-    "completeness_residual",
-)
-
-
 @torch.no_grad()
 def _score_batch(
     model: nn.Module,
@@ -240,20 +243,14 @@ def _score_batch(
     shap_weights: Tensor | None,
     shap_rows: Tensor,
     compare: bool,
-    curves: bool,
-    steps: dict[str, int],
     metric_batch_size: int,
     output_transform: OutputTransform | None = None,
-) -> tuple[dict[str, dict[str, Tensor]], Tensor | None, float]:
-    from lightning_cam.metrics import confidence_change, insertion_deletion, pointing_game
-    from lightning_cam.metrics.rise import pixel_ranks
+) -> dict[str, dict[str, Tensor]]:
+    from lightning_cam.metrics import confidence_change, pointing_game
 
     b, _, h, w = xb.shape
     device = xb.device
     out: dict[str, dict[str, Tensor]] = {}
-    fractions = None
-    curve_seconds = 0.0
-    done: list[tuple[Tensor, dict[str, Tensor]]] = []  # (ranks, curve fields) of earlier methods
     for m, e in exps.items():
         sal = e.saliency((h, w))
         finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
@@ -262,40 +259,11 @@ def _score_batch(
         targets = e.targets
         res: dict[str, Tensor] = {"saliency": sal}
         c = confidence_change(
-            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits,
+            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits, deletion=False,
             output_transform=output_transform,
         )
         res["average_drop"] = c.drop * 100.0
         res["increase_in_confidence"] = c.increase.float() * 100.0
-        if curves:
-            ranks = pixel_ranks(sal)
-            shared = torch.zeros(b, dtype=torch.bool, device=device)
-            fields_ = {k: None for k in ("insertion", "deletion", "insertion_curve", "deletion_curve")}
-            source: dict[str, Tensor] = {}
-            for prev_ranks, prev in done:
-                same = (prev_ranks == ranks).all(1) & ~shared
-                if bool(same.any()):
-                    for k in fields_:
-                        source.setdefault(k, torch.empty_like(prev[k]))[same] = prev[k][same]
-                    shared |= same
-            need = ~shared
-            if bool(need.any()):
-                t0 = time.perf_counter()
-                r = insertion_deletion(
-                    model, xb[need], sal[need], targets=targets[need], batch_size=metric_batch_size,
-                    clean_logits=e.logits[need], output_transform=output_transform, **steps,
-                )
-                fractions = r.fractions
-                curve_seconds += time.perf_counter() - t0
-                computed = {
-                    "insertion": r.insertion, "deletion": r.deletion,
-                    "insertion_curve": r.insertion_curve, "deletion_curve": r.deletion_curve,
-                }
-                for k, v in computed.items():
-                    source.setdefault(k, torch.empty((b, *v.shape[1:]), dtype=v.dtype, device=device))[need] = v
-            res.update(source)
-            res["shared_curves"] = shared
-            done.append((ranks, source))
         if masks is not None:
             p = pointing_game(sal, masks)
             res["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
@@ -308,12 +276,26 @@ def _score_batch(
                 pear, spear = _correlations(e.weights, shap_weights)
             res["shap_pearson"] = torch.where(shap_rows, pear, _nan(b, device))
             res["shap_spearman"] = torch.where(shap_rows, spear, _nan(b, device))
-        for k in _FINITE_FIELDS:  # NaN by design elsewhere: no mask, not compared with ShapCAM
-            if k in res:
-                finite &= torch.isfinite(res[k]).reshape(b, -1).all(1)
-        res["finite"] = finite
+        res["finite"] = _finite(finite, res)
         out[m] = res
-    return out, fractions, curve_seconds
+    return out
+
+
+#: Per-image fields that are finite for every image of a finite model (others are NaN by design
+#: on some images: no mask, not compared with ShapCAM).
+_FINITE_FIELDS = (
+    "average_drop", "increase_in_confidence", "insertion", "deletion", "insertion_curve", "deletion_curve",
+    "completeness_residual",
+)
+
+
+def _finite(finite: Tensor, fields_: Mapping[str, Tensor | None]) -> Tensor:
+    """``finite`` and, per image, every field of :data:`_FINITE_FIELDS` present in ``fields_`` finite."""
+    for k in _FINITE_FIELDS:
+        v = fields_.get(k)
+        if v is not None:
+            finite = finite & torch.isfinite(v).reshape(v.shape[0], -1).all(1)
+    return finite
 
 
 def evaluate(
@@ -379,10 +361,6 @@ def evaluate(
     device = param.device if param is not None else images.device
     n, _, h, w = images.shape
     names = layer_names(net, target_layer, images[:1])
-    if step is None:
-        steps = {"n_steps": min(n_steps or 16, h * w)}
-    else:
-        steps = {"step": int(step)}
     compare = shap_on is not None or shap_samples > 0  # the shap_* fields exist (NaN where not compared)
     if shap_on is None:
         shap_on = torch.arange(n) < int(shap_samples)
@@ -400,9 +378,9 @@ def evaluate(
 
     chunks: dict[str, dict[str, dict[str, list[Tensor]]]] = {name: {m: {} for m in methods} for name in names}
     seconds: dict[str, dict[str, float]] = {name: dict.fromkeys(methods, 0.0) for name in names}
-    preds, explained, confs = [], [], []
-    fractions = None
-    timing = {"explain": 0.0, "scores": 0.0, "curves": 0.0}
+    preds, explained, confs, logits = [], [], [], []
+    channels: int | None = None
+    timing = {"explain": 0.0, "scores": 0.0, "forwards": 0.0}
     for s in range(0, n, batch_size):
         rows = slice(s, min(s + batch_size, n))
         xb = images[rows].to(device)
@@ -431,15 +409,16 @@ def evaluate(
                     )["shap"].weights
                     shap_weights = torch.zeros((xb.shape[0], ws.shape[1]), device=device, dtype=ws.dtype)
                     shap_weights[sel] = ws
+            if li == 0:
+                logits.append(first.logits.float())
+                channels = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
             t1 = time.perf_counter()
-            scored, frac, t_curves = _score_batch(
-                net, xb, exps, mb, shap_weights if compare else None, sel, compare, curves, steps, metric_batch_size,
-                output_transform,
+            scored = _score_batch(
+                net, xb, exps, mb, shap_weights if compare else None, sel, compare, metric_batch_size, output_transform
             )
             timing["explain"] += t1 - t0
             timing["scores"] += time.perf_counter() - t1
-            timing["curves"] += t_curves
-            fractions = frac if frac is not None else fractions
+            timing["forwards"] += xb.shape[0] * len(exps)  # confidence_change: x * E
             for m, res in scored.items():
                 seconds[name][m] += float(exps[m].seconds)
                 for k, v in res.items():
@@ -451,14 +430,116 @@ def evaluate(
         for m in methods:
             data = {k: torch.cat(v) for k, v in chunks[name][m].items()}
             reps[m] = MethodReport(method=m, seconds=seconds[name][m], **data)
-        layers[name] = LayerReport(layer=name, qualified=qualified, methods=reps)
-    return EvaluationReport(
+        layers[name] = LayerReport(layer=name, qualified=qualified, methods=reps, channels=channels)
+    report = EvaluationReport(
         layers=layers,
         predictions=torch.cat(preds),
         targets=torch.cat(explained),
         confidence=torch.cat(confs),
+        logits=torch.cat(logits),
         labels=None if label_t is None else label_t.to(device),
-        fractions=fractions,
         index=torch.arange(n, device=device),
         timing=timing,
     )
+    if curves:
+        report = add_curves(report, net, images, step=step, n_steps=n_steps, batch_size=batch_size,
+                            metric_batch_size=metric_batch_size, output_transform=output_transform)
+    return report
+
+
+def curve_forwards(report: EvaluationReport, step: int | None = None, n_steps: int | None = 16) -> int:
+    """Forward passes :func:`add_curves` will run: (image, method) pairs not shared x ``2 n + 1``."""
+    h, w = next(r for _, _, r in report.items()).saliency.shape[-2:]
+    n = min(n_steps or 16, h * w) if step is None else -(-(h * w) // step)
+    pairs = 0
+    for lrep in report.layers.values():
+        done: list[Tensor] = []
+        for r in lrep.methods.values():
+            shared = torch.zeros(report.num_images, dtype=torch.bool, device=r.saliency.device)
+            for prev in done:
+                shared |= _same_maps(r.saliency, prev, lrep.channels)
+            pairs += int((~shared).sum())
+            done.append(r.saliency)
+    return pairs * (2 * n + 1)
+
+
+def _same_maps(a: Tensor, b: Tensor, channels: int | None) -> Tensor:
+    """(B,) whether two batches of [0, 1] maps agree to float32 rounding.
+
+    Each map is ``ReLU(sum_k w_k A_k)`` min-max scaled: two K-term float32
+    reductions (the weights, the weighted sum) per map, two maps: differences
+    up to ``4 K 2**-23`` are rounding. Maps closer than that order the pixels
+    identically except where two pixels differ by less than rounding.
+    """
+    if channels is None:
+        return torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
+    tol = 4 * channels * 2.0**-23
+    return (a - b).abs().flatten(1).amax(1) <= tol
+
+
+@torch.no_grad()
+def add_curves(
+    report: EvaluationReport,
+    model: nn.Module,
+    images: Tensor,
+    *,
+    step: int | None = None,
+    n_steps: int | None = 16,
+    batch_size: int = 64,
+    metric_batch_size: int = 256,
+    output_transform: OutputTransform | None = None,
+) -> EvaluationReport:
+    """``report`` with insertion / deletion AUCs and curves for every layer and method.
+
+    Uses the report's saliency maps, explained classes and clean logits (no
+    clean forward pass). Work giving the same result is done once: for each
+    image, a method whose map equals an earlier method's map to float32
+    rounding (:func:`_same_maps`; e.g. LIFT-CAM and Ablation-CAM, or Grad-CAM
+    and XGrad-CAM, on a GAP + linear head) reuses that method's curves
+    (``shared_curves`` marks those images). Images whose curves are not finite
+    are marked in ``MethodReport.finite``.
+    """
+    from lightning_cam.layers import unwrap_model
+    from lightning_cam.metrics import insertion_deletion
+
+    net = unwrap_model(model)
+    n, _, h, w = images.shape
+    steps = {"n_steps": min(n_steps or 16, h * w)} if step is None else {"step": int(step)}
+    device = report.predictions.device
+    keys = ("insertion", "deletion", "insertion_curve", "deletion_curve")
+    t0 = time.perf_counter()
+    forwards = 0
+    fractions = None
+    layers = {}
+    for name, lrep in report.layers.items():
+        done: list[MethodReport] = []
+        methods = {}
+        for m, r in lrep.methods.items():
+            shared = torch.zeros(n, dtype=torch.bool, device=device)
+            data: dict[str, Tensor] = {}
+            for prev in done:
+                same = _same_maps(r.saliency, prev.saliency, lrep.channels) & ~shared
+                if bool(same.any()):
+                    for k in keys:
+                        data.setdefault(k, torch.empty_like(getattr(prev, k)))[same] = getattr(prev, k)[same]
+                    shared |= same
+            need = (~shared).nonzero().flatten()
+            for s in range(0, need.numel(), batch_size):
+                rows = need[s : s + batch_size]
+                res = insertion_deletion(
+                    net, images[rows.cpu()].to(device), r.saliency[rows], targets=report.explained[rows],
+                    batch_size=metric_batch_size, clean_logits=report.logits[rows], output_transform=output_transform,
+                    **steps,
+                )
+                fractions = res.fractions
+                forwards += rows.numel() * (res.insertion_curve.shape[1] + res.deletion_curve.shape[1] - 2)
+                for k in keys:
+                    v = getattr(res, k)
+                    data.setdefault(k, torch.empty((n, *v.shape[1:]), dtype=v.dtype, device=device))[rows] = v
+            finite = r.finite if r.finite is None else _finite(r.finite, data)
+            new = replace(r, shared_curves=shared, finite=finite, **data)
+            methods[m] = new
+            done.append(new)
+        layers[name] = replace(lrep, methods=methods)
+    timing = dict(report.timing, curves=time.perf_counter() - t0, curve_forwards=float(forwards))
+    return replace(report, layers=layers, fractions=fractions, timing=timing)

@@ -92,6 +92,7 @@ def confidence_change(
     batch_size: int = 256,
     output_transform: OutputTransform | None = None,
     clean_logits: Tensor | None = None,
+    deletion: bool = True,
 ) -> ConfidenceResult:
     """Average Drop / Increase in Confidence (Grad-CAM++) and Average Drop in Deletion.
 
@@ -111,11 +112,14 @@ def confidence_change(
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
         output_transform: callable reading the (N, C) scores from the model's output when it is
             not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
-
-    Images are cast to the model's dtype for each forward pass; scores are float32. An image
-    whose Y, O or D is not finite gets NaN ``drop`` and ``drop_in_deletion`` (never a silent 0).
         clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
+        deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
+            forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.
+
+    Images are cast to the model's dtype for each forward pass; scores are float32. An image
+    whose Y or O is not finite gets a NaN ``drop`` (never a silent 0); ``drop_in_deletion`` is
+    NaN when Y or D is not.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
@@ -139,21 +143,25 @@ def confidence_change(
             )
         # x*E and x*(1-E) for all images, chunked together (2B images)
         outs = []
-        for i in range(0, 2 * b, batch_size):
-            idx = torch.arange(i, min(i + batch_size, 2 * b), device=device)
+        total = 2 * b if deletion else b
+        for i in range(0, total, batch_size):
+            idx = torch.arange(i, min(i + batch_size, total), device=device)
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
             outs.append(class_scores(model_scores(model, images[img_idx] * m, output_transform), classes[img_idx], score))
         both = torch.cat(outs)
-    o, d = both[:b], both[b:]
+    o = both[:b]
+    d = both[b:] if deletion else torch.full_like(o, float("nan"))
     valid = y > 0
     denom = torch.where(valid, y, torch.ones_like(y))
     drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
     drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
-    nonfinite = ~(torch.isfinite(y) & torch.isfinite(o) & torch.isfinite(d))
+    nonfinite = ~(torch.isfinite(y) & torch.isfinite(o))
     drop = drop.masked_fill(nonfinite, float("nan"))
-    drop_in_deletion = drop_in_deletion.masked_fill(nonfinite, float("nan"))
+    drop_in_deletion = drop_in_deletion.masked_fill(nonfinite | ~torch.isfinite(d), float("nan"))
+    if not deletion:
+        drop_in_deletion = torch.full_like(o, float("nan"))
     return ConfidenceResult(
         score=y,
         masked_score=o,

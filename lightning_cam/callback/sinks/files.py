@@ -19,7 +19,7 @@ class FileSink:
 
     def write(self, media: Media) -> None:
         for stem, grid, _ in media.grids.values():
-            viz.save_png(grid, self.directory / f"{stem}.png")
+            viz.save_png(grid, self.directory / f"{stem}.png", compress_level=1)
         cols, rows = media.table_rows()
         stage = "" if media.stage == "val" else f"{media.stage}_"
         path = self.directory / f"{stage}epoch{media.epoch}_scores.csv"

@@ -21,7 +21,8 @@ STAGE_WORDS = {"val": "validation", "validate": "trainer.validate", "test": "tra
 
 @dataclass(frozen=True)
 class Display:
-    """How pictures look: input normalisation to undo, overlay opacity, colour map, sizes and extras."""
+    """How pictures look: input normalisation to undo, overlay opacity, colour map, sizes and extras
+    (``method_grids``: a grid per method besides the overview, which already holds every method)."""
 
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
@@ -32,6 +33,7 @@ class Display:
     table: bool = True
     curves: bool = True
     table_image_size: int = 128
+    method_grids: bool = False
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Media:
 
     @functools.cached_property
     def grids(self) -> dict[str, tuple[str, np.ndarray, str]]:
-        """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview and one grid per method.
+        """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview (and one grid per method).
 
         Every grid has a title (stage, epoch, layer), a label per row (``image``
         / method name) and per column (label, prediction, confidence).
@@ -139,7 +141,7 @@ class Media:
                 viz.labelled_grid(rows, cols, title, min_size=size),
                 f"{title}: the images, then one row per method ({', '.join(lrep.methods)})",
             )
-            for m, ov in over.items():
+            for m, ov in over.items() if self.display.method_grids else ():
                 out[self.key(layer, m, "grid")] = (
                     self.file_stem(layer, m),
                     viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
@@ -168,8 +170,7 @@ class Media:
             lab = None if self.held.labels is None else int(self.held.labels[i])
             row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i]))]
             if wrong is not None:
-                explained = rep.targets if rep.targets is not None else rep.predictions
-                row += [bool(wrong[i]), self.label(int(explained[i]))]
+                row += [bool(wrong[i]), self.label(int(rep.explained[i]))]
             row.append(float(rep.confidence[i]))
             row += [float(getattr(rep.method(m, layer), k)[i]) for layer, m, k in names]
             rows.append(row)

@@ -1,5 +1,8 @@
 """W&B: labelled grids, a per-image table and the mean insertion / deletion curves.
 
+The table and the curve charts come with the evaluations that computed the
+curves (all of them without a cost budget).
+
 Logged with ``experiment.log`` together with ``trainer/global_step`` and
 ``epoch`` (no ``step=``: W&B's x-axis is the trainer's global step, so the
 pictures line up with the epoch's scalars).
@@ -7,6 +10,8 @@ pictures line up with the epoch's scalars).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -30,13 +35,21 @@ class WandbSink:
     def write(self, media: Media) -> None:
         import wandb
 
-        payload: dict[str, Any] = {
-            key: wandb.Image(grid, caption=caption) for key, (_, grid, caption) in media.grids.items()
-        }
-        if media.display.table:
-            payload[f"{media.prefix}/table"] = self.table(media)
-        if media.display.curves and media.report.fractions is not None:
-            payload.update(self.curves(media))
+        with tempfile.TemporaryDirectory() as tmp:
+            # PNGs encoded with fast compression (wandb.Image(array) uses PIL's slow default);
+            # W&B copies them into the run when logged
+            payload: dict[str, Any] = {
+                key: wandb.Image(str(viz.save_png(grid, Path(tmp) / f"{stem}.png", compress_level=1)), caption=caption)
+                for key, (stem, grid, caption) in media.grids.items()
+            }
+            self._log(media, payload)
+
+    def _log(self, media: Media, payload: dict[str, Any]) -> None:
+        if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
+            if media.display.table:
+                payload[f"{media.prefix}/table"] = self.table(media)
+            if media.display.curves:
+                payload.update(self.curves(media))
         self.logger.experiment.log(dict(payload, **{"trainer/global_step": media.step, "epoch": media.epoch}))
 
     @staticmethod
