@@ -159,6 +159,8 @@ class CAMCallbackMixin:
         self.class_names = None if class_names is None else list(class_names)
         self.budget = CostBudget(self.options.max_overhead)
         self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
+        #: keys read <prefix>/<layer>/<method>/<metric> (several layers or several CAMCallbacks)
+        self.layer_in_key = self.options.multi_layer
         self._held: heldout.HeldOut | None = None
         self._restored: dict[str, Any] | None = None
         self._display_stats: tuple[Any, Any] = (mean, std)
@@ -192,6 +194,9 @@ class CAMCallbackMixin:
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # configuration errors surface at once, whatever on_error says
         self.layer_names = evaluator.layer_names(pl_module, self.options.target_layers)
+        # several layers, or several CAMCallbacks in this Trainer: the layer goes into the keys
+        others = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, CAMCallbackMixin) and cb is not self]
+        self.layer_in_key = self.options.multi_layer or bool(others)
         monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
         keys = [parse_key(k) for k in monitored]
         self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)
@@ -321,7 +326,7 @@ class CAMCallbackMixin:
                     return
             try:
                 report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
-                scalars = summarise(report, prefix, layer_in_key=self.options.multi_layer)
+                scalars = summarise(report, prefix, layer_in_key=self.layer_in_key)
             except Exception as e:
                 self._report(trainer, stage, traceback.format_exc(), e)
                 return
@@ -363,7 +368,7 @@ class CAMCallbackMixin:
         media = sinks.Media(
             report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
-            class_names=self.class_names, target=self.options.target,
+            class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:

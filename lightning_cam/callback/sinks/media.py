@@ -53,11 +53,13 @@ class Media:
     step: int
     display: Display = field(default_factory=Display)
     class_names: Sequence[str] | None = None
+    layer_in_key: bool | None = None  # None: when the report has several layers
     target: str = "prediction"
 
     @property
     def multi_layer(self) -> bool:
-        return len(self.report.layers) > 1
+        """Whether keys, file names and table columns name the layer."""
+        return len(self.report.layers) > 1 if self.layer_in_key is None else self.layer_in_key
 
     def key(self, layer: str, *parts: str) -> str:
         """``prefix/[layer/]parts...`` (the layer only when there are several)."""

@@ -1,0 +1,315 @@
+"""CAMCallback v2: the pure evaluator, several layers and callbacks, stage keys, the sinks, the budget,
+labelled pictures."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger
+
+from lightning_cam import CAMCallback, evaluate, viz
+from lightning_cam.callback import for_package, summaries
+from lightning_cam.callback.budget import CostBudget
+from lightning_cam.callback.evaluator import _same_maps
+from lightning_cam.metrics import confidence_change, insertion_deletion
+
+from _callback_helpers import LitTiny, ToyDataModule, ToyShapes, one_torch_thread, trainer_kwargs  # noqa: F401
+
+EPS = 2.0**-23
+
+
+# ---------------------------------------------------------------- the evaluator
+def test_evaluator_without_a_trainer_on_a_torchvision_model():
+    """resnet18 (random weights, 32 px): a typed report; scores equal the metric functions."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(weights=None, num_classes=5).eval()
+    x = torch.randn(3, 3, 32, 32)
+    labels = torch.tensor([0, 1, 2])
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    methods = ["liftcam", "gradcam", "xgradcam", "ablationcam", "layercam"]
+    report = evaluate(model, "layer4", x, labels, masks, methods=methods, n_steps=8, shap_samples=2)
+
+    assert report.methods == methods and report.num_images == 3
+    assert report.layers["layer4"].qualified == "layer4" and report.layers["layer4"].channels == 512
+    r = report["gradcam"]
+    assert r.saliency.shape == (3, 32, 32) and r.insertion_curve.shape == (3, 9) and report.fractions.shape == (9,)
+    assert torch.isnan(report["layercam"].shap_pearson).all() if report["layercam"].shap_pearson is not None else True
+    assert torch.isnan(r.shap_pearson[2]) and not torch.isnan(r.shap_pearson[:2]).any()  # shap_samples=2
+    # the logits of the explanation pass are the model's output
+    with torch.no_grad():
+        logits = model(x)
+    torch.testing.assert_close(report.logits, logits, rtol=512 * EPS, atol=512 * EPS)
+    assert torch.equal(report.predictions, logits.argmax(1))
+    # every per-image score is what the metric functions give for the same maps (one forward pass each)
+    ref = insertion_deletion(model, x, r.saliency, n_steps=8)
+    conf = confidence_change(model, x, r.saliency)
+    torch.testing.assert_close(r.insertion, ref.insertion, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(r.deletion_curve, ref.deletion_curve, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(r.average_drop, conf.drop * 100, rtol=1e-6, atol=1e-4)
+    # the summary is the mean of the per-image values, keyed cam/<method>/<metric>
+    s = report.summary()
+    assert s["cam/gradcam/insertion"] == pytest.approx(float(r.insertion.double().mean()))
+    assert {f"cam/{m}/average_drop" for m in methods} <= set(s)
+    assert "cam/liftcam/completeness_residual" in s and "cam/gradcam/pointing_game" in s
+    # GAP + linear head: XGrad-CAM's map equals Grad-CAM's to rounding, so it reuses the curves
+    shared = report["xgradcam"].shared_curves
+    assert shared.any()
+    same = _same_maps(report["xgradcam"].saliency, r.saliency, 512)
+    assert torch.equal(shared, same)
+    assert torch.equal(report["xgradcam"].insertion_curve[shared], r.insertion_curve[shared])
+    assert not report["gradcam"].shared_curves.any()
+
+
+def test_clean_logits_give_the_same_scores():
+    torch.manual_seed(0)
+    model = LitTiny().eval()
+    x = ToyShapes(4, seed=2).images
+    sal = torch.rand(4, 16, 16)
+    with torch.no_grad():
+        logits = model(x)
+    a, b = insertion_deletion(model, x, sal, n_steps=4), insertion_deletion(model, x, sal, n_steps=4, clean_logits=logits)
+    assert torch.equal(a.insertion_curve, b.insertion_curve) and torch.equal(a.deletion, b.deletion)
+    c, d = confidence_change(model, x, sal), confidence_change(model, x, sal, clean_logits=logits)
+    assert torch.equal(c.drop, d.drop) and torch.equal(c.increase, d.increase)
+    e = confidence_change(model, x, sal, deletion=False)
+    assert torch.equal(e.drop, c.drop) and torch.isnan(e.drop_in_deletion).all()
+    with pytest.raises(ValueError, match="clean_logits must be the model's output"):
+        insertion_deletion(model, x, sal, clean_logits=logits[:2])
+
+
+def test_evaluator_several_layers_and_summary_keys():
+    model = LitTiny().eval()
+    ds = ToyShapes(3, seed=1)
+    report = evaluate(model, ["layer4", "features.3"], ds.images, methods=["liftcam", "gradcam"], curves=False)
+    assert list(report.layers) == ["layer4", "features.3"]
+    keys = report.summary("cam_test")
+    assert "cam_test/layer4/liftcam/average_drop" in keys and "cam_test/features.3/gradcam/average_drop" in keys
+    assert not any(k.endswith("/insertion") for k in keys)  # curves=False
+    with pytest.raises(KeyError, match="several layers"):
+        report["liftcam"]
+    assert report.method("liftcam", "features.3").insertion is None
+
+
+def test_summaries_name_every_key_with_a_direction():
+    names = [m.name for m in summaries.METRICS]
+    assert len(names) == len(set(names))
+    assert all(m.direction in ("higher", "lower", "none") and m.description for m in summaries.METRICS)
+    assert summaries.parse_key("cam/liftcam/insertion") == summaries.ParsedKey("cam", None, "liftcam", "insertion")
+    assert summaries.parse_key("cam_test/layer3/gradcam++/deletion").layer == "layer3"
+    assert summaries.parse_key("val/acc") is None and summaries.parse_key("cam/callback_seconds") is None
+    assert summaries.by_method({"cam/a/insertion": 1.0, "cam_test/a/insertion": 2.0}) == {"a": {"insertion": 1.0}}
+
+
+# ------------------------------------------------------- layers and callbacks
+@pytest.mark.slow
+def test_two_callbacks_on_two_layers_with_checkpoint_and_resume(tmp_path):
+    dm = ToyDataModule(n_train=16, n_val=24)
+    a = CAMCallback(target_layer="layer4", num_samples=5, seed=0, n_steps=4, max_overhead=None)
+    b = CAMCallback(target_layer="features.3", methods=["gradcam"], num_samples=4, seed=1, n_steps=4, max_overhead=None)
+    assert a.state_key != b.state_key
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="cam/layer4/liftcam/insertion", mode="max", save_last=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[a, b, ckpt], max_epochs=1, enable_checkpointing=True))
+    trainer.fit(LitTiny(), datamodule=dm)
+    keys = set(trainer.callback_metrics)
+    assert {"cam/layer4/liftcam/insertion", "cam/features.3/gradcam/insertion"} <= keys
+    assert not any(k.startswith("cam/liftcam/") for k in keys)  # two callbacks: the layer is in every key
+    assert ckpt.best_model_score is not None
+    first_a, first_b = list(a.heldout.indices), list(b.heldout.indices)
+    assert first_a != first_b
+    state = torch.load(ckpt.last_model_path, weights_only=False)["callbacks"]
+    assert state[a.state_key]["indices"] == first_a and state[b.state_key]["indices"] == first_b
+
+    # new callbacks with other seeds: each gets its own held-out set back from the checkpoint
+    a2 = CAMCallback(target_layer="layer4", num_samples=5, seed=7, n_steps=4, max_overhead=None)
+    b2 = CAMCallback(target_layer="features.3", methods=["gradcam"], num_samples=4, seed=8, n_steps=4, max_overhead=None)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[a2, b2], max_epochs=2))
+    trainer.fit(LitTiny(), datamodule=dm, ckpt_path=ckpt.last_model_path)
+    assert a2.heldout.indices == first_a and b2.heldout.indices == first_b
+    assert {"cam/layer4/liftcam/insertion", "cam/features.3/gradcam/insertion"} <= set(trainer.callback_metrics)
+
+
+@pytest.mark.slow
+def test_one_callback_two_layers_logs_both_key_sets(tmp_path):
+    cb = CAMCallback(target_layer=["layer4", "features.3"], num_samples=3, n_steps=4, max_overhead=None, method_grids=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+    keys = set(trainer.callback_metrics)
+    for layer in ("layer4", "features.3"):
+        assert {f"cam/{layer}/liftcam/insertion", f"cam/{layer}/liftcam/average_drop"} <= keys
+    names = sorted(p.name for p in (tmp_path / "cam").iterdir())
+    assert "epoch0_layer4_overview.png" in names and "epoch0_features.3_liftcam.png" in names
+
+
+@pytest.mark.slow
+def test_fit_then_test_keys_do_not_collide(tmp_path):
+    cb = CAMCallback(target_layer="layer4", num_samples=3, n_steps=4, max_overhead=None)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
+    model, dm = LitTiny(), ToyDataModule(n_train=8, n_val=6)
+    trainer.fit(model, datamodule=dm)
+    fit_keys = {k for k in trainer.callback_metrics if "cam" in k}
+    assert "cam/liftcam/insertion" in fit_keys and "cam/curve_every" in fit_keys
+    (test,) = trainer.test(model, datamodule=dm)
+    test_keys = {k for k in test if "cam" in k}
+    assert "cam_test/liftcam/insertion" in test_keys and "cam_test/callback_seconds" in test_keys
+    assert not fit_keys & test_keys
+    assert (tmp_path / "cam" / "epoch0_overview.png").is_file()
+    assert (tmp_path / "cam" / f"test_epoch{trainer.current_epoch}_overview.png").is_file()  # media keyed by stage too
+
+
+# ----------------------------------------------------------------- the sinks
+class ImageListLogger(Logger):
+    """A Lightning logger that is neither W&B nor TensorBoard but has ``log_image``."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[tuple[str, list, int]] = []
+        self.scalars: dict[str, float] = {}
+        self.steps: dict[str, int] = {}
+
+    @property
+    def name(self):
+        return "images"
+
+    @property
+    def version(self):
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+    def log_metrics(self, metrics, step=None):
+        self.scalars.update(metrics)
+        self.steps.update(dict.fromkeys(metrics, step))
+
+    def log_image(self, key, images, step=None, **kwargs):
+        self.images.append((key, images, step))
+
+
+def _dark_fraction(arr: np.ndarray) -> float:
+    return float((arr.max(axis=-1) < 100).mean())
+
+
+@pytest.mark.slow
+def test_generic_image_logger_and_csv_png_files_with_labels(tmp_path):
+    lg = ImageListLogger()
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=4, n_steps=4, max_overhead=None)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, logger=[csv_logger, lg], callbacks=[cb], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+    # the generic logger got the labelled overview through log_image, and the scalars
+    (key, images, step), = lg.images
+    # at the step of the epoch's scalars
+    assert key == "cam/overview" and step == lg.steps["cam/liftcam/insertion"] and images[0].dtype == np.uint8
+    assert "cam/liftcam/insertion" in lg.scalars
+    # PNG + CSV files under the first logger's log_dir
+    cam_dir = Path(csv_logger.log_dir) / "cam"
+    png = np.asarray(Image.open(cam_dir / "epoch0_overview.png").convert("RGB"))
+    assert np.array_equal(png, images[0])  # the same picture everywhere
+    with open(cam_dir / "epoch0_scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and [int(r["index"]) for r in rows] == cb.heldout.indices
+    assert float(rows[0]["liftcam_insertion"]) == pytest.approx(float(cb.last_report["liftcam"].insertion[0]), abs=1e-6)
+    assert rows[0]["prediction"].split(": ")[1] in ("tl", "tr", "bl")
+
+
+def test_labelled_grid_has_title_row_and_column_labels():
+    """16 px images: tiles upscaled to 96 px; text drawn above and left of the tiles (read back from PNG)."""
+    torch.manual_seed(0)
+    imgs = torch.rand(3, 3, 16, 16)
+    rows = [("image", imgs), ("liftcam", imgs.flip(-1))]
+    cols = ["label 0: cat\npred 1: dog\nconf 0.93"] * 3
+    arr = viz.labelled_grid(rows, cols, title="validation · epoch 3 · layer layer4", min_size=96)
+    tiles = torch.cat([viz._upscale(imgs, 96), viz._upscale(imgs.flip(-1), 96)])
+    body = viz.to_uint8_hwc(viz._grid(tiles, 3, 2))  # the tiles alone, 16 px upscaled 6x
+    h, w = body.shape[:2]
+    assert h == 2 * 96 + 3 * 2 and arr.shape[0] > h and arr.shape[1] > w  # room for the text
+    top = arr.shape[0] - h
+    left = arr.shape[1] - w
+    np.testing.assert_array_equal(arr[top:, left:], body)  # tiles unchanged, bottom right
+    assert _dark_fraction(arr[: top // 4]) > 0.005  # the title
+    for j in range(3):  # each column header has text
+        x0 = left + 2 + j * 98
+        assert _dark_fraction(arr[top // 4 : top, x0 : x0 + 96]) > 0.005
+    for i in range(2):  # each row label
+        y0 = top + 2 + i * 98
+        assert _dark_fraction(arr[y0 : y0 + 96, :left]) > 0.002
+    # the PNG round trip keeps it
+    path = viz.save_png(arr, Path(tempfile.mkdtemp()) / "grid.png", compress_level=1)
+    np.testing.assert_array_equal(np.asarray(Image.open(path).convert("RGB")), arr)
+
+
+# ------------------------------------------------------------------ the budget
+def test_budget_account_and_cadence():
+    b = CostBudget(max_overhead=0.1)
+    b.add_training_time(100.0)
+    b.credit()  # 10 s to spend
+    assert b.curves_due(spent_so_far=2.0, estimate=8.0) and not b.curves_due(spent_so_far=3.0, estimate=8.0)
+    msg = b.debit(own_seconds=12.0, curve_seconds=8.0, estimate=8.0)  # 4 s other + 8 s curves > 10 s
+    assert b.curve_every == 2 and "every 2-th evaluation" in msg and b.balance == pytest.approx(-2.0)
+    b.add_training_time(100.0)
+    b.credit()
+    assert not b.curves_due(spent_so_far=4.0, estimate=1.0)  # 8 - 4 < 8 s (the measured curve time wins)
+    assert b.debit(own_seconds=4.0, curve_seconds=None, estimate=1.0) is None  # cadence unchanged
+    b.add_training_time(100.0)
+    b.credit()
+    assert b.curves_due(spent_so_far=4.0, estimate=1.0)  # 14 - 4 >= 8
+    off = CostBudget(max_overhead=None)
+    off.credit()
+    assert off.curves_due(1e9, 1e9) and off.debit(1e9, 1.0, 1.0) is None
+
+
+@pytest.mark.slow
+def test_budget_in_a_fit_keeps_every_other_score_and_says_what_it_did(tmp_path, caplog):
+    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=4, n_steps=4)  # 10 %
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=2))
+    with caplog.at_level(logging.INFO, logger="lightning_cam.callback"):
+        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+    # milliseconds of training: the curves never fit; everything else is logged at every evaluation
+    assert "cam/liftcam/insertion" not in trainer.callback_metrics
+    assert {"cam/liftcam/average_drop", "cam/gradcam/increase_in_confidence", "cam/liftcam/pointing_game"} <= set(
+        trainer.callback_metrics
+    )
+    assert float(trainer.callback_metrics["cam/curve_every"]) == 0
+    assert "insertion/deletion curves" in caplog.text and "max_overhead=0.1" in caplog.text
+    generous = CAMCallback(target_layer="layer4", num_samples=4, n_steps=4, max_overhead=1e6)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "g", callbacks=[generous], max_epochs=2))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+    assert "cam/liftcam/insertion" in trainer.callback_metrics and float(trainer.callback_metrics["cam/curve_every"]) == 1
+
+
+def test_monitored_curve_keys_are_exempt_from_the_budget(tmp_path):
+    cb = CAMCallback(target_layer="layer4", num_samples=2)
+    ckpt = ModelCheckpoint(monitor="cam/liftcam/insertion")
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb, ckpt], enable_checkpointing=True))
+    cb.setup(trainer, LitTiny(), "fit")
+    assert cb._budget_exempt
+    cb.setup(pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb])), LitTiny(), "fit")
+    assert not cb._budget_exempt
+
+
+# ------------------------------------------------------ Lightning packages
+def test_lightning_packages():
+    from lightning_cam.callback._lightning import is_logger
+
+    assert for_package("pytorch_lightning") is CAMCallback
+    assert isinstance(CAMCallback(), pl.Callback)
+    assert is_logger(CSVLogger("."), "CSVLogger") and not is_logger(ImageListLogger(), "WandbLogger")
+    try:
+        import lightning.pytorch as lp
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install"):
+            for_package("lightning.pytorch")
+    else:  # the unified package: a class Lightning accepts as its own Callback
+        assert isinstance(for_package("lightning.pytorch")(), lp.Callback)
