@@ -8,7 +8,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-__all__ = ["TargetsLike", "resolve_targets"]
+__all__ = ["TargetsLike", "resolve_targets", "targets_or_top1"]
 
 TargetsLike = Union[None, int, Sequence[int], Tensor]
 
@@ -44,3 +44,9 @@ def resolve_targets(targets: TargetsLike, batch: int, num_classes: int, device: 
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(f"targets must lie in [0, {num_classes - 1}] (the model has {num_classes} outputs)")
     return t.to(device)
+
+
+def targets_or_top1(targets: TargetsLike, logits: Tensor) -> Tensor:
+    """:func:`resolve_targets` for the (B, C) ``logits``; ``None`` -> the top-1 prediction of each image."""
+    resolved = resolve_targets(targets, logits.shape[0], logits.shape[1], logits.device)
+    return logits.argmax(dim=1) if resolved is None else resolved

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from lightning_cam.maps import normalize_maps, upsample_maps
 
 __all__ = [
     "apply_colormap",
@@ -111,10 +112,7 @@ def denormalize(
         std_t = _as_stat(1.0 if std is None else std, c, x.device)
         x = x * std_t + mean_t
     elif x.numel() and (x.min() < 0.0 or x.max() > 1.0):
-        flat = x.flatten(1)
-        lo = flat.min(1).values.view(-1, 1, 1, 1)
-        hi = flat.max(1).values.view(-1, 1, 1, 1)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+        x = normalize_maps(x)  # per-image min-max over all channels
     x = x.clamp(0.0, 1.0)
     if c == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -125,11 +123,8 @@ def denormalize(
     return x.contiguous()
 
 
-def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of ``(B, H, W)`` maps (no-op when already ``size``)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+#: Bilinear resize of ``(B, H, W)`` maps (no-op when already ``size``); the engine's one copy.
+resize = upsample_maps
 
 
 def overlay(

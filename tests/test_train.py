@@ -159,3 +159,16 @@ def test_bad_configs_fail_before_training(tmp_path, args, env, message):
     assert p.returncode == 2, out[-3000:]
     assert "Configuration error" in out and message in " ".join(out.replace("│", " ").split()), out[-3000:]
     assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_fit_then_test_two_layers_metrics_json_keeps_both_stages(tmp_path):
+    """cam.target_layer as a list; test=true: validation (cam/...) and test (cam_test/...) scores both kept."""
+    p = run_train([*TINY, "cam.methods=[liftcam]", "cam.target_layer=[features.3,features]", "test=true",
+                   "logger=csv", "data.num_test=16"], cwd=tmp_path)
+    assert p.returncode == 0, _out(p)[-4000:]
+    run_dir = next((tmp_path / "outputs" / "train" / "runs").iterdir())
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    for layer in ("features.3", "features"):
+        assert f"cam/{layer}/liftcam/insertion" in metrics and f"cam_test/{layer}/liftcam/insertion" in metrics
+    assert "trainer.test" in _out(p)  # the summary prints the test scores' table too

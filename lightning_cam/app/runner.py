@@ -43,7 +43,16 @@ def instantiate_model(cfg: DictConfig) -> pl.LightningModule:
 def instantiate_cam_callback(cfg: DictConfig) -> pl.Callback | None:
     if not cam_enabled(cfg):
         return None
-    return _instantiate(cfg.cam)
+    from lightning_cam.callback.summaries import CURVE_METRICS, parse_key
+
+    node = OmegaConf.to_container(cfg.cam, resolve=True)
+    key = parse_key(str(cfg.get("optimized_metric") or ""))
+    if key is not None and key.metric in CURVE_METRICS and node.get("max_overhead") is not None:
+        # a sweep optimising insertion/deletion needs them at every validation
+        log.info("optimized_metric=%s: the CAM callback computes the curves at every validation "
+                 "(cam.max_overhead=%s ignored)", cfg.optimized_metric, node["max_overhead"])
+        node["max_overhead"] = None
+    return _instantiate(node)
 
 
 def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
@@ -17,6 +16,7 @@ from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, L
 from lightning_cam.methods.liftcam import LiftCAM
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
 from lightning_cam.methods.shapley import ShapCAM
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
     "AblationCAM", "BaseCAM", "CAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "HiResCAM",

@@ -10,12 +10,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lightning_cam.outputs import OutputTransform, check_output_transform, float_logits
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
+from lightning_cam.outputs import OutputTransform, check_output_transform, float_logits
 
 __all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
 
@@ -112,10 +112,7 @@ class LayerPass:
         return torch.cat(scores) if scores else activations.new_zeros(0)
 
 
-def resolve_targets(targets: Targets, logits: torch.Tensor) -> torch.Tensor:
-    """``None`` -> top-1 prediction; int -> same class for all; sequence/tensor -> per image."""
-    resolved = normalise_targets(targets, logits.shape[0], logits.shape[1], logits.device)
-    return logits.argmax(dim=1) if resolved is None else resolved
+from lightning_cam._targets import targets_or_top1 as resolve_targets  # noqa: E402 - one copy, shared with the metrics
 
 
 def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
@@ -123,17 +120,7 @@ def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tenso
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, activation))
 
 
-def check_images(x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected images as a torch.Tensor of shape (B, C, H, W), got {type(x).__name__}.")
-    if x.dim() != 4:
-        raise ValueError(
-            f"Expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}"
-            + (" (add a batch dimension with x[None])" if x.dim() == 3 else "") + "."
-        )
-    if x.shape[0] == 0:
-        raise ValueError("The image batch is empty.")
-    return x
+from lightning_cam._checks import check_images  # noqa: E402 - one copy, shared with the metrics
 
 
 def check_device(model: nn.Module, x: torch.Tensor) -> None:

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cam.outputs import OutputTransform, float_logits
+from lightning_cam._checks import check_images as check_image_batch
 from lightning_cam._state import autocast_off, eval_mode, to_model_dtype
-from lightning_cam._targets import TargetsLike, resolve_targets  # noqa: F401 - re-exported to the metrics
+from lightning_cam._targets import TargetsLike, resolve_targets, targets_or_top1  # noqa: F401 - re-exported to the metrics
+from lightning_cam.maps import upsample_maps
+from lightning_cam.outputs import OutputTransform, float_logits
 
 Score = Literal["softmax", "logit"]
 
@@ -31,13 +32,8 @@ def evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:
-    """(B,C,H,W) float32 view/copy of ``images``; clear ValueError otherwise."""
-    if not isinstance(images, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, H, W), got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must have shape (B, C, H, W), got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
+    """(B,C,H,W) float32 view/copy of finite floating-point ``images``; clear ValueError otherwise."""
+    images = check_image_batch(images, name)
     if not images.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (normalised model input), got {images.dtype}")
     images = images.detach().float()
@@ -83,9 +79,7 @@ def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: 
     bad = ~torch.isfinite(saliency).flatten(1).all(dim=1)
     if bool(bad.any()):
         raise ValueError(f"{name} contains NaN or infinite values (images {bad.nonzero().flatten().tolist()})")
-    if tuple(saliency.shape[1:]) != tuple(size):
-        saliency = F.interpolate(saliency[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return saliency
+    return upsample_maps(saliency, size)
 
 
 def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:

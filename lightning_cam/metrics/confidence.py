@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.maps import normalize_maps
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
@@ -20,9 +20,10 @@ from lightning_cam.metrics._common import (
     clean_output,
     evaluating,
     model_scores,
-    resolve_targets,
+    targets_or_top1,
     saliency_to_size,
 )
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = ["ConfidenceResult", "confidence_change"]
 
@@ -68,11 +69,7 @@ def explanation_map(saliency: Tensor, batch: int, size: tuple[int, int], normali
     """E: saliency upsampled (bilinear) to ``size``, optionally min-max scaled per image, checked in [0, 1]."""
     e = saliency_to_size(saliency, batch, size)
     if normalize:
-        flat = e.flatten(1)
-        lo = flat.min(dim=1).values[:, None, None]
-        hi = flat.max(dim=1).values[:, None, None]
-        span = hi - lo
-        e = torch.where(span > 0, (e - lo) / span.clamp_min(torch.finfo(e.dtype).tiny), torch.zeros_like(e))
+        e = normalize_maps(e)
     elif bool((e < -_RANGE_TOL).any() or (e > 1 + _RANGE_TOL).any()):
         raise ValueError(
             f"saliency must lie in [0, 1] (got values in [{float(e.min()):.4g}, {float(e.max()):.4g}]); "
@@ -132,9 +129,7 @@ def confidence_change(
 
     with evaluating(model, device):
         logits = clean_output(model, images, batch_size, clean_logits, output_transform)
-        classes = resolve_targets(targets, b, logits.shape[1], device)
-        if classes is None:
-            classes = logits.argmax(dim=1)
+        classes = targets_or_top1(targets, logits)
         y = class_scores(logits, classes, score)
         if score == "logit" and bool((y <= 0).any()):  # NaN compares False: reported as NaN below
             raise ValueError(

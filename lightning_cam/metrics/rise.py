@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
@@ -35,9 +34,10 @@ from lightning_cam.metrics._common import (
     clean_output,
     evaluating,
     model_scores,
-    resolve_targets,
+    targets_or_top1,
     saliency_to_size,
 )
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 Substrate = Union[str, float, int, Tensor]
 
@@ -276,9 +276,7 @@ def insertion_deletion(
 
     with evaluating(model, device):
         clean_logits = clean_output(model, images, batch_size, clean_logits, output_transform)
-        classes = resolve_targets(targets, b, clean_logits.shape[1], device)
-        if classes is None:
-            classes = clean_logits.argmax(dim=1)
+        classes = targets_or_top1(targets, clean_logits)
         clean = class_scores(clean_logits, classes, score)
         del clean_logits
 
