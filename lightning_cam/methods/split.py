@@ -26,8 +26,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from lightning_cam.outputs import OutputTransform, float_logits
 from lightning_cam.layers import candidate_layers
+from lightning_cam.outputs import OutputTransform, float_logits
 
 __all__ = ["SplitModel", "split_model"]
 

@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_cam.outputs import OutputTransform, check_output_transform
 from lightning_cam.metrics._common import Score, TargetsLike
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
 from lightning_cam.metrics.rise import InsertionDeletionResult, Substrate, insertion_deletion
 from lightning_cam.metrics.pointing import PointingResult, pointing_game
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = ["ConfidenceChange", "InsertionDeletion", "PointingGame"]
 
