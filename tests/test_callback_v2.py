@@ -313,3 +313,12 @@ def test_lightning_packages():
             for_package("lightning.pytorch")
     else:  # the unified package: a class Lightning accepts as its own Callback
         assert isinstance(for_package("lightning.pytorch")(), lp.Callback)
+
+
+def test_docs_key_table_is_the_summaries_table():
+    """docs/callback.md quotes summaries.METRICS and CALLBACK_KEYS; they must not drift apart."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "callback.md").read_text()
+    for spec in (*summaries.METRICS, *summaries.CALLBACK_KEYS):
+        assert f"| `{spec.name}` | {spec.direction} | {spec.description} |" in text, spec.name
+    for stage, prefix in summaries.STAGE_PREFIX.items():
+        assert f"| `{prefix}` |" in text, stage

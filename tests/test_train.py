@@ -127,17 +127,21 @@ def test_multirun_two_architectures_two_finished_grouped_runs(tmp_path):
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     p = run_train(
-        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+        ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, "cam.max_overhead=0.1",
+         "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path,
     )
     assert p.returncode == 0, _out(p)[-4000:]
     files = find_run_files(tmp_path / "run")
     assert len(files) == 1  # only rank zero logs
     run = read_run_file(files[0])
-    assert "cam/liftcam/insertion" in run.keys() and "val/acc" in run.keys()
+    assert "cam/liftcam/average_drop" in run.keys() and "val/acc" in run.keys()
     assert run_info(files[0])["exit"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
-    assert 0.0 <= metrics["cam/liftcam/insertion"] <= 1.0
+    assert 0.0 <= metrics["cam/liftcam/average_drop"] <= 100.0
+    # the budget's decisions come from rank zero (broadcast): both ranks took part, nothing hung,
+    # and the cadence it affords is logged (a whole number; 0 = the curves never fit)
+    assert metrics["cam/curve_every"] >= 0 and float(metrics["cam/curve_every"]).is_integer()
 
 
 @pytest.mark.slow

@@ -251,7 +251,7 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
 
     parsed = parse_key(str(metric))
     if parsed is None:
-        if str(metric).split("/")[-1] not in {spec.name for spec in CALLBACK_KEYS}:
+        if str(metric).split("/")[-1] not in {k.name for k in CALLBACK_KEYS}:
             errors.append(
                 f"optimized_metric={metric} is not a CAM key: use cam/<method>/<metric> with a metric among "
                 f"{', '.join(METRIC_NAMES)}, e.g. optimized_metric=cam/liftcam/insertion."

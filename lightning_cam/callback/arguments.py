@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lightning_cam.outputs import check_output_transform
 
-__all__ = ["ON_ERROR", "Options", "check_options"]
+__all__ = ["ON_ERROR", "Options", "check_display", "check_options"]
 
 ON_ERROR = ("warn", "raise")
 TARGETS = ("prediction", "label")
@@ -217,4 +217,25 @@ def check_options(
         masks=masks,
         target=target,
         output_transform=check_output_transform(output_transform, "CAMCallback: output_transform"),
+    )
+
+
+def check_display(
+    *, mean: Any, std: Any, alpha: float, colormap: str, max_images: int, log_table: bool, log_curves: bool,
+    table_image_size: int, method_grids: bool,
+) -> Any:
+    """The picture options as a :class:`~lightning_cam.callback.sinks.Display`, checked."""
+    from lightning_cam import viz
+    from lightning_cam.callback.sinks.media import Display
+
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
+    viz.colormap_lut(colormap)  # raises ValueError listing examples
+    mean, std = as_floats("mean", mean), as_floats("std", std)
+    if std is not None and min(std) <= 0:
+        raise ValueError(f"CAMCallback: std must be > 0, got {std!r}")
+    return Display(
+        mean=mean, std=std, alpha=float(alpha), colormap=colormap, max_images=check_int("max_images", max_images, 1),
+        table=bool(log_table), curves=bool(log_curves), method_grids=bool(method_grids),
+        table_image_size=check_int("table_image_size", table_image_size, 8),
     )

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam import viz
 from lightning_cam.callback import distributed, evaluator, heldout, sinks
 from lightning_cam.callback._lightning import lightning_package
-from lightning_cam.callback.arguments import as_floats, check_int, check_options
+from lightning_cam.callback.arguments import check_display, check_options
 from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.sinks.media import STAGE_WORDS
 from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
@@ -143,16 +142,9 @@ class CAMCallbackMixin:
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
             target=target, output_transform=output_transform,
         )
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"CAMCallback: alpha must be in [0, 1], got {alpha!r}; e.g. alpha=0.5")
-        viz.colormap_lut(colormap)  # raises ValueError listing examples
-        mean, std = as_floats("mean", mean), as_floats("std", std)
-        if std is not None and min(std) <= 0:
-            raise ValueError(f"CAMCallback: std must be > 0, got {std!r}")
-        self.display = sinks.Display(
-            mean=mean, std=std, alpha=float(alpha), colormap=colormap,
-            max_images=check_int("max_images", max_images, 1), table=bool(log_table), curves=bool(log_curves),
-            table_image_size=check_int("table_image_size", table_image_size, 8), method_grids=bool(method_grids),
+        self.display = check_display(
+            mean=mean, std=std, alpha=alpha, colormap=colormap, max_images=max_images, log_table=log_table,
+            log_curves=log_curves, table_image_size=table_image_size, method_grids=method_grids,
         )
         self.log_images = bool(log_images)
         self.save_png = save_png
@@ -163,7 +155,7 @@ class CAMCallbackMixin:
         self.layer_in_key = self.options.multi_layer
         self._held: heldout.HeldOut | None = None
         self._restored: dict[str, Any] | None = None
-        self._display_stats: tuple[Any, Any] = (mean, std)
+        self._display_stats: tuple[Any, Any] = (self.display.mean, self.display.std)
         self._train_mark: float | None = None
         self._budget_exempt = False
         #: the report of the last run (all images, CPU) and its logged scalars
@@ -355,13 +347,7 @@ class CAMCallbackMixin:
         if not self.log_images or trainer.fast_dev_run:
             return
         loggers = list(getattr(trainer, "loggers", []) or [])
-        has_wandb = any(sinks.is_logger(lg, "WandbLogger") for lg in loggers)
-        png_dir = None
-        if self.save_png if self.save_png is not None else not has_wandb:
-            try:  # trainer.log_dir broadcasts: every rank must call it
-                png_dir = f"{trainer.log_dir or trainer.default_root_dir}/cam"
-            except Exception:
-                png_dir = f"{trainer.default_root_dir}/cam"
+        png_dir = sinks.png_dir(trainer, self.save_png)  # every rank: trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return
         mean, std = self._display_stats

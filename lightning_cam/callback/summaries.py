@@ -68,7 +68,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("increase_in_confidence", "higher", "IC%", "Increase in Confidence % (Grad-CAM++): share of images with O > Y"),
     MetricSpec("pointing_game", "higher", "PG", "pointing game: share of maps whose maximum lies in the object mask"),
     MetricSpec("energy_pointing_game", "higher", "EPG", "energy pointing game (Score-CAM): share of the map's sum inside the mask"),
-    MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean |sum_k phi_k - (y_c(A) - y_c(0))|, 0 for exact DeepLIFT"),
+    MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean absolute gap between sum_k phi_k and y_c(A) - y_c(0) (0 = complete)"),
     MetricSpec("shap_pearson", "higher", "ρ shap", "Pearson correlation of the channel weights with ShapCAM's exact Shapley values"),
     MetricSpec("shap_spearman", "higher", "ρs shap", "Spearman correlation (average ranks) of the channel weights with ShapCAM's"),
     MetricSpec("seconds", "lower", "s/img", "explanation wall time per image (shared forward pass included)"),
@@ -80,8 +80,7 @@ CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
 #: Keys of the callback's own figures, ``<stage prefix>/<name>``.
 CALLBACK_KEYS: tuple[MetricSpec, ...] = (
     MetricSpec("callback_seconds", "lower", "s", "wall time of the callback's run (explain, score, gather, log)"),
-    MetricSpec("curve_every", "none", "k", "insertion/deletion curves are computed every k-th evaluation (cost budget)"),
-    MetricSpec("overhead", "lower", "frac", "callback time / training time of the epoch (cost budget's measure)"),
+    MetricSpec("curve_every", "none", "k", "cadence of the insertion/deletion curves the cost budget affords: 1 every evaluation, k about every k-th, 0 never"),
     MetricSpec("nonfinite_images", "lower", "#", "held-out images left out of the means: non-finite logits, map or score"),
 )
 

@@ -25,7 +25,7 @@ from lightning_cam.callback.sinks.media import Display, Media
 from lightning_cam.callback.sinks.tensorboard_sink import TensorBoardSink
 from lightning_cam.callback.sinks.wandb_sink import WandbSink
 
-__all__ = ["Display", "FileSink", "is_logger", "ImageLoggerSink", "Media", "Sink", "TensorBoardSink", "WandbSink", "sinks_for"]
+__all__ = ["Display", "FileSink", "is_logger", "ImageLoggerSink", "Media", "Sink", "TensorBoardSink", "WandbSink", "png_dir", "sinks_for"]
 
 
 @runtime_checkable
@@ -33,6 +33,20 @@ class Sink(Protocol):
     """Anything with ``write(media)``; called on rank zero only."""
 
     def write(self, media: Media) -> None: ...
+
+
+def png_dir(trainer: Any, save_png: bool | None) -> str | None:
+    """``<log_dir>/cam`` when PNG/CSV files are wanted (``save_png``; None = when no ``WandbLogger``), else None.
+
+    Call it on every rank: ``trainer.log_dir`` broadcasts under DDP.
+    """
+    has_wandb = any(is_logger(lg, "WandbLogger") for lg in getattr(trainer, "loggers", None) or [])
+    if not (save_png if save_png is not None else not has_wandb):
+        return None
+    try:
+        return f"{trainer.log_dir or trainer.default_root_dir}/cam"
+    except Exception:  # noqa: BLE001 - loggers without a log_dir
+        return f"{trainer.default_root_dir}/cam"
 
 
 def sinks_for(loggers: list[Any], png_dir: str | Path | None) -> list[Sink]:
