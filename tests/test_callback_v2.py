@@ -322,3 +322,26 @@ def test_docs_key_table_is_the_summaries_table():
         assert f"| `{spec.name}` | {spec.direction} | {spec.description} |" in text, spec.name
     for stage, prefix in summaries.STAGE_PREFIX.items():
         assert f"| `{prefix}` |" in text, stage
+
+
+def test_only_the_unified_lightning_package(monkeypatch):
+    """Without pytorch_lightning the callback builds on lightning.pytorch (simulated: a stand-in module)."""
+    import types
+
+    from lightning_cam.callback import _lightning
+
+    fake = types.ModuleType("lightning.pytorch")
+    real_import = _lightning.importlib.import_module
+
+    def import_module(name):
+        if name == "pytorch_lightning":
+            raise ImportError("No module named 'pytorch_lightning'")
+        if name == "lightning.pytorch":
+            return fake
+        return real_import(name)
+
+    monkeypatch.setattr(_lightning.importlib, "import_module", import_module)
+    assert _lightning.lightning_package() is fake
+    monkeypatch.setattr(_lightning.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
+    with pytest.raises(ImportError, match="pip install pytorch-lightning"):
+        _lightning.lightning_package()
