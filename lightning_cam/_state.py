@@ -64,10 +64,19 @@ def as_float_input(x: torch.Tensor, model: nn.Module | None = None) -> torch.Ten
     if x.is_inference():
         with torch.inference_mode(False):
             x = x.clone()
+    return to_model_dtype(x, model)
+
+
+def to_model_dtype(x: torch.Tensor, model: nn.Module | None) -> torch.Tensor:
+    """``x`` in the dtype the model computes in: its parameters' floating dtype.
+
+    float32 inputs go to a bf16 / fp16 / float64 model (Lightning's
+    ``"bf16-true"``, ``"16-true"``, ``"64-true"``) as that dtype; models under
+    ``"16-mixed"`` / ``"bf16-mixed"`` keep float32 parameters and get float32
+    (autocast is off during explanations). ``model=None`` means float32.
+    """
     dtype = model_dtype(model) if model is not None else torch.float32
-    if x.dtype != dtype:
-        x = x.to(dtype)
-    return x
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

@@ -7,6 +7,8 @@ import difflib
 import torch
 from torch import nn
 
+from lightning_cam._state import model_dtype
+
 __all__ = ["resolve_layer", "default_target_layer", "candidate_layers", "unwrap_model"]
 
 
@@ -191,7 +193,7 @@ def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) ->
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            model(torch.zeros(input_shape, device=device))
+            model(torch.zeros(input_shape, device=device, dtype=model_dtype(model)))
     finally:
         for h in handles:
             h.remove()

@@ -60,11 +60,12 @@ def _one_shot(net, x, sal, masks):
     c = confidence_change(net, x, sal)
     p = pointing_game(sal, masks, tolerance=1)
     return (
-        {"insertion": r.insertion.mean(), "deletion": r.deletion.mean()},
+        {"insertion": r.insertion.mean(), "deletion": r.deletion.mean(), "nonfinite": 0},
         {
             "average_drop": c.average_drop,
             "increase_in_confidence": c.increase_in_confidence,
             "average_drop_in_deletion": c.average_drop_in_deletion,
+            "nonfinite": 0,
         },
         {"pointing_game": p.accuracy, "energy": p.mean_energy, "excluded": int((~p.valid).sum())},
     )

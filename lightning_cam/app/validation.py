@@ -58,6 +58,12 @@ def _check_methods(cfg: DictConfig, errors: list[str]) -> list[str]:
                 f"Unknown CAM method {m!r} in cam.methods. Allowed: {', '.join(allowed)}. "
                 f"Example: cam.methods=[liftcam,gradcam]"
             )
+    target = _sel(cfg, "cam.target")
+    if target is not None and target not in ("prediction", "label"):
+        errors.append(
+            f"cam.target must be 'prediction' (explain the predicted class) or 'label' (the true label), "
+            f"got {target!r}. Example: cam.target=label"
+        )
     for key, minimum in (("num_samples", 1), ("every_n_epochs", 1)):
         v = _sel(cfg, f"cam.{key}")
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < minimum):

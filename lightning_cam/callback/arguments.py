@@ -10,10 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.outputs import check_output_transform
+
 __all__ = ["ON_ERROR", "Options", "check_display", "check_options"]
 
 ON_ERROR = ("warn", "raise")
 SANITY_ORDERS = ("full", "cascading")
+TARGETS = ("prediction", "label")
 DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
 
 
@@ -40,6 +43,8 @@ class Options:
     sanity_every_n_epochs: int | None = 0
     sanity_order: str = "full"
     sanity_seed: int = 42
+    target: str = "prediction"
+    output_transform: Any = None
 
     @property
     def multi_layer(self) -> bool:
@@ -181,12 +186,22 @@ def check_options(
     sanity_every_n_epochs: int | None = 0,
     sanity_order: str = "full",
     sanity_seed: int = 42,
+    target: str = "prediction",
+    output_transform: Any = None,
 ) -> Options:
     """Every option checked; raises ValueError / TypeError naming the option, what is allowed and an example."""
     if on_error not in ON_ERROR:
         raise ValueError(f"CAMCallback: on_error must be one of {ON_ERROR}, got {on_error!r}")
     if step is not None and n_steps is not None:
         raise ValueError("CAMCallback: give step or n_steps, not both; e.g. n_steps=16")
+    if target not in TARGETS:
+        raise ValueError(
+            f"CAMCallback: target must be 'prediction' (explain the predicted class) or 'label' (explain the "
+            f"true label), got {target!r}; e.g. target='label'"
+        )
+    if target == "label" and images is not None and labels is None:
+        raise ValueError("CAMCallback: target='label' explains the labels, but images were given without labels; "
+                         "pass labels=... too, or target='prediction'")
     if max_overhead is not None:
         if isinstance(max_overhead, bool) or not isinstance(max_overhead, (int, float)) or not max_overhead > 0:
             raise ValueError(
@@ -220,6 +235,8 @@ def check_options(
         sanity_every_n_epochs=sanity_every_n_epochs,
         sanity_order=sanity_order,
         sanity_seed=check_int("sanity_seed", sanity_seed, 0),
+        target=target,
+        output_transform=check_output_transform(output_transform, "CAMCallback: output_transform"),
     )
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +32,7 @@ from lightning_cam.callback._lightning import lightning_package
 from lightning_cam.callback.arguments import check_display, check_options
 from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.stability import StabilityTracker
+from lightning_cam.callback.sinks.media import STAGE_WORDS
 from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
@@ -96,11 +97,21 @@ class CAMCallbackMixin:
             (from the output layer down, one explanation pass per layer; the logged value is
             the last, fully random, step).
         sanity_seed: seed of the re-initialisation (Quantus' ``MPRT`` default, 42).
+        target: ``"prediction"`` (default) explains and scores each image's
+            predicted class; ``"label"`` its true label (needs labels): the
+            grids and the table then mark the misclassified images.
+        output_transform: callable reading the (B, num_classes) scores from
+            the model's output when ``forward`` returns something other than a
+            tensor, a tuple/list (first element), a dict with ``"logits"`` or an
+            object with ``.logits`` (see :mod:`lightning_cam.outputs`).
 
     Every evaluation also logs ``sparseness`` / ``complexity`` per method, the share of the
     map's energy in every named region of the held-out masks (``energy/<region>``), and from
     the second evaluation of ``fit`` on, ``stability`` / ``stability_first`` (Spearman with
     the previous / first evaluation's maps; kept in the checkpoint so a resumed run continues).
+    Images whose logits, map or scores are not finite (a diverging model) are
+    left out of the means; ``cam/nonfinite_images`` counts them and one
+    warning per evaluation names the epoch.
     """
 
     def __init__(
@@ -137,6 +148,8 @@ class CAMCallbackMixin:
         sanity_every_n_epochs: int | None = 0,
         sanity_order: str = "full",
         sanity_seed: int = 42,
+        target: str = "prediction",
+        output_transform: Callable[[Any], Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.options = check_options(
@@ -145,6 +158,7 @@ class CAMCallbackMixin:
             explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
             sanity_every_n_epochs=sanity_every_n_epochs, sanity_order=sanity_order, sanity_seed=sanity_seed,
+            target=target, output_transform=output_transform,
         )
         self.display = check_display(
             mean=mean, std=std, alpha=alpha, colormap=colormap, max_images=max_images, log_table=log_table,
@@ -265,13 +279,21 @@ class CAMCallbackMixin:
         rows, count = distributed.shard_rows(len(held), rank, world)
         idx = torch.tensor(rows)
         opts = self.options
+        targets = None
+        if opts.target == "label":
+            if held.labels is None:
+                raise ValueError(
+                    "CAMCallback(target='label') explains the true labels, but the held-out set has none (the "
+                    "validation dataset yields no labels); pass images=... and labels=..., or target='prediction'"
+                )
+            targets = torch.as_tensor(held.labels)[idx]
         report = evaluator.evaluate(
             pl_module, opts.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
             masks=None if held.masks is None else held.masks[idx],
             methods=opts.methods, curves=False, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
-            method_kwargs=opts.method_kwargs,
+            method_kwargs=opts.method_kwargs, targets=targets, output_transform=opts.output_transform,
             regions=None if held.regions is None else {k: v[idx] for k, v in held.regions.items()},
             randomization=opts.sanity_order if sanity else None, randomization_seed=opts.sanity_seed,
         )
@@ -320,7 +342,8 @@ class CAMCallbackMixin:
                 try:
                     local = evaluator.add_curves(
                         local, pl_module, held.images[local.index.cpu()], batch_size=self.options.explain_batch_size,
-                        metric_batch_size=self.options.metric_batch_size, **self.options.curve_steps(),
+                        metric_batch_size=self.options.metric_batch_size, output_transform=self.options.output_transform,
+                        **self.options.curve_steps(),
                     )
                 except Exception as e:
                     error, exc, local = traceback.format_exc(), e, None
@@ -336,6 +359,7 @@ class CAMCallbackMixin:
                 self._report(trainer, stage, traceback.format_exc(), e)
                 return
         self.last_report = report
+        self._warn_nonfinite(trainer, stage, prefix, report)
         for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self._write_media(trainer, stage, prefix, report)
@@ -366,13 +390,32 @@ class CAMCallbackMixin:
         media = sinks.Media(
             report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
-            class_names=self.class_names, layer_in_key=self.layer_in_key,
+            class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:
                 sink.write(media)
             except Exception as e:
                 self._report(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
+
+    def _warn_nonfinite(self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport) -> None:
+        """One warning per evaluation when images were left out for non-finite logits, maps or scores."""
+        bad = report.nonfinite
+        if not bool(bad.any()) or not trainer.is_global_zero:
+            return
+        per = {
+            (f"{layer}/{m}" if len(report.layers) > 1 else m): int((~r.finite.bool()).sum())
+            for layer, m, r in report.items() if r.finite is not None and not bool(r.finite.all())
+        }
+        where = [int(i) for i in bad.nonzero().flatten()[:10]]
+        msg = (
+            f"CAMCallback: {int(bad.sum())} of {report.num_images} held-out images have non-finite logits, maps "
+            f"or scores at epoch {trainer.current_epoch} ({STAGE_WORDS.get(stage, stage)}), per method {per} "
+            f"(held-out positions {where}); they are left out of the {prefix}/* means and counted in "
+            f"{prefix}/nonfinite_images. The model may be diverging (check the loss and the learning rate)."
+        )
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
     def _report(self, trainer: Any, stage: str, error: str, exc: BaseException | None,
                 during: str = "explaining the held-out set") -> None:

@@ -30,6 +30,10 @@ then scored:
 * optionally the Pearson / Spearman correlation of each method's channel
   weights with ShapCAM's exact Shapley values (``shap_samples``).
 
+Images whose logits, map or scores are not finite (a diverging model) are
+flagged per method (``MethodReport.finite``) and left out of the means
+(:mod:`~lightning_cam.callback.summaries`), which count them instead.
+
 The clean-image scores of the metrics come from the explanation pass's logits.
 Nothing here touches the model's modes, gradients, hooks or RNG state beyond
 what the engine already guarantees.
@@ -44,6 +48,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lightning_cam.outputs import OutputTransform
 
 __all__ = ["EvaluationReport", "LayerReport", "MethodReport", "add_curves", "evaluate", "layer_names"]
 
@@ -63,7 +69,9 @@ class MethodReport:
     masks). ``completeness_residual`` (N,) ``|delta|`` (LIFT-CAM only).
     ``shap_pearson`` / ``shap_spearman`` (N,), NaN on images not compared.
     ``shared_curves`` (N,) bool: the curves were copied from an earlier method
-    with the same pixel order. ``seconds``: explanation time, all images.
+    with the same pixel order. ``finite`` (N,) bool: the image's logits, raw
+    map and scores are all finite (False: left out of every mean; its map is
+    shown as zeros). ``seconds``: explanation time, all images.
     ``maps`` (N,h,w) the raw maps at layer resolution (for the stability series).
     ``sparseness`` / ``complexity`` (N,): Gini index / entropy of the map.
     ``region_energy`` (N,R): share of the map's energy in region r of the report's
@@ -96,6 +104,7 @@ class MethodReport:
     randomization_cascade: Tensor | None = None
     stability: Tensor | None = None
     stability_first: Tensor | None = None
+    finite: Tensor | None = None
     seconds: float = 0.0
 
 
@@ -114,9 +123,11 @@ class LayerReport:
 class EvaluationReport:
     """Everything :func:`evaluate` computed, per layer and method, for N images.
 
-    ``predictions`` (N,) the explained class (top-1 unless ``targets``);
-    ``confidence`` (N,) its softmax probability; ``logits`` (N, C) the model's
-    output (from the explanation pass); ``labels`` (N,) or None;
+    ``predictions`` (N,) the model's top-1 class; ``targets`` (N,) the class
+    explained and scored (the prediction unless ``targets`` were given, e.g.
+    the labels); ``confidence`` (N,) the softmax probability of ``targets``;
+    ``logits`` (N, C) the model's output (from the explanation pass);
+    ``labels`` (N,) or None;
     ``fractions`` (T,) the x-axis of the curves (None when skipped);
     ``index`` (N,) each image's position in the evaluated set;
     ``regions``: the names of the columns of each method's ``region_energy``;
@@ -134,6 +145,7 @@ class EvaluationReport:
     index: Tensor | None = None
     timing: dict[str, float] = field(default_factory=dict)
     regions: tuple[str, ...] = ()
+    targets: Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -160,6 +172,24 @@ class EvaluationReport:
         for layer, lrep in self.layers.items():
             for method, mrep in lrep.methods.items():
                 yield layer, method, mrep
+
+    @property
+    def explained(self) -> Tensor:
+        """(N,) the class explained and scored: ``targets``, else the predictions."""
+        return self.predictions if self.targets is None else self.targets
+
+    @property
+    def nonfinite(self) -> Tensor:
+        """(N,) bool: images with a non-finite logit, map or score for some method at some layer."""
+        bad = torch.zeros_like(self.predictions, dtype=torch.bool)
+        for _, _, r in self.items():
+            if r.finite is not None:
+                bad |= ~r.finite.bool()
+        return bad
+
+    def misclassified(self) -> Tensor | None:
+        """(N,) bool: prediction differs from the label (None without labels)."""
+        return None if self.labels is None else self.predictions != self.labels.to(self.predictions.device)
 
     def summary(self, prefix: str = "cam") -> dict[str, float]:
         """Mean of every metric over the images, keyed ``prefix/[layer/]method/metric`` (see summaries)."""
@@ -239,6 +269,7 @@ def _randomization(
     method_kwargs: Mapping[str, Mapping[str, Any]] | None,
     order: str,
     seed: int,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Per method: Spearman of its maps with those of the randomised copies (same targets); the
     last step (every parameter re-initialised) as ``randomization_spearman``, and with
@@ -248,7 +279,9 @@ def _randomization(
 
     steps: dict[str, list[Tensor]] = {m: [] for m in methods}
     for _, twin in randomized_models(net, order=order, seed=seed):  # type: ignore[arg-type]
-        rand = explain_all(twin, layer, xb, methods=methods, targets=targets, method_kwargs=method_kwargs)
+        rand = explain_all(
+            twin, layer, xb, methods=methods, targets=targets, method_kwargs=method_kwargs, output_transform=output_transform
+        )
         for m in methods:
             steps[m].append(spearman(exps[m].maps, rand[m].maps))
     out = {m: {"randomization_spearman": v[-1]} for m, v in steps.items()}
@@ -269,6 +302,7 @@ def _score_batch(
     shap_rows: Tensor,
     compare: bool,
     metric_batch_size: int,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     from lightning_cam.metrics import confidence_change, pointing_game
     from lightning_cam.metrics.monitoring import complexity, region_energy, sparseness
@@ -276,15 +310,28 @@ def _score_batch(
     b, _, h, w = xb.shape
     device = xb.device
     out: dict[str, dict[str, Tensor]] = {}
+    sals: dict[str, Tensor] = {}
+    finites: dict[str, Tensor] = {}
     for m, e in exps.items():
         sal = e.saliency((h, w))
-        targets = e.targets
+        finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
+        finite &= torch.isfinite(sal).flatten(1).all(1)
+        sals[m] = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
+        finites[m] = finite
+    # Average Drop / Increase in Confidence of every method in one call: the masked images of all
+    # methods go through the model in batches of metric_batch_size (larger batches, fewer calls)
+    k = len(exps)
+    c = confidence_change(
+        model, xb.repeat(k, 1, 1, 1), torch.cat(list(sals.values())),
+        targets=torch.cat([e.targets for e in exps.values()]), batch_size=metric_batch_size,
+        clean_logits=torch.cat([e.logits for e in exps.values()]), deletion=False, output_transform=output_transform,
+    )
+    for i, (m, e) in enumerate(exps.items()):
+        sal, finite = sals[m], finites[m]
+        rows = slice(i * b, (i + 1) * b)
         res: dict[str, Tensor] = {"saliency": sal}
-        c = confidence_change(
-            model, xb, sal, targets=targets, batch_size=metric_batch_size, clean_logits=e.logits, deletion=False
-        )
-        res["average_drop"] = c.drop * 100.0
-        res["increase_in_confidence"] = c.increase.float() * 100.0
+        res["average_drop"] = c.drop[rows] * 100.0
+        res["increase_in_confidence"] = c.increase[rows].float() * 100.0
         if masks is not None:
             p = pointing_game(sal, masks)
             res["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
@@ -305,8 +352,26 @@ def _score_batch(
                 pear, spear = _correlations(e.weights, shap_weights)
             res["shap_pearson"] = torch.where(shap_rows, pear, _nan(b, device))
             res["shap_spearman"] = torch.where(shap_rows, spear, _nan(b, device))
+        res["finite"] = _finite(finite, res)
         out[m] = res
     return out
+
+
+#: Per-image fields that are finite for every image of a finite model (others are NaN by design
+#: on some images: no mask, not compared with ShapCAM).
+_FINITE_FIELDS = (
+    "average_drop", "increase_in_confidence", "insertion", "deletion", "insertion_curve", "deletion_curve",
+    "completeness_residual",
+)
+
+
+def _finite(finite: Tensor, fields_: Mapping[str, Tensor | None]) -> Tensor:
+    """``finite`` and, per image, every field of :data:`_FINITE_FIELDS` present in ``fields_`` finite."""
+    for k in _FINITE_FIELDS:
+        v = fields_.get(k)
+        if v is not None:
+            finite = finite & torch.isfinite(v).reshape(v.shape[0], -1).all(1)
+    return finite
 
 
 def evaluate(
@@ -329,19 +394,23 @@ def evaluate(
     regions: Mapping[str, Tensor] | None = None,
     randomization: str | None = None,
     randomization_seed: int = 42,
+    output_transform: OutputTransform | None = None,
 ) -> EvaluationReport:
     """Explain ``images`` with every method at every layer and score the maps.
 
     Args:
-        model: any classifier ``nn.Module`` returning (B, num_classes) (a
-            LightningModule works); its modes, grads and hooks are left as found.
+        model: any classifier ``nn.Module`` (a LightningModule works) whose output
+            holds the class scores (see :mod:`lightning_cam.outputs`); its modes,
+            grads and hooks are left as found.
         target_layer: a layer (dotted name, unique suffix, or module), ``None``
             for the model's default, or a list of them.
         images: (N, C, H, W) normalised model inputs (moved to the model's device).
-        labels: (N,) kept in the report (for display); not used by the scores.
+        labels: (N,) kept in the report (for display and ``misclassified()``);
+            to explain them, pass them as ``targets`` too.
         masks: (N, H, W) object masks; enable the pointing games.
         methods: registry names (``liftcam``, ``gradcam``, ``gradcam++`` ...).
-        targets: classes to explain; default the top-1 prediction per image.
+        targets: classes to explain (an int, or (N,) e.g. the labels); default
+            the top-1 prediction per image.
         step, n_steps: insertion/deletion granularity (``n_steps + 1`` points;
             capped at H*W); ``curves=False`` skips them.
         shap_samples: compare the channel weights with ShapCAM's on the first
@@ -358,13 +427,17 @@ def evaluate(
             the model with re-initialised parameters (seeded with ``randomization_seed``; the
             same target classes) against its maps, Spearman per image; ``"cascading"``
             re-initialises from the output layer down and reports the last (fully random) step.
+        output_transform: reads the (B, num_classes) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
 
     Returns:
         An :class:`EvaluationReport` with per-image tensors on the model's device.
     """
     from lightning_cam.layers import unwrap_model
     from lightning_cam.methods import explain_all, get_method
+    from lightning_cam.outputs import check_output_transform
 
+    output_transform = check_output_transform(output_transform)
     if isinstance(methods, str):
         methods = [methods]
     methods = [get_method(m).name for m in methods]
@@ -404,7 +477,7 @@ def evaluate(
 
     chunks: dict[str, dict[str, dict[str, list[Tensor]]]] = {name: {m: {} for m in methods} for name in names}
     seconds: dict[str, dict[str, float]] = {name: dict.fromkeys(methods, 0.0) for name in names}
-    preds, confs, logits = [], [], []
+    preds, explained, confs, logits = [], [], [], []
     channels: int | None = None
     timing = {"explain": 0.0, "scores": 0.0, "forwards": 0.0}
     for s in range(0, n, batch_size):
@@ -416,10 +489,14 @@ def evaluate(
         sel = shap_on[rows].to(device)
         for li, (name, qualified) in enumerate(names.items()):
             t0 = time.perf_counter()
-            exps = explain_all(net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs)
+            exps = explain_all(
+                net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs,
+                output_transform=output_transform,
+            )
             first = exps[methods[0]]
             if li == 0:
-                preds.append(first.targets)
+                preds.append(first.logits.argmax(dim=1))
+                explained.append(first.targets)
                 confs.append(torch.softmax(first.logits.float(), dim=1).gather(1, first.targets[:, None])[:, 0])
             shap_weights = None
             if bool(sel.any()):
@@ -427,7 +504,8 @@ def evaluate(
                     shap_weights = exps["shap"].weights
                 else:
                     ws = explain_all(
-                        net, qualified, xb[sel], methods=["shap"], targets=first.targets[sel], method_kwargs=method_kwargs
+                        net, qualified, xb[sel], methods=["shap"], targets=first.targets[sel], method_kwargs=method_kwargs,
+                        output_transform=output_transform,
                     )["shap"].weights
                     shap_weights = torch.zeros((xb.shape[0], ws.shape[1]), device=device, dtype=ws.dtype)
                     shap_weights[sel] = ws
@@ -436,12 +514,13 @@ def evaluate(
                 channels = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
             t1 = time.perf_counter()
             scored = _score_batch(
-                net, xb, exps, mb, rb, shap_weights if compare else None, sel, compare, metric_batch_size
+                net, xb, exps, mb, rb, shap_weights if compare else None, sel, compare, metric_batch_size, output_transform
             )
             if randomization is not None:
                 t2 = time.perf_counter()
                 for m, values in _randomization(
-                    net, qualified, xb, exps, methods, first.targets, method_kwargs, randomization, randomization_seed
+                    net, qualified, xb, exps, methods, first.targets, method_kwargs, randomization, randomization_seed,
+                    output_transform,
                 ).items():
                     scored[m].update(values)
                 timing["randomization"] = timing.get("randomization", 0.0) + time.perf_counter() - t2
@@ -463,6 +542,7 @@ def evaluate(
     report = EvaluationReport(
         layers=layers,
         predictions=torch.cat(preds),
+        targets=torch.cat(explained),
         confidence=torch.cat(confs),
         logits=torch.cat(logits),
         labels=None if label_t is None else label_t.to(device),
@@ -472,7 +552,7 @@ def evaluate(
     )
     if curves:
         report = add_curves(report, net, images, step=step, n_steps=n_steps, batch_size=batch_size,
-                            metric_batch_size=metric_batch_size)
+                            metric_batch_size=metric_batch_size, output_transform=output_transform)
     return report
 
 
@@ -516,6 +596,7 @@ def add_curves(
     n_steps: int | None = 16,
     batch_size: int = 64,
     metric_batch_size: int = 256,
+    output_transform: OutputTransform | None = None,
 ) -> EvaluationReport:
     """``report`` with insertion / deletion AUCs and curves for every layer and method.
 
@@ -524,7 +605,8 @@ def add_curves(
     image, a method whose map equals an earlier method's map to float32
     rounding (:func:`_same_maps`; e.g. LIFT-CAM and Ablation-CAM, or Grad-CAM
     and XGrad-CAM, on a GAP + linear head) reuses that method's curves
-    (``shared_curves`` marks those images).
+    (``shared_curves`` marks those images). Images whose curves are not finite
+    are marked in ``MethodReport.finite``.
     """
     from lightning_cam.layers import unwrap_model
     from lightning_cam.metrics import insertion_deletion
@@ -554,15 +636,17 @@ def add_curves(
             for s in range(0, need.numel(), batch_size):
                 rows = need[s : s + batch_size]
                 res = insertion_deletion(
-                    net, images[rows.cpu()].to(device), r.saliency[rows], targets=report.predictions[rows],
-                    batch_size=metric_batch_size, clean_logits=report.logits[rows], **steps,
+                    net, images[rows.cpu()].to(device), r.saliency[rows], targets=report.explained[rows],
+                    batch_size=metric_batch_size, clean_logits=report.logits[rows], output_transform=output_transform,
+                    **steps,
                 )
                 fractions = res.fractions
                 forwards += rows.numel() * (res.insertion_curve.shape[1] + res.deletion_curve.shape[1] - 2)
                 for k in keys:
                     v = getattr(res, k)
                     data.setdefault(k, torch.empty((n, *v.shape[1:]), dtype=v.dtype, device=device))[rows] = v
-            new = replace(r, shared_curves=shared, **data)
+            finite = r.finite if r.finite is None else _finite(r.finite, data)
+            new = replace(r, shared_curves=shared, finite=finite, **data)
             methods[m] = new
             done.append(new)
         layers[name] = replace(lrep, methods=methods)

@@ -12,7 +12,11 @@ Every scalar the callback logs is ``<stage prefix>/[<layer>/]<method>/<metric>``
   ``energy/<region>`` (:func:`region_spec`): each is the mean over the held-out
   set of the per-image field of the same name in
   :class:`~lightning_cam.callback.evaluator.MethodReport` (NaN entries, e.g.
-  images without a mask, are left out).
+  images without a mask, are left out, and so are the images whose logits,
+  map or scores are not finite for that method: ``MethodReport.finite``);
+* ``<prefix>/nonfinite_images`` counts the images left out that way (any
+  method, any layer), so a diverging model shows in the dashboard as a count,
+  never as a silent NaN.
 
 The app's summary table and config checks import from here.
 """
@@ -105,6 +109,7 @@ CURVE_METRICS: tuple[str, ...] = ("insertion", "deletion")
 CALLBACK_KEYS: tuple[MetricSpec, ...] = (
     MetricSpec("callback_seconds", "lower", "s", "wall time of the callback's run (explain, score, gather, log)"),
     MetricSpec("curve_every", "none", "k", "cadence of the insertion/deletion curves the cost budget affords: 1 every evaluation, k about every k-th, 0 never"),
+    MetricSpec("nonfinite_images", "lower", "#", "held-out images left out of the means: non-finite logits, map or score"),
 )
 
 #: Stage of the Trainer -> key prefix (scalars and media).
@@ -160,15 +165,21 @@ def summarise(report: EvaluationReport, prefix: str = "cam", layer_in_key: bool 
                     value: float | None = mrep.seconds / max(report.num_images, 1)
                 else:
                     field = getattr(mrep, spec.name)
+                    if field is not None and mrep.finite is not None:
+                        field = field[mrep.finite.bool()]
                     value = None if field is None else _mean(field)
                 if value is not None and math.isfinite(value):
                     out[metric_key(prefix, method, spec.name, layer if with_layer else None)] = value
             if mrep.region_energy is not None:
                 for i, region in enumerate(report.regions):
-                    value = _mean(mrep.region_energy[:, i])
+                    energy = mrep.region_energy[:, i]
+                    if mrep.finite is not None:
+                        energy = energy[mrep.finite.bool()]
+                    value = _mean(energy)
                     if value is not None and math.isfinite(value):
                         key = metric_key(prefix, method, region_spec(region).name, layer if with_layer else None)
                         out[key] = value
+    out[f"{prefix}/nonfinite_images"] = float(report.nonfinite.sum())
     return out
 
 

@@ -20,6 +20,7 @@ from lightning_cam.methods.noisy import ISCAM, SSCAM, SmoothGradCAMPlusPlus
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
 from lightning_cam.methods.randomcam import RandomCAM
 from lightning_cam.methods.shapley import ShapCAM
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
     "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "GradCAM", "GradCAMElementWise",
@@ -62,6 +63,7 @@ def explain_all(
     eigen_smooth: bool = False,
     fusion: str = "mean",
     reshape: Reshape | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, Explanation]:
     """Explain ``x`` with several methods from ONE shared forward pass.
 
@@ -76,7 +78,10 @@ def explain_all(
     (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
     layer's raw output into (B, K, h, w) (token and channels-last layouts are
     recognised without it; see :mod:`lightning_cam.methods.layout`).
+    ``output_transform`` reads the class scores from the model's output when it is
+    not understood by default (see :func:`lightning_cam.outputs.logits_of`).
     """
+    output_transform = check_output_transform(output_transform)
     model = unwrap_model(model)
     x = check_images(x)
     check_device(model, x)
@@ -98,8 +103,11 @@ def explain_all(
     if len(layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
         from lightning_cam.methods.compose import explain_composed
 
-        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": reshape}
+        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": reshape,
+                   "output_transform": output_transform}
         return explain_composed(model, layer_names, x, explainers, targets, **options)
     with explaining(model):
-        layer_pass = LayerPass(model, layer_name, as_float_input(x, model), targets, reshape)
+        layer_pass = LayerPass(
+            model, layer_name, as_float_input(x, model), targets, reshape, output_transform=output_transform
+        )
         return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

@@ -16,6 +16,7 @@ from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_mod
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.layout import Layout, Reshape, infer_layout
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
+from lightning_cam.outputs import OutputTransform, check_output_transform, float_logits
 
 __all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
 
@@ -58,15 +59,20 @@ class LayerPass:
     the logits, the explained ``targets`` and, computed on first use,
     ``g = dy_c/dA`` (taken with ``torch.autograd.grad`` through the head only:
     no parameter gradients, no backward through the layers before ``L``).
+    ``output_transform`` reads the class scores from the model's output
+    (default: :func:`lightning_cam.outputs.logits_of`).
     """
 
     def __init__(
         self, model: nn.Module, layer_name: str, x: torch.Tensor, targets: Targets = None, reshape: Reshape | None = None,
+        output_transform: OutputTransform | None = None,
     ) -> None:
         start = time.perf_counter()
         self.model = model
         self.x = x
+        self.output_transform = output_transform
         self.split: SplitModel = split_model(model, layer_name)
+        self.split.output_transform = output_transform
         with torch.no_grad():
             activation, crossings = self.split.body(x)
         self.crossings = crossings
@@ -94,6 +100,10 @@ class LayerPass:
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits of the head on ``activations`` (B', K, h, w maps of images ``index``)."""
         return self.split.run_head(self.layout.to_raw(activations, index), self.crossings, index)
+
+    def model_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, C) scores of the whole model on images ``x`` (cast to the model's dtype)."""
+        return float_logits(self.model(x.to(self.x.dtype)), self.output_transform)
 
     def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
         """``y_c`` of the head on many activation rows, in chunks of ``batch_size`` (no grad)."""
@@ -130,11 +140,15 @@ class BaseCAM:
     ``reshape``: optional callable turning the layer's raw output into
     (B, K, h, w) (like pytorch-grad-cam's ``reshape_transform``); token and
     channels-last layouts are recognised without it.
+    ``output_transform``: callable reading the (B, C) class scores from the
+    model's output, for outputs that are not a tensor, a tuple/list, a dict
+    with ``"logits"`` or an object with ``.logits``.
     """
 
     name: ClassVar[str] = ""
     #: the map is already a principal-component projection (``eigen_smooth`` leaves it alone)
     projects: ClassVar[bool] = False
+    output_transform: OutputTransform | None = None
 
     def __init__(
         self,
@@ -142,7 +156,9 @@ class BaseCAM:
         target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
         *,
         reshape: Reshape | None = None,
+        output_transform: OutputTransform | None = None,
     ) -> None:
+        self.output_transform = check_output_transform(output_transform)
         self.model = unwrap_model(model)
         self.reshape = reshape
         if target_layer is None:
@@ -173,10 +189,12 @@ class BaseCAM:
         if len(self.layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
             from lightning_cam.methods.compose import explain_composed
 
-            options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": self.reshape}
+            options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": self.reshape,
+                       "output_transform": self.output_transform}
             return explain_composed(self.model, self.layer_names, x, {self.name: self}, targets, **options)[self.name]
         with explaining(self.model):
-            layer_pass = LayerPass(self.model, self.layer_name, as_float_input(x, self.model), targets, self.reshape)
+            x = as_float_input(x, self.model)
+            layer_pass = LayerPass(self.model, self.layer_name, x, targets, self.reshape, output_transform=self.output_transform)
             return self.timed_compute(layer_pass)
 
     def timed_compute(self, layer_pass: LayerPass) -> Explanation:

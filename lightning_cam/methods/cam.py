@@ -78,7 +78,9 @@ class CAM(BaseCAM):
         pooled = layer_pass.activation.mean(dim=(2, 3))
         predicted = torch.nn.functional.linear(pooled, linear.weight.float(), None if linear.bias is None else linear.bias.float())
         scale = layer_pass.logits.abs().max().clamp_min(1.0)
-        if not torch.allclose(predicted, layer_pass.logits, rtol=1e-4, atol=1e-4 * float(scale)):
+        # the head ran in the model's dtype: allow a few of its roundings (bf16: 2**-7, fp16: 2**-10)
+        tol = max(1e-4, 4 * torch.finfo(layer_pass.split.dtype).eps)
+        if not torch.allclose(predicted, layer_pass.logits, rtol=tol, atol=tol * float(scale)):
             raise ValueError(self._not_gap_linear())
         weights = linear.weight.detach().float()[layer_pass.targets]
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)

@@ -35,6 +35,7 @@ from lightning_cam.maps import upsample_maps
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, resolve_targets
 from lightning_cam.methods.eigen import first_component
 from lightning_cam.methods.layout import Reshape
+from lightning_cam.outputs import OutputTransform
 
 __all__ = ["explain_composed", "AUGMENTATIONS", "FUSIONS"]
 
@@ -74,6 +75,7 @@ def explain_composed(
     eigen_smooth: bool = False,
     fusion: str = "mean",
     reshape: Reshape | None = None,
+    output_transform: OutputTransform | None = None,
 ) -> dict[str, Explanation]:
     """Explain ``x`` at every layer of ``layer_names`` with every explainer, fused and smoothed (see module doc)."""
     if fusion not in FUSIONS:
@@ -87,7 +89,7 @@ def explain_composed(
         per_layer: dict[str, list[Explanation]] = {name: [] for name in explainers}
         resolved = None
         for layer_name in layer_names:
-            layer_pass = LayerPass(model, layer_name, images, None, reshape)
+            layer_pass = LayerPass(model, layer_name, images, None, reshape, output_transform=output_transform)
             if resolved is None:  # the original image's class, for every augmentation and layer
                 resolved = resolve_targets(targets, layer_pass.logits[clean * batch : (clean + 1) * batch])
             layer_pass.targets = resolved.repeat(copies)

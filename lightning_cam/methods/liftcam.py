@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
@@ -39,9 +40,10 @@ class LiftCAM(BaseCAM):
     name = "liftcam"
 
     def __init__(
-        self, model: nn.Module, target_layer=None, eps: float = EPS, rule: str = "rescale", *, reshape: Reshape | None = None
+        self, model: nn.Module, target_layer=None, eps: float = EPS, rule: str = "rescale", *,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+        super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
         if rule not in RULES:
             raise ValueError(f"LiftCAM rule must be one of {RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
         self.eps, self.rule = eps, rule

@@ -9,6 +9,7 @@ run as large batches of at most ``batch_size`` rows; the noise comes from a
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.split import batched_flags
+from lightning_cam.outputs import float_logits
 
 __all__ = ["SmoothGradCAMPlusPlus", "SSCAM", "ISCAM", "activation_gradient"]
 
@@ -39,8 +41,11 @@ def activation_gradient(layer_pass: LayerPass, images: torch.Tensor, targets: to
     leaf = activation.detach().float().requires_grad_(True)
     local = dataclasses.replace(split, batched_crossings=batched_flags(crossings, images.shape[0]))
     out = local.run_head(leaf, crossings, torch.arange(images.shape[0], device=images.device))
+    out = float_logits(out, layer_pass.output_transform)
     score = out.gather(1, targets[:, None]).sum()
-    return leaf.detach(), torch.autograd.grad(score, leaf)[0].detach()
+    grad = torch.autograd.grad(score, leaf)[0].detach()
+    layout = layer_pass.layout  # token / channels-last layers: the map entries of the raw tensors
+    return layout.to_maps(leaf.detach()), layout.to_maps(grad)
 
 
 class SmoothGradCAMPlusPlus(BaseCAM):
@@ -63,9 +68,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
 
     def __init__(
         self, model: nn.Module, target_layer=None, num_samples: int = 4, std: float = 0.3, seed: int = 0,
-        batch_size: int = 64, gradient: str = "mean",
+        batch_size: int = 64, gradient: str = "mean", **options: Any,
     ) -> None:
-        super().__init__(model, target_layer)
+        super().__init__(model, target_layer, **options)
         _check_positive(num_samples=num_samples, std=std, batch_size=batch_size)
         if gradient not in ("mean", "last"):
             raise ValueError(f"gradient must be 'mean' (paper) or 'last' (torchcam's code), got {gradient!r}.")
@@ -111,8 +116,10 @@ class _ScoreAveraged(BaseCAM):
     of ``batch_size``; masks are upsampled per chunk.
     """
 
-    def __init__(self, model: nn.Module, target_layer=None, num_samples: int = 10, batch_size: int = 128) -> None:
-        super().__init__(model, target_layer)
+    def __init__(
+        self, model: nn.Module, target_layer=None, num_samples: int = 10, batch_size: int = 128, **options: Any
+    ) -> None:
+        super().__init__(model, target_layer, **options)
         _check_positive(num_samples=num_samples, batch_size=batch_size)
         self.num_samples, self.batch_size = int(num_samples), int(batch_size)
 
@@ -136,7 +143,7 @@ class _ScoreAveraged(BaseCAM):
                 sample, pair = rows // pairs, rows % pairs
                 b, k = pair // channels, pair % channels
                 masks = F.interpolate(low[b, k][:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-                out = self.model(self._inputs(masks.to(x.dtype), x[b], sample, generator)).float()
+                out = layer_pass.model_scores(self._inputs(masks.to(x.dtype), x[b], sample, generator))
                 sums.index_add_(0, pair, out.gather(1, layer_pass.targets[b][:, None])[:, 0] - baseline[b])
         weights = (sums / self.num_samples).view(batch, channels).softmax(dim=1)
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)
@@ -153,8 +160,11 @@ class SSCAM(_ScoreAveraged):
 
     name = "sscam"
 
-    def __init__(self, model: nn.Module, target_layer=None, num_samples: int = 35, std: float = 2.0, seed: int = 0, batch_size: int = 128) -> None:
-        super().__init__(model, target_layer, num_samples, batch_size)
+    def __init__(
+        self, model: nn.Module, target_layer=None, num_samples: int = 35, std: float = 2.0, seed: int = 0,
+        batch_size: int = 128, **options: Any,
+    ) -> None:
+        super().__init__(model, target_layer, num_samples, batch_size, **options)
         _check_positive(std=std)
         self.std, self.seed = float(std), int(seed)
 

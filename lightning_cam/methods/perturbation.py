@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.layout import Reshape
@@ -38,9 +39,10 @@ class ScoreCAM(BaseCAM):
 
     def __init__(
         self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 128,
-        score: str = "softmax", align_corners: bool = False, *, reshape: Reshape | None = None,
+        score: str = "softmax", align_corners: bool = False, *,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+        super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
         if score not in ("softmax", "logit"):
             raise ValueError(f"score must be 'softmax' or 'logit', got {score!r}.")
         if batch_size < 1:
@@ -63,7 +65,7 @@ class ScoreCAM(BaseCAM):
                 lo = flat.min(dim=1).values[:, None, None, None]
                 hi = flat.max(dim=1).values[:, None, None, None]
                 masks = (masks - lo) / (hi - lo + 1e-8)
-                out = self.model(x[b] * masks.to(x.dtype)).float()
+                out = layer_pass.model_scores(x[b] * masks)
                 if self.score == "softmax":
                     out = out.softmax(dim=1)
                 scores[rows] = out.gather(1, layer_pass.targets[b][:, None])[:, 0]
@@ -80,8 +82,11 @@ class AblationCAM(BaseCAM):
 
     name = "ablationcam"
 
-    def __init__(self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 256, *, reshape: Reshape | None = None) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+    def __init__(
+        self, model: nn.Module, target_layer: str | nn.Module | None = None, batch_size: int = 256, *,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
+    ) -> None:
+        super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.batch_size = batch_size

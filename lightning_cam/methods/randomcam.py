@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,8 +24,8 @@ class RandomCAM(BaseCAM):
 
     name = "randomcam"
 
-    def __init__(self, model: nn.Module, target_layer=None, seed: int = 0) -> None:
-        super().__init__(model, target_layer)
+    def __init__(self, model: nn.Module, target_layer=None, seed: int = 0, **options: Any) -> None:
+        super().__init__(model, target_layer, **options)
         self.seed = int(seed)
 
     def compute(self, layer_pass: LayerPass) -> Explanation:

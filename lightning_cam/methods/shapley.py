@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from lightning_cam.outputs import OutputTransform
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
 
@@ -42,9 +43,10 @@ class ShapCAM(BaseCAM):
 
     def __init__(
         self, model: nn.Module, target_layer: str | nn.Module | None = None, num_permutations: int = 64,
-        max_exact_channels: int = 12, batch_size: int = 512, seed: int = 0, *, reshape: Reshape | None = None,
+        max_exact_channels: int = 12, batch_size: int = 512, seed: int = 0, *,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+        super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
         if num_permutations < 2 or num_permutations % 2:
             raise ValueError(f"num_permutations must be an even number >= 2 (antithetic pairs), got {num_permutations}.")
         if max_exact_channels > 20:

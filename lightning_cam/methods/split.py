@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from lightning_cam.layers import candidate_layers
+from lightning_cam.outputs import OutputTransform, float_logits
 
 __all__ = ["SplitModel", "split_model"]
 
@@ -47,6 +48,7 @@ class SplitModel:
     traced: bool
     batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
     dtype: torch.dtype = torch.float32  # dtype of the layer's output, which the head expects
+    output_transform: OutputTransform | None = None  # model output -> (B, C) scores (lightning_cam.outputs)
 
     def select(self, crossings: tuple, index: torch.Tensor) -> tuple:
         """Pick rows ``index`` of every batched crossing value (others as they are)."""
@@ -59,7 +61,7 @@ class SplitModel:
         elif activations.is_leaf and activations.requires_grad:
             activations = activations.clone()  # heads may start with an in-place ReLU (DenseNet)
         out = self.head(activations, *self.select(crossings, index))
-        return _logits(out, self.layer_name).float()
+        return float_logits(out, self.output_transform)
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -229,15 +231,6 @@ def _check_activation(activation: object, layer_name: str) -> None:
             "channels-last (B, h, w, K) or tokens (B, N, K). Choose a convolutional layer, a block, "
             "or a transformer block's first norm."
         )
-
-
-def _logits(out: object, layer_name: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"The model must return class scores of shape (B, num_classes); it returned {shape}."
-        )
-    return out
 
 
 class _StopForward(Exception):

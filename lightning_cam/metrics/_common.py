@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam._checks import check_images as check_image_batch
-from lightning_cam._state import autocast_off, eval_mode
+from lightning_cam._state import autocast_off, eval_mode, to_model_dtype
 from lightning_cam._targets import TargetsLike, resolve_targets, targets_or_top1  # noqa: F401 - re-exported to the metrics
 from lightning_cam.maps import upsample_maps
+from lightning_cam.outputs import OutputTransform, float_logits
 
 Score = Literal["softmax", "logit"]
 
@@ -82,37 +83,43 @@ def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: 
 
 
 def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
-    """Score of ``classes`` (N,) in the model output (N, C): softmax probability or raw output."""
-    if not isinstance(logits, Tensor) or logits.ndim != 2:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"the model must return class scores of shape (N, num_classes), got {shape}")
-    logits = logits.float()
+    """Score of ``classes`` (N,) in the float32 class scores (N, C): softmax probability or raw output."""
     if score == "softmax":
         logits = logits.softmax(dim=1)
     return logits.gather(1, classes[:, None]).squeeze(1)
 
 
-def forward_chunks(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """Model output for ``images`` evaluated ``batch_size`` images at a time."""
-    outs = [model(images[i : i + batch_size]) for i in range(0, images.shape[0], batch_size)]
-    for o in outs:
-        if not isinstance(o, Tensor) or o.ndim != 2:
-            shape = tuple(o.shape) if isinstance(o, Tensor) else type(o).__name__
-            raise ValueError(f"the model must return class scores of shape (N, num_classes), got {shape}")
+def model_scores(model: nn.Module, images: Tensor, output_transform: OutputTransform | None = None) -> Tensor:
+    """float32 (N, C) class scores of ``model`` on ``images`` (cast to the model's dtype first).
+
+    The output may be anything :func:`lightning_cam.outputs.logits_of` understands, or
+    what ``output_transform`` turns into scores.
+    """
+    return float_logits(model(to_model_dtype(images, model)), output_transform)
+
+
+def forward_chunks(
+    model: nn.Module, images: Tensor, batch_size: int, output_transform: OutputTransform | None = None
+) -> Tensor:
+    """:func:`model_scores` for ``images`` evaluated ``batch_size`` images at a time."""
+    outs = [model_scores(model, images[i : i + batch_size], output_transform) for i in range(0, images.shape[0], batch_size)]
     return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
-def clean_output(model: nn.Module, images: Tensor, batch_size: int, clean_logits: Tensor | None) -> Tensor:
-    """The model's output on the clean ``images``: ``clean_logits`` when given (checked), else a forward pass."""
+def clean_output(
+    model: nn.Module, images: Tensor, batch_size: int, clean_logits: Tensor | None,
+    output_transform: OutputTransform | None = None,
+) -> Tensor:
+    """The model's float32 scores on the clean ``images``: ``clean_logits`` when given (checked), else a forward pass."""
     if clean_logits is None:
-        return forward_chunks(model, images, batch_size)
+        return forward_chunks(model, images, batch_size, output_transform)
     if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 2 or clean_logits.shape[0] != images.shape[0]:
         shape = tuple(clean_logits.shape) if isinstance(clean_logits, Tensor) else type(clean_logits).__name__
         raise ValueError(
             f"clean_logits must be the model's output on the images, shape ({images.shape[0]}, num_classes); "
             f"got {shape}. Example: clean_logits=explanation.logits"
         )
-    return clean_logits.detach().to(images.device)
+    return clean_logits.detach().to(device=images.device, dtype=torch.float32)
 
 
 def check_batch_size(batch_size: int) -> int:

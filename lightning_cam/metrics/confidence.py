@@ -19,9 +19,11 @@ from lightning_cam.metrics._common import (
     class_scores,
     clean_output,
     evaluating,
+    model_scores,
     targets_or_top1,
     saliency_to_size,
 )
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = ["ConfidenceResult", "confidence_change"]
 
@@ -85,6 +87,7 @@ def confidence_change(
     score: Score = "softmax",
     normalize: bool = False,
     batch_size: int = 256,
+    output_transform: OutputTransform | None = None,
     clean_logits: Tensor | None = None,
     deletion: bool = True,
 ) -> ConfidenceResult:
@@ -104,13 +107,20 @@ def confidence_change(
             need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
         score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
             With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+        output_transform: callable reading the (N, C) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
         clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
         deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
             forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.
+
+    Images are cast to the model's dtype for each forward pass; scores are float32. An image
+    whose Y or O is not finite gets a NaN ``drop`` (never a silent 0); ``drop_in_deletion`` is
+    NaN when Y or D is not.
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
+    output_transform = check_output_transform(output_transform)
     images = check_images(images)
     b, _, h, w = images.shape
     device = images.device
@@ -118,10 +128,10 @@ def confidence_change(
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):
-        logits = clean_output(model, images, batch_size, clean_logits)
+        logits = clean_output(model, images, batch_size, clean_logits, output_transform)
         classes = targets_or_top1(targets, logits)
         y = class_scores(logits, classes, score)
-        if score == "logit" and bool((y <= 0).any()):
+        if score == "logit" and bool((y <= 0).any()):  # NaN compares False: reported as NaN below
             raise ValueError(
                 "Average Drop divides by the clean score Y, which must be > 0; with score='logit' images "
                 f"{(y <= 0).nonzero().flatten().tolist()} have Y <= 0. Use score='softmax'."
@@ -134,7 +144,7 @@ def confidence_change(
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
-            outs.append(class_scores(model(images[img_idx] * m), classes[img_idx], score))
+            outs.append(class_scores(model_scores(model, images[img_idx] * m, output_transform), classes[img_idx], score))
         both = torch.cat(outs)
     o = both[:b]
     d = both[b:] if deletion else torch.full_like(o, float("nan"))
@@ -142,6 +152,9 @@ def confidence_change(
     denom = torch.where(valid, y, torch.ones_like(y))
     drop = torch.where(valid, (y - o).clamp_min(0) / denom, torch.zeros_like(y))
     drop_in_deletion = torch.where(valid, (y - d) / denom, torch.zeros_like(y))
+    nonfinite = ~(torch.isfinite(y) & torch.isfinite(o))
+    drop = drop.masked_fill(nonfinite, float("nan"))
+    drop_in_deletion = drop_in_deletion.masked_fill(nonfinite | ~torch.isfinite(d), float("nan"))
     if not deletion:
         drop_in_deletion = torch.full_like(o, float("nan"))
     return ConfidenceResult(

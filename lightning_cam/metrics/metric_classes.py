@@ -3,6 +3,8 @@
 Every state is a sum (``dist_reduce_fx="sum"``): under DDP each process accumulates its own
 images and ``compute()`` sums the states across processes before dividing, so the result equals
 the mean over all images seen by all processes (not a mean of per-process means).
+Images with a non-finite score (a diverging model) are left out of the means and counted in
+the ``"nonfinite"`` entry of ``compute()``.
 The model is held by reference and is not a sub-module of the metric: ``metric.to(...)`` and
 ``metric.state_dict()`` do not touch it.
 """
@@ -19,6 +21,7 @@ from lightning_cam.metrics._common import Score, TargetsLike
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
 from lightning_cam.metrics.rise import InsertionDeletionResult, Substrate, insertion_deletion
 from lightning_cam.metrics.pointing import PointingResult, pointing_game
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = ["ConfidenceChange", "InsertionDeletion", "PointingGame"]
 
@@ -36,6 +39,14 @@ def _get_model(ref: _ModelRef, name: str) -> nn.Module:
     return ref.model
 
 
+def _finite(*values: Tensor) -> Tensor:
+    """(B,) bool: every per-image value is finite."""
+    ok = torch.ones_like(values[0], dtype=torch.bool)
+    for v in values:
+        ok &= torch.isfinite(v)
+    return ok
+
+
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
     return num / den.clamp_min(1) if bool(den > 0) else torch.zeros_like(num)
 
@@ -45,7 +56,7 @@ class InsertionDeletion(Metric):
 
     ``update(images, saliency, targets=None)`` runs :func:`insertion_deletion` with the options
     given here; ``update(result)`` accumulates a precomputed :class:`InsertionDeletionResult`.
-    ``compute()`` -> ``{"insertion": mean AUC, "deletion": mean AUC}``.
+    ``compute()`` -> ``{"insertion": mean AUC, "deletion": mean AUC, "nonfinite": #images left out}``.
     """
 
     full_state_update = False
@@ -66,6 +77,7 @@ class InsertionDeletion(Metric):
         score: Score = "softmax",
         deletion_substrate: Substrate = "zeros",
         insertion_substrate: Substrate = "blur",
+        output_transform: OutputTransform | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,10 +89,12 @@ class InsertionDeletion(Metric):
             score=score,
             deletion_substrate=deletion_substrate,
             insertion_substrate=insertion_substrate,
+            output_transform=check_output_transform(output_transform),
         )
         self.add_state("insertion_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("deletion_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("nonfinite", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(  # type: ignore[override]
         self,
@@ -94,12 +108,18 @@ class InsertionDeletion(Metric):
             if saliency is None:
                 raise ValueError("update(images, saliency, targets=None): saliency is required")
             r = insertion_deletion(_get_model(self._ref, "InsertionDeletion"), images, saliency, targets, **self.options)
-        self.insertion_sum += r.insertion.sum().to(self.insertion_sum)
-        self.deletion_sum += r.deletion.sum().to(self.deletion_sum)
-        self.total += r.insertion.shape[0]
+        ok = _finite(r.insertion, r.deletion)
+        self.insertion_sum += r.insertion[ok].sum().to(self.insertion_sum)
+        self.deletion_sum += r.deletion[ok].sum().to(self.deletion_sum)
+        self.total += int(ok.sum())
+        self.nonfinite += int((~ok).sum())
 
     def compute(self) -> dict[str, Tensor]:
-        return {"insertion": _ratio(self.insertion_sum, self.total), "deletion": _ratio(self.deletion_sum, self.total)}
+        return {
+            "insertion": _ratio(self.insertion_sum, self.total),
+            "deletion": _ratio(self.deletion_sum, self.total),
+            "nonfinite": self.nonfinite.clone(),
+        }
 
 
 class ConfidenceChange(Metric):
@@ -107,7 +127,8 @@ class ConfidenceChange(Metric):
     Average Drop in Deletion % over all images seen.
 
     ``update(images, saliency, targets=None)`` or ``update(result)``;
-    ``compute()`` -> ``{"average_drop", "increase_in_confidence", "average_drop_in_deletion"}`` in %.
+    ``compute()`` -> ``{"average_drop", "increase_in_confidence", "average_drop_in_deletion"}`` in %,
+    and ``"nonfinite"``: the number of images left out (non-finite scores).
     """
 
     full_state_update = False
@@ -126,15 +147,20 @@ class ConfidenceChange(Metric):
         score: Score = "softmax",
         normalize: bool = False,
         batch_size: int = 256,
+        output_transform: OutputTransform | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._ref = _ModelRef(model)
-        self.options: dict[str, Any] = dict(score=score, normalize=normalize, batch_size=batch_size)
+        self.options: dict[str, Any] = dict(
+            score=score, normalize=normalize, batch_size=batch_size,
+            output_transform=check_output_transform(output_transform),
+        )
         self.add_state("drop_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("increase_sum", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("drop_in_deletion_sum", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("nonfinite", default=torch.tensor(0), dist_reduce_fx="sum")
 
     def update(  # type: ignore[override]
         self,
@@ -148,16 +174,19 @@ class ConfidenceChange(Metric):
             if saliency is None:
                 raise ValueError("update(images, saliency, targets=None): saliency is required")
             r = confidence_change(_get_model(self._ref, "ConfidenceChange"), images, saliency, targets, **self.options)
-        self.drop_sum += r.drop.sum().to(self.drop_sum)
-        self.increase_sum += r.increase.sum().to(self.increase_sum)
-        self.drop_in_deletion_sum += r.drop_in_deletion.sum().to(self.drop_in_deletion_sum)
-        self.total += r.drop.shape[0]
+        ok = _finite(r.score, r.masked_score, r.deleted_score)
+        self.drop_sum += r.drop[ok].sum().to(self.drop_sum)
+        self.increase_sum += r.increase[ok].sum().to(self.increase_sum)
+        self.drop_in_deletion_sum += r.drop_in_deletion[ok].sum().to(self.drop_in_deletion_sum)
+        self.total += int(ok.sum())
+        self.nonfinite += int((~ok).sum())
 
     def compute(self) -> dict[str, Tensor]:
         return {
             "average_drop": _ratio(self.drop_sum, self.total) * 100.0,
             "increase_in_confidence": _ratio(self.increase_sum.to(self.drop_sum), self.total) * 100.0,
             "average_drop_in_deletion": _ratio(self.drop_in_deletion_sum, self.total) * 100.0,
+            "nonfinite": self.nonfinite.clone(),
         }
 
 

@@ -33,9 +33,11 @@ from lightning_cam.metrics._common import (
     class_scores,
     clean_output,
     evaluating,
+    model_scores,
     targets_or_top1,
     saliency_to_size,
 )
+from lightning_cam.outputs import OutputTransform, check_output_transform
 
 Substrate = Union[str, float, int, Tensor]
 
@@ -218,6 +220,7 @@ def insertion_deletion(
     score: Score = "softmax",
     deletion_substrate: Substrate = "zeros",
     insertion_substrate: Substrate = "blur",
+    output_transform: OutputTransform | None = None,
     clean_logits: Tensor | None = None,
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves and AUCs (Petsiuk et al., RISE, BMVC 2018).
@@ -242,6 +245,11 @@ def insertion_deletion(
             right choice for a model that already ends in a softmax).
         deletion_substrate / insertion_substrate: ``"zeros"``, ``"blur"``, a constant, or a tensor
             broadcastable to the images (e.g. a (C,) per-channel dataset mean, in input space).
+        output_transform: callable reading the (N, C) scores from the model's output when it is
+            not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
+
+    Images are cast to the model's dtype for each forward pass (bf16 / fp16 / float64 models);
+    curves and AUCs are float32. A non-finite model output gives that image NaN curves and AUCs.
         clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
 
@@ -254,6 +262,7 @@ def insertion_deletion(
     """
     score = check_score(score)
     batch_size = check_batch_size(batch_size)
+    output_transform = check_output_transform(output_transform)
     images = check_images(images)
     b, c, h, w = images.shape
     hw = h * w
@@ -266,7 +275,7 @@ def insertion_deletion(
     rank = pixel_ranks(sal)
 
     with evaluating(model, device):
-        clean_logits = clean_output(model, images, batch_size, clean_logits)
+        clean_logits = clean_output(model, images, batch_size, clean_logits, output_transform)
         classes = targets_or_top1(targets, clean_logits)
         clean = class_scores(clean_logits, classes, score)
         del clean_logits
@@ -306,7 +315,7 @@ def insertion_deletion(
                     )
             # advanced indexing (t[idx]) rather than index_select: the latter is ~35x slower on CPU
             # for 4-D tensors in torch 2.x
-            out = model(chunk)
+            out = model_scores(model, chunk, output_transform)
             del chunk
             scores[j0:j1] = class_scores(out, classes[img_idx], score)
 

@@ -47,7 +47,12 @@ class Display:
 
 @dataclass
 class Media:
-    """One evaluation to write: ``report`` (CPU), the ``held`` images, epoch / step / stage and key ``prefix``."""
+    """One evaluation to write: ``report`` (CPU), the ``held`` images, epoch / step / stage and key ``prefix``.
+
+    ``target``: the callback's ``target`` option; with ``"label"`` the grids and
+    tables show the explained label next to the prediction and mark the
+    misclassified images.
+    """
 
     report: EvaluationReport
     held: HeldOut
@@ -58,6 +63,7 @@ class Media:
     display: Display = field(default_factory=Display)
     class_names: Sequence[str] | None = None
     layer_in_key: bool | None = None  # None: when the report has several layers
+    target: str = "prediction"
 
     @property
     def multi_layer(self) -> bool:
@@ -90,16 +96,31 @@ class Media:
     def shown(self) -> int:
         return min(self.display.max_images, len(self.held))
 
+    def misclassified(self) -> list[bool] | None:
+        """Per image: prediction != label (None without labels)."""
+        labels = self.held.labels
+        if labels is None:
+            return None
+        return [int(p) != int(lab) for p, lab in zip(self.report.predictions.tolist(), list(labels))]
+
     def column_labels(self) -> list[str]:
-        """Per shown image: label, prediction and its confidence (three lines)."""
+        """Per shown image: label, prediction and the confidence in the explained class (three lines).
+
+        With ``target="label"`` the prediction of a misclassified image is marked ``WRONG`` and the
+        last line is ``p(label)``: the maps then explain the label, not the prediction.
+        """
         k = self.shown
         labels = self.held.labels
+        wrong = self.misclassified() if self.target == "label" else None
         out = []
         for i in range(k):
             lab = self.label(None if labels is None else int(labels[i]))
             pred = self.label(int(self.report.predictions[i]))
             conf = float(self.report.confidence[i])
-            out.append(f"label {lab or '?'}\npred {pred}\nconf {conf:.2f}")
+            if wrong is not None:
+                out.append(f"label {lab}\npred {pred}{'  WRONG' if wrong[i] else ''}\np(label) {conf:.2f}")
+            else:
+                out.append(f"label {lab or '?'}\npred {pred}\nconf {conf:.2f}")
         return out
 
     @functools.cached_property
@@ -162,7 +183,10 @@ class Media:
     def table_rows(self) -> tuple[list[str], list[list[object]]]:
         """Per-image scores: columns and rows (no pictures), for the CSV file and the W&B table."""
         rep = self.report
-        cols = ["index", "label", "prediction", "confidence"]
+        by_label = self.target == "label"
+        wrong = self.misclassified() if by_label else None
+        # with target="label": "explained" is the class the maps explain and "confidence" its probability
+        cols = ["index", "label", "prediction", *(["misclassified", "explained"] if by_label else []), "confidence"]
         names = []
         for layer, m, r in rep.items():
             name = f"{layer}/{m}" if self.multi_layer else m
@@ -178,7 +202,10 @@ class Media:
         rows = []
         for i in range(rep.num_images):
             lab = None if self.held.labels is None else int(self.held.labels[i])
-            row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i])), float(rep.confidence[i])]
+            row: list[object] = [int(src[i]), self.label(lab), self.label(int(rep.predictions[i]))]
+            if wrong is not None:
+                row += [bool(wrong[i]), self.label(int(rep.explained[i]))]
+            row.append(float(rep.confidence[i]))
             row += [float(_at(getattr(rep.method(m, layer), k), i, j)) for layer, m, k, j in names]
             rows.append(row)
         return cols, rows

@@ -23,6 +23,12 @@ from lightning_cam.callback.sinks.media import Media
 __all__ = ["WandbSink"]
 
 
+def _finite_rows(report: Any, name: str) -> Any:
+    """The per-image rows of ``name`` whose image is finite (those the means use)."""
+    values = getattr(report, name)
+    return values if report.finite is None else values[report.finite.bool()]
+
+
 class WandbSink:
     def __init__(self, logger: Any) -> None:
         self.logger = logger
@@ -64,7 +70,7 @@ class WandbSink:
         for layer, lrep in media.report.layers.items():
             for kind in ("insertion", "deletion"):
                 keys = [m for m, r in lrep.methods.items() if getattr(r, f"{kind}_curve") is not None]
-                ys = [getattr(lrep.methods[m], f"{kind}_curve").double().mean(0).cpu().tolist() for m in keys]
+                ys = [_finite_rows(lrep.methods[m], f"{kind}_curve").double().mean(0).cpu().tolist() for m in keys]
                 out[media.key(layer, "curves", kind)] = wandb.plot.line_series(
                     xs=xs, ys=ys, keys=keys, title=f"Mean {kind} curve ({media.title(layer if media.multi_layer else '')})",
                     xname="fraction of pixels " + ("inserted" if kind == "insertion" else "deleted"),
