@@ -51,7 +51,26 @@ def test_callback_fuses_a_list_of_layers_and_runs_the_new_methods(tmp_path):
                      method_kwargs={"iscam": {"num_samples": 2}})
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule())
-    assert cb._layer_name == ["net.features", "net.layer4"]
+    assert cb.layer_names == {"features": "net.features", "layer4": "net.layer4"}
+    assert not cb.layer_in_key  # fused: one map per method, keys without the layer
     assert cb.num_errors == 0
     for m in methods:
         assert 0.0 <= float(cb.last_scalars[f"cam/{m}/insertion"]) <= 1.0
+
+
+def test_evaluator_fuses_layers_like_explain_all():
+    """evaluate(fusion="max") reports one layer "a+b" whose maps are explain_all's fused maps."""
+    from lightning_cam import explain_all
+    from lightning_cam.callback import evaluate
+    from tests._callback_helpers import LitTiny
+
+    torch.manual_seed(0)
+    model = LitTiny().eval()
+    x = torch.randn(3, 3, 16, 16)
+    report = evaluate(model, ["features", "layer4"], x, methods=["gradcam"], fusion="max", curves=False)
+    assert list(report.layers) == ["features+layer4"]
+    fused = explain_all(model, ["features", "layer4"], x, methods=["gradcam"], fusion="max")["gradcam"]
+    # the same kernels on the same shapes: identical maps
+    assert torch.equal(report["gradcam"].maps, fused.maps)
+    with pytest.raises(ValueError, match="fusion must be None or one of"):
+        evaluate(model, ["features", "layer4"], x, methods=["gradcam"], fusion="sum")

@@ -17,6 +17,7 @@ __all__ = ["ON_ERROR", "Options", "check_display", "check_options"]
 ON_ERROR = ("warn", "raise")
 SANITY_ORDERS = ("full", "cascading")
 TARGETS = ("prediction", "label")
+FUSIONS = (None, "mean", "max")
 DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
 
 
@@ -45,10 +46,12 @@ class Options:
     sanity_seed: int = 42
     target: str = "prediction"
     output_transform: Any = None
+    fusion: str | None = None
 
     @property
     def multi_layer(self) -> bool:
-        return len(self.target_layers) > 1
+        """Several layers reported one by one (a fused list is one map per method)."""
+        return len(self.target_layers) > 1 and self.fusion is None
 
     def curve_steps(self) -> dict[str, int | None]:
         """``step`` / ``n_steps`` for :func:`~lightning_cam.callback.evaluator.evaluate`."""
@@ -188,6 +191,7 @@ def check_options(
     sanity_seed: int = 42,
     target: str = "prediction",
     output_transform: Any = None,
+    fusion: str | None = None,
 ) -> Options:
     """Every option checked; raises ValueError / TypeError naming the option, what is allowed and an example."""
     if on_error not in ON_ERROR:
@@ -213,6 +217,12 @@ def check_options(
         raise ValueError(
             f"CAMCallback: sanity_order must be one of {SANITY_ORDERS}, got {sanity_order!r}; e.g. sanity_order='full'"
         )
+    if fusion not in FUSIONS:
+        raise ValueError(
+            f"CAMCallback: fusion must be None (each layer of target_layer logged on its own), 'mean' "
+            f"(pytorch-grad-cam) or 'max' (torchcam), got {fusion!r}; e.g. "
+            f"CAMCallback(target_layer=['layer3', 'layer4'], fusion='mean')"
+        )
     if sanity_every_n_epochs is not None:
         sanity_every_n_epochs = check_int("sanity_every_n_epochs", sanity_every_n_epochs, 0)
     return Options(
@@ -237,6 +247,7 @@ def check_options(
         sanity_seed=check_int("sanity_seed", sanity_seed, 0),
         target=target,
         output_transform=check_output_transform(output_transform, "CAMCallback: output_transform"),
+        fusion=fusion,
     )
 
 

@@ -104,6 +104,10 @@ class CAMCallbackMixin:
             the model's output when ``forward`` returns something other than a
             tensor, a tuple/list (first element), a dict with ``"logits"`` or an
             object with ``.logits`` (see :mod:`lightning_cam.outputs`).
+        fusion: with a list ``target_layer``: ``None`` (default) explains and logs
+            every layer on its own (``cam/<layer>/<method>/...``); ``"mean"``
+            (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``) fuses the
+            layers' maps into one per method, logged as ``cam/<method>/...``.
 
     Every evaluation also logs ``sparseness`` / ``complexity`` per method, the share of the
     map's energy in every named region of the held-out masks (``energy/<region>``), and from
@@ -150,6 +154,7 @@ class CAMCallbackMixin:
         sanity_seed: int = 42,
         target: str = "prediction",
         output_transform: Callable[[Any], Tensor] | None = None,
+        fusion: str | None = None,
     ) -> None:
         super().__init__()
         self.options = check_options(
@@ -158,7 +163,7 @@ class CAMCallbackMixin:
             explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
             max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
             sanity_every_n_epochs=sanity_every_n_epochs, sanity_order=sanity_order, sanity_seed=sanity_seed,
-            target=target, output_transform=output_transform,
+            target=target, output_transform=output_transform, fusion=fusion,
         )
         self.display = check_display(
             mean=mean, std=std, alpha=alpha, colormap=colormap, max_images=max_images, log_table=log_table,
@@ -199,7 +204,8 @@ class CAMCallbackMixin:
             for layer in self.options.target_layers
         ]
         # layers and methods only: a resumed run may change seed / num_samples and keeps its held-out set
-        return self._generate_state_key(target_layer=layers, methods=self.methods)  # type: ignore[attr-defined]
+        extra = {} if self.options.fusion is None else {"fusion": self.options.fusion}
+        return self._generate_state_key(target_layer=layers, methods=self.methods, **extra)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -296,6 +302,7 @@ class CAMCallbackMixin:
             method_kwargs=opts.method_kwargs, targets=targets, output_transform=opts.output_transform,
             regions=None if held.regions is None else {k: v[idx] for k, v in held.regions.items()},
             randomization=opts.sanity_order if sanity else None, randomization_seed=opts.sanity_seed,
+            fusion=opts.fusion,
         )
         if count == 0:  # the dummy row explains nothing: zero seconds
             report = replace(report, layers={

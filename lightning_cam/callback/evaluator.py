@@ -261,7 +261,7 @@ def _nan(n: int, device: torch.device) -> Tensor:
 
 def _randomization(
     net: nn.Module,
-    layer: str,
+    layer: str | list[str],
     xb: Tensor,
     exps: Mapping[str, Any],
     methods: Sequence[str],
@@ -270,6 +270,7 @@ def _randomization(
     order: str,
     seed: int,
     output_transform: OutputTransform | None = None,
+    fusion: str = "mean",
 ) -> dict[str, dict[str, Tensor]]:
     """Per method: Spearman of its maps with those of the randomised copies (same targets); the
     last step (every parameter re-initialised) as ``randomization_spearman``, and with
@@ -280,7 +281,8 @@ def _randomization(
     steps: dict[str, list[Tensor]] = {m: [] for m in methods}
     for _, twin in randomized_models(net, order=order, seed=seed):  # type: ignore[arg-type]
         rand = explain_all(
-            twin, layer, xb, methods=methods, targets=targets, method_kwargs=method_kwargs, output_transform=output_transform
+            twin, layer, xb, methods=methods, targets=targets, method_kwargs=method_kwargs,
+            output_transform=output_transform, fusion=fusion,
         )
         for m in methods:
             steps[m].append(spearman(exps[m].maps, rand[m].maps))
@@ -395,6 +397,7 @@ def evaluate(
     randomization: str | None = None,
     randomization_seed: int = 42,
     output_transform: OutputTransform | None = None,
+    fusion: str | None = None,
 ) -> EvaluationReport:
     """Explain ``images`` with every method at every layer and score the maps.
 
@@ -429,6 +432,11 @@ def evaluate(
             re-initialises from the output layer down and reports the last (fully random) step.
         output_transform: reads the (B, num_classes) scores from the model's output when it is
             not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
+        fusion: ``None`` (default): a list of layers is scored layer by layer (one
+            :class:`LayerReport` each); ``"mean"`` (pytorch-grad-cam) or ``"max"`` (torchcam's
+            ``fuse_cams``): the layers' maps are fused into one map per method
+            (:mod:`lightning_cam.methods.compose`), reported as one layer named
+            ``"<layer>+<layer>..."``.
 
     Returns:
         An :class:`EvaluationReport` with per-image tensors on the model's device.
@@ -448,7 +456,15 @@ def evaluate(
     param = next(net.parameters(), None)
     device = param.device if param is not None else images.device
     n, _, h, w = images.shape
-    names = layer_names(net, target_layer, images[:1])
+    names: dict[str, Any] = layer_names(net, target_layer, images[:1])
+    if fusion is not None:
+        from lightning_cam.methods.compose import FUSIONS
+
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be None or one of {FUSIONS}, got {fusion!r}; e.g. fusion='mean'")
+        if len(names) > 1:  # one fused "layer"; its maps have no channel weights to compare with ShapCAM
+            names = {"+".join(names): list(names.values())}
+            shap_samples, shap_on = 0, None
     compare = shap_on is not None or shap_samples > 0  # the shap_* fields exist (NaN where not compared)
     if shap_on is None:
         shap_on = torch.arange(n) < int(shap_samples)
@@ -491,7 +507,7 @@ def evaluate(
             t0 = time.perf_counter()
             exps = explain_all(
                 net, qualified, xb, methods=methods, targets=tb, method_kwargs=method_kwargs,
-                output_transform=output_transform,
+                output_transform=output_transform, fusion=fusion or "mean",
             )
             first = exps[methods[0]]
             if li == 0:
@@ -520,7 +536,7 @@ def evaluate(
                 t2 = time.perf_counter()
                 for m, values in _randomization(
                     net, qualified, xb, exps, methods, first.targets, method_kwargs, randomization, randomization_seed,
-                    output_transform,
+                    output_transform, fusion or "mean",
                 ).items():
                     scored[m].update(values)
                 timing["randomization"] = timing.get("randomization", 0.0) + time.perf_counter() - t2
@@ -538,7 +554,8 @@ def evaluate(
         for m in methods:
             data = {k: torch.cat(v) for k, v in chunks[name][m].items()}
             reps[m] = MethodReport(method=m, seconds=seconds[name][m], **data)
-        layers[name] = LayerReport(layer=name, qualified=qualified, methods=reps, channels=channels)
+        path = qualified if isinstance(qualified, str) else "+".join(qualified)
+        layers[name] = LayerReport(layer=name, qualified=path, methods=reps, channels=channels)
     report = EvaluationReport(
         layers=layers,
         predictions=torch.cat(preds),
