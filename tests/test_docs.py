@@ -126,7 +126,8 @@ def test_every_figure_has_the_command_that_made_it():
         for i, line in enumerate(lines):
             for target in re.findall(r"!\[[^\]]*\]\(([^)]+\.(?:png|svg|jpg))\)", line):
                 near = " ".join(lines[i : i + 4])
-                assert re.search(r"`python [^`]*" + re.escape(Path(target).name), near), (
+                # the command that wrote it, or the copy of a run's output made by a command shown above
+                assert re.search(r"`(?:python|cp) [^`]*" + re.escape(Path(target).name), near), (
                     f"{_id(page)}:{i + 1}: figure {target} needs the command that produced it next to it"
                 )
                 assert (page.parent / target).is_file(), f"{_id(page)}:{i + 1}: {target} does not exist"

@@ -47,7 +47,7 @@ def test_callback_fuses_a_list_of_layers_and_runs_the_new_methods(tmp_path):
 
     pl.seed_everything(0)
     methods = ["gradcam", "eigencam", "gradcamelementwise", "randomcam", "iscam"]
-    cb = CAMCallback(target_layer=["features", "layer4"], fusion="mean", methods=methods, num_samples=4, log_images=False, on_error="raise",
+    cb = CAMCallback(target_layer=["features", "layer4"], fusion="mean", methods=methods, num_samples=4, log_images=False, on_error="raise", max_overhead=None,
                      method_kwargs={"iscam": {"num_samples": 2}})
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule())
