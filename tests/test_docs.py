@@ -104,8 +104,8 @@ def test_callback_option_defaults_match_the_signature():
     from lightning_cam import CAMCallback
 
     params = inspect.signature(CAMCallback.__init__).parameters
-    text = (ROOT / "docs" / "getting-started.md").read_text()
-    table = text.split("### Options")[1].split("\n\n")[1]
+    text = (ROOT / "docs" / "callback.md").read_text()
+    table = text.split("## Options")[1].split("\n\n")[1]
     checked = 0
     for name, default in re.findall(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M):
         if name not in params:
@@ -115,7 +115,7 @@ def test_callback_option_defaults_match_the_signature():
             value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             continue
-        assert value == params[name].default, f"getting-started.md says {name}={value!r}, the code {params[name].default!r}"
+        assert value == params[name].default, f"callback.md says {name}={value!r}, the code {params[name].default!r}"
         checked += 1
     assert checked >= 8
 
