@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-__all__ = ["check_images"]
+__all__ = ["check_device", "check_images"]
 
 
 def check_images(x: object, name: str = "images") -> torch.Tensor:
@@ -17,3 +18,13 @@ def check_images(x: object, name: str = "images") -> torch.Tensor:
     if x.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch (B = 0); pass at least one image")
     return x
+
+
+def check_device(model: nn.Module, x: torch.Tensor) -> None:
+    """A clear ValueError when ``model``'s parameters and the images ``x`` are on different devices."""
+    param = next(model.parameters(), None)
+    if param is not None and param.device != x.device:
+        raise ValueError(
+            f"The images are on {x.device} but the model's parameters are on {param.device}; move one of them, "
+            f"e.g. images.to({str(param.device)!r})."
+        )

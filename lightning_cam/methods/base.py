@@ -124,13 +124,7 @@ def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tenso
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, activation))
 
 
-from lightning_cam._checks import check_images  # noqa: E402 - one copy, shared with the metrics
-
-
-def check_device(model: nn.Module, x: torch.Tensor) -> None:
-    param = next(model.parameters(), None)
-    if param is not None and param.device != x.device:
-        raise ValueError(f"The images are on {x.device} but the model's parameters are on {param.device}; move one of them.")
+from lightning_cam._checks import check_device, check_images  # noqa: E402 - one copy, shared with the metrics
 
 
 class BaseCAM:

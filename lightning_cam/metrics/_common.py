@@ -42,17 +42,6 @@ def check_images(images: Tensor, name: str = "images") -> Tensor:
     return images
 
 
-def check_model_device(model: nn.Module, device: torch.device) -> None:
-    """Raise a clear error when the model's parameters live on another device."""
-    for p in model.parameters():
-        if p.device.type != device.type or (
-            device.index is not None and p.device.index is not None and p.device.index != device.index
-        ):
-            raise ValueError(
-                f"model parameters are on {p.device} but images are on {device}; move them to the same device"
-            )
-        return
-
 
 def check_score(score: str) -> Score:
     if score not in _SCORES:

@@ -9,12 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.maps import normalize_maps
+from lightning_cam._checks import check_device
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
     check_batch_size,
     check_images,
-    check_model_device,
     check_score,
     class_scores,
     clean_output,
@@ -124,7 +124,7 @@ def confidence_change(
     images = check_images(images)
     b, _, h, w = images.shape
     device = images.device
-    check_model_device(model, device)
+    check_device(model, images)
     e = explanation_map(saliency, b, (h, w), normalize).to(device)[:, None]
 
     with evaluating(model, device):

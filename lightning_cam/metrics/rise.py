@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_cam._checks import check_device
 from lightning_cam.metrics._common import (
     Score,
     TargetsLike,
     check_batch_size,
     check_images,
-    check_model_device,
     check_score,
     class_scores,
     clean_output,
@@ -267,7 +267,7 @@ def insertion_deletion(
     b, c, h, w = images.shape
     hw = h * w
     device = images.device
-    check_model_device(model, device)
+    check_device(model, images)
     sal = saliency_to_size(saliency, b, (h, w)).to(device)
     thresholds = _thresholds(hw, step, n_steps, device)
     n = thresholds.shape[0] - 1
