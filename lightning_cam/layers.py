@@ -159,16 +159,18 @@ def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
         if "MaxVit" in type(named[blocks]).__name__:
             candidates.append(blocks)
     stage = _last(named, prefix + "layers")
-    if stage:
-        candidates.append(f"{_last(named, stage + '.blocks')}.norm1")
+    block = _last(named, stage + ".blocks") if stage else None
+    if block:
+        candidates.append(block + ".norm1")
     stage = _last(named, prefix + "features")
-    if stage and _last(named, stage):
-        candidates.append(f"{_last(named, stage)}.norm1")
+    block = _last(named, stage) if stage else None
+    if block:
+        candidates.append(block + ".norm1")
     stage = _last(named, prefix + "stages")
     if stage:
         candidates.append(stage)
     for name in candidates:
-        if name in named and "None" not in name.split("."):
+        if name in named:
             return name
     return None
 

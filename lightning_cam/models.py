@@ -70,7 +70,15 @@ def timm_image_size(name: str) -> int:
     """The input size of timm model ``name`` from its ``pretrained_cfg`` (no download)."""
     import timm
 
-    return int(timm.get_pretrained_cfg(name.removeprefix(TIMM_PREFIX)).input_size[-1])
+    name = name.removeprefix(TIMM_PREFIX)
+    cfg = timm.get_pretrained_cfg(name) if timm.is_model(name) else None
+    if cfg is None:
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:10]
+        raise ValueError(
+            f"Unknown timm model {name!r}. Similar names: {', '.join(close) or 'none'} (see timm.list_models()); "
+            "e.g. model=timm model.name=vit_tiny_patch16_224"
+        )
+    return int(cfg.input_size[-1])
 
 
 def build_timm(name: str, num_classes: int = 1000, pretrained: bool = False, image_size: int | None = None, **kwargs: Any) -> nn.Module:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+
+from tolerance import sum_tol
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
@@ -165,7 +167,9 @@ def test_named_regions_energy_sparseness_complexity_and_agreement_png(tmp_path):
             e, valid = expect[region]
             assert valid.all()
             key = f"cam/{m}/energy/{region}"
-            assert abs(scalars[key] - float(e.double().mean())) <= 1e-6  # float32 per image, mean in float64
+            # both sides are means of the same float32 per-image values; the logged one went through one
+            # float32 rounding (a logged scalar) and the images' sums may run in another order
+            assert abs(scalars[key] - float(e.double().mean())) <= sum_tol(e.numel() + 1, float(e.abs().max()))
             parsed = parse_key(key)
             assert parsed.method == m and parsed.metric == region_spec(region).name
         # the energy pointing game is the object's energy

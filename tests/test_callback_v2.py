@@ -22,6 +22,7 @@ from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.evaluator import _same_maps
 from lightning_cam.metrics import confidence_change, insertion_deletion
 
+from tolerance import forward_tol
 from _callback_helpers import LitTiny, ToyDataModule, ToyShapes, one_torch_thread, trainer_kwargs  # noqa: F401
 
 EPS = 2.0**-23
@@ -45,7 +46,8 @@ def test_evaluator_without_a_trainer_on_a_torchvision_model():
     assert report.layers["layer4"].qualified == "layer4" and report.layers["layer4"].channels == 512
     r = report["gradcam"]
     assert r.saliency.shape == (3, 32, 32) and r.insertion_curve.shape == (3, 9) and report.fractions.shape == (9,)
-    assert torch.isnan(report["layercam"].shap_pearson).all() if report["layercam"].shap_pearson is not None else True
+    # LayerCAM has no channel weights: no ShapCAM comparison field at all
+    assert report["layercam"].shap_pearson is None
     assert torch.isnan(r.shap_pearson[2]) and not torch.isnan(r.shap_pearson[:2]).any()  # shap_samples=2
     # the logits of the explanation pass are the model's output
     with torch.no_grad():
@@ -55,12 +57,18 @@ def test_evaluator_without_a_trainer_on_a_torchvision_model():
     # every per-image score is what the metric functions give for the same maps (one forward pass each)
     ref = insertion_deletion(model, x, r.saliency, n_steps=8)
     conf = confidence_change(model, x, r.saliency)
-    torch.testing.assert_close(r.insertion, ref.insertion, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(r.deletion_curve, ref.deletion_curve, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(r.average_drop, conf.drop * 100, rtol=1e-6, atol=1e-4)
+    # The evaluator batches the metric passes differently (all methods in one call): other kernels,
+    # other summation orders. Logits then differ by at most the network's reduction bound at the
+    # logits' scale; probabilities and their averages (AUCs) by half of it; Average Drop (percent,
+    # divided by Y >= 1 / num_classes) by 100 * num_classes times it.
+    prob_tol = forward_tol(model, magnitude=float(logits.abs().max()))
+    torch.testing.assert_close(r.insertion, ref.insertion, rtol=0, atol=prob_tol)
+    torch.testing.assert_close(r.deletion_curve, ref.deletion_curve, rtol=0, atol=prob_tol)
+    torch.testing.assert_close(r.average_drop, conf.drop * 100, rtol=0, atol=100 * 5 * prob_tol)
     # the summary is the mean of the per-image values, keyed cam/<method>/<metric>
     s = report.summary()
-    assert s["cam/gradcam/insertion"] == pytest.approx(float(r.insertion.double().mean()))
+    mean = float(r.insertion.double().mean())  # float64 mean of 3 float32 values, as summary() does
+    assert s["cam/gradcam/insertion"] == pytest.approx(mean, rel=EPS, abs=0.0)
     assert {f"cam/{m}/average_drop" for m in methods} <= set(s)
     assert "cam/liftcam/completeness_residual" in s and "cam/gradcam/pointing_game" in s
     # GAP + linear head: XGrad-CAM's map equals Grad-CAM's to rounding, so it reuses the curves
@@ -221,7 +229,8 @@ def test_generic_image_logger_and_csv_png_files_with_labels(tmp_path):
     with open(cam_dir / "epoch0_scores.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and [int(r["index"]) for r in rows] == cb.heldout.indices
-    assert float(rows[0]["liftcam_insertion"]) == pytest.approx(float(cb.last_report["liftcam"].insertion[0]), abs=1e-6)
+    # csv writes repr(float): the same float32 value, read back exactly
+    assert float(rows[0]["liftcam_insertion"]) == float(cb.last_report["liftcam"].insertion[0])
     assert rows[0]["prediction"].split(": ")[1] in ("tl", "tr", "bl")
 
 

@@ -10,7 +10,14 @@ from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted
 __all__ = ["CAM", "head_is_gap_linear"]
 
 _PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity)
-_SHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "size", "mean", "contiguous"}
+_SHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "size", "contiguous"}
+_SPATIAL_DIMS = ((2, 3), (-2, -1), [2, 3], [-2, -1])
+
+
+def _spatial_mean(node: torch.fx.Node) -> bool:
+    """``x.mean((2, 3))`` / ``x.mean(dim=(-2, -1))``: a global average pool written as a mean."""
+    dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    return dim in _SPATIAL_DIMS
 
 
 def _module_ok(module: nn.Module) -> tuple[bool, int]:
@@ -48,10 +55,11 @@ def head_is_gap_linear(model: nn.Module, layer_name: str) -> bool | None:
             ok, count = _module_ok(split.head.get_submodule(node.target))
             linears += count
         elif node.op == "call_method":
-            ok = node.target in _SHAPE_METHODS
+            ok = node.target in _SHAPE_METHODS or (node.target == "mean" and _spatial_mean(node))
         elif node.op == "call_function":
             ok = node.target in (torch.flatten, F.dropout, getattr) or (
-                node.target is F.adaptive_avg_pool2d and node.args[1] in (1, (1, 1))
+                node.target is F.adaptive_avg_pool2d
+                and node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None) in (1, (1, 1))
             )
             if node.target is F.linear:
                 ok, linears = True, linears + 1

@@ -117,7 +117,8 @@ def _tokens(model: nn.Module, layer_name: str, raw: torch.Tensor, size: tuple[in
     patch = _patch_size(model)
     options: list = []
     # The hinted prefix first; 0 when it does not fit (CaiT adds its class token after the blocks).
-    for prefix in dict.fromkeys((prefix, 0)):
+    hinted = prefix
+    for prefix in dict.fromkeys((hinted, 0)):  # the prefix that fits is used below
         for tokens_dim, count, channels in ((1, d1, d2), (2, d2, d1)):
             grid = _token_grid(count - prefix, size, patch)
             if grid is not None:
@@ -126,9 +127,10 @@ def _tokens(model: nn.Module, layer_name: str, raw: torch.Tensor, size: tuple[in
             break
     if len(options) != 1:
         what = "no" if not options else "more than one"
+        tried = f"{hinted} or 0" if hinted else "0"
         raise ValueError(_explain(
             layer_name, raw, input_size=size,
-            why=f"with {prefix} prefix token(s) there is {what} way to read it as tokens on a grid",
+            why=f"with {tried} prefix token(s) there is {what} way to read it as tokens on a grid",
         ))
     tokens_dim, channels, (h, w) = options[0]
     if tokens_dim == 1:  # (B, N, C): entry (n, c) at n * C + c

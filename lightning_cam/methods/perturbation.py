@@ -9,7 +9,6 @@ from torch import nn
 from lightning_cam.outputs import OutputTransform
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
-from lightning_cam.methods.layout import Reshape
 
 __all__ = ["ScoreCAM", "AblationCAM"]
 
