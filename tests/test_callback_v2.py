@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -355,3 +356,39 @@ def test_only_the_unified_lightning_package(monkeypatch):
     monkeypatch.setattr(_lightning.importlib, "import_module", lambda name: (_ for _ in ()).throw(ImportError(name)))
     with pytest.raises(ImportError, match="pip install pytorch-lightning"):
         _lightning.lightning_package()
+
+
+def test_test_stage_after_fit_explains_the_test_split(tmp_path):
+    """fit then test on one Trainer: cam/ reads the validation split, cam_test/ the test split."""
+
+    class SplitData(ToyDataModule):
+        def setup(self, stage=None):
+            super().setup(stage)
+            self.test_ds = ToyShapes(12, seed=3, with_masks=self.with_masks)
+
+        def test_dataloader(self):
+            return torch.utils.data.DataLoader(self.test_ds, batch_size=self.batch_size)
+
+    dm = SplitData(n_train=16, n_val=12)
+    cb = CAMCallback(target_layer="layer4", num_samples=4, n_steps=4, max_overhead=None, log_images=False)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=dm)
+    val_images = cb.heldout.images.clone()
+    trainer.test(trainer.lightning_module, datamodule=dm)
+    test_held = cb._held_test
+    assert test_held is not None and torch.equal(cb.heldout.images, val_images)  # the val set is kept
+    assert torch.equal(test_held.images, torch.stack([dm.test_ds[i][0] for i in test_held.indices]))
+    assert not torch.equal(test_held.images, val_images)
+
+
+def test_a_fit_that_never_reaches_its_last_epoch_warns_that_the_sanity_check_did_not_run(tmp_path):
+    cb = CAMCallback(target_layer="layer4", num_samples=2, n_steps=2, log_images=False)  # check at the last epoch
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=-1, max_steps=2))
+    with pytest.warns(RuntimeWarning, match="model-randomisation check never ran"):
+        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
+    cb2 = CAMCallback(target_layer="layer4", num_samples=2, n_steps=2, log_images=False)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "b", callbacks=[cb2], max_epochs=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
+    assert cb2._fit_sanity_runs == 1  # the last epoch was recognised: the check ran, no warning

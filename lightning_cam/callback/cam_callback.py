@@ -178,6 +178,9 @@ class CAMCallbackMixin:
         #: keys read <prefix>/<layer>/<method>/<metric> (several layers or several CAMCallbacks)
         self.layer_in_key = self.options.multi_layer
         self._held: heldout.HeldOut | None = None
+        #: trainer.test explains images of the test split (its own seeded set, not checkpointed)
+        self._held_test: heldout.HeldOut | None = None
+        self._fit_evaluations = self._fit_sanity_runs = 0  # for the warning at the end of fit
         self._restored: dict[str, Any] | None = None
         self._display_stats: tuple[Any, Any] = (self.display.mean, self.display.std)
         self._train_mark: float | None = None
@@ -232,6 +235,20 @@ class CAMCallbackMixin:
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._train_mark = None
+
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
+        # The check runs at the last validation epoch; a run ended by max_steps / max_time or by
+        # EarlyStopping (which decides after this callback's hook) never reaches one it can recognise.
+        never = self.options.sanity_every_n_epochs is not None and self._fit_evaluations and not self._fit_sanity_runs
+        if never and trainer.is_global_zero:
+            warnings.warn(
+                "CAMCallback: the model-randomisation check never ran in this fit: it runs at the last "
+                "validation epoch, which this run did not reach by max_epochs (max_steps / max_time or "
+                "EarlyStopping ended it). Set sanity_every_n_epochs=N to run it every N epochs, or call "
+                "trainer.validate(...) after fit, which always runs it.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
@@ -331,6 +348,9 @@ class CAMCallbackMixin:
         prefix = STAGE_PREFIX[stage]
         sanity = self._sanity_due(trainer, stage)
         if stage == "val":
+            self._fit_evaluations += 1
+            self._fit_sanity_runs += int(sanity)
+        if stage == "val":
             self.budget.credit()
         local = error = exc = None
         count, idx = 0, None
@@ -358,7 +378,7 @@ class CAMCallbackMixin:
                     self._report(trainer, stage, error or "another rank failed (see its log)", exc)
                     return
             try:
-                report = distributed.gather_report(strategy, local, count, len(self._held), world).to("cpu")
+                report = distributed.gather_report(strategy, local, count, len(held), world).to("cpu")
                 if stage == "val":  # the series follows training; validate/test runs do not advance it
                     self.stability.update(report)
                 scalars = summarise(report, prefix, layer_in_key=self.layer_in_key)
@@ -369,7 +389,7 @@ class CAMCallbackMixin:
         self._warn_nonfinite(trainer, stage, prefix, report)
         for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-        self._write_media(trainer, stage, prefix, report)
+        self._write_media(trainer, stage, prefix, report, held)
         seconds = time.perf_counter() - start
         extra = {f"{prefix}/callback_seconds": seconds}
         if stage == "val":
@@ -386,7 +406,9 @@ class CAMCallbackMixin:
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self.last_scalars = dict(scalars, **extra)
 
-    def _write_media(self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport) -> None:
+    def _write_media(
+        self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport, held: heldout.HeldOut
+    ) -> None:
         if not self.log_images or trainer.fast_dev_run:
             return
         loggers = list(getattr(trainer, "loggers", []) or [])
@@ -395,7 +417,7 @@ class CAMCallbackMixin:
             return
         mean, std = self._display_stats
         media = sinks.Media(
-            report=report, held=self._held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
+            report=report, held=held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
             class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
         )
@@ -439,17 +461,26 @@ class CAMCallbackMixin:
 
     # ----------------------------------------------------------- held-out set
     def _ensure_heldout(self, trainer: Any, stage: str) -> heldout.HeldOut:
-        if self._held is None:
-            opts = self.options
-            self._held = heldout.choose(
-                trainer, stage, opts.images, opts.labels, opts.masks, opts.num_samples, opts.seed, self._restored
+        """The fixed held-out set: from the validation split (checkpointed), or for ``trainer.test``
+        from the test split (its own seeded set); ``images=`` serves every stage."""
+        opts = self.options
+        test_split = stage == "test" and opts.images is None
+        held = self._held_test if test_split else self._held
+        if held is None:
+            restored = None if test_split else self._restored
+            held = heldout.choose(
+                trainer, stage, opts.images, opts.labels, opts.masks, opts.num_samples, opts.seed, restored
             )
+            if test_split:
+                self._held_test = held
+            else:
+                self._held = held
             if self.class_names is None:
                 self.class_names = heldout.class_names(trainer, from_dataset=opts.images is None)
             if self.display.mean is None and self.display.std is None:
                 dm = getattr(trainer, "datamodule", None)
                 self._display_stats = (getattr(dm, "mean", None), getattr(dm, "std", None))
-        return self._held
+        return held
 
 
 _pl = lightning_package()

@@ -300,17 +300,20 @@ def choose(
         return from_user(images, labels, masks, num_samples, seed)
     order = ("test_dataloaders", "val_dataloaders") if stage == "test" else ("val_dataloaders", "test_dataloaders")
     loader = dataset = None
+    errors: list[str] = []
     for attr in order:
         try:
             loader, dataset = dataset_of(getattr(trainer, attr, None))
-        except Exception:  # noqa: BLE001 - a loader that cannot be built here
+        except Exception as err:  # noqa: BLE001 - a loader that cannot be built here: said below
             loader, dataset = None, None
+            errors.append(f"trainer.{attr}: {type(err).__name__}: {err}")
         if loader is not None:
             break
     if loader is None:
         raise RuntimeError(
             "CAMCallback found no images to explain: give the Trainer validation data "
             "(val_dataloaders / a datamodule with val_dataloader) or pass images=... to CAMCallback"
+            + (f" (reading the loaders failed: {'; '.join(errors)})" if errors else "")
         )
     if _is_map_style(dataset):
         n = len(dataset)
