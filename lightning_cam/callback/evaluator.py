@@ -242,17 +242,9 @@ def layer_names(model: nn.Module, target_layer: LayerLike | Sequence[LayerLike],
 
 def _correlations(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """Row-wise Pearson and Spearman (average ranks for ties) of (B,K) tensors; NaN for constant rows."""
-    from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+    from lightning_cam.metrics.monitoring import row_pearson, row_spearman
 
-    a, b = a.double(), b.double()
-    ok = (a.std(1) > 0) & (b.std(1) > 0)
-    pear = torch.full((a.shape[0],), float("nan"), dtype=torch.float64, device=a.device)
-    spear = pear.clone()
-    if bool(ok.any()):
-        x, y = a[ok].T.contiguous(), b[ok].T.contiguous()
-        pear[ok] = pearson_corrcoef(x, y).reshape(-1).to(pear.dtype)
-        spear[ok] = spearman_corrcoef(x, y).reshape(-1).to(spear.dtype)
-    return pear.float(), spear.float()
+    return row_pearson(a, b), row_spearman(a, b)
 
 
 def _nan(n: int, device: torch.device) -> Tensor:

@@ -80,6 +80,22 @@ def average_ranks(x: Tensor) -> Tensor:
     return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
 
 
+def row_pearson(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of the rows of two (B, n) tensors, in float64 -> (B,) float32; NaN where
+    a row is constant (undefined, as scipy)."""
+    a = a.double() - a.double().mean(1, keepdim=True)
+    b = b.to(a.device).double() - b.to(a.device).double().mean(1, keepdim=True)
+    den = a.norm(dim=1) * b.norm(dim=1)
+    out = (a * b).sum(1) / den.clamp_min(torch.finfo(den.dtype).tiny)
+    return torch.where(den > 0, out.clamp(-1, 1), torch.full_like(out, float("nan"))).float()
+
+
+def row_spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of the rows of two (B, n) tensors: :func:`row_pearson` of the
+    average ranks (ties share their mean rank, as ``scipy.stats.spearmanr``)."""
+    return row_pearson(average_ranks(a), average_ranks(b.to(a.device)))
+
+
 def spearman(a: Tensor, b: Tensor) -> Tensor:
     """Per-image Spearman rank correlation of two map batches (B, h, w) -> (B,) float32.
 
@@ -90,12 +106,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     fa, fb = _flat(a, "a"), _flat(b, "b")
     if fa.shape != fb.shape:
         raise ValueError(f"the two map batches must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    ra, rb = average_ranks(fa), average_ranks(fb.to(fa.device))
-    ra = ra - ra.mean(1, keepdim=True)
-    rb = rb - rb.mean(1, keepdim=True)
-    den = ra.norm(dim=1) * rb.norm(dim=1)
-    out = (ra * rb).sum(1) / den.clamp_min(torch.finfo(den.dtype).tiny)
-    return torch.where(den > 0, out.clamp(-1, 1), torch.full_like(out, float("nan"))).float()
+    return row_spearman(fa, fb)
 
 
 def method_agreement(maps: Mapping[str, Tensor]) -> tuple[list[str], Tensor]:
