@@ -10,7 +10,8 @@ from torch import nn
 
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
-from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, check_device, check_images
+from lightning_cam._checks import check_device, check_images
+from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, layer_list
 from lightning_cam.methods.cam import CAM
 from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
 from lightning_cam.methods.layout import Reshape
@@ -87,10 +88,7 @@ def explain_all(
     check_device(model, x)
     if target_layer is None:
         target_layer = default_target_layer(model, tuple(x.shape[:1]) + tuple(x.shape[1:]))
-    layers = list(target_layer) if isinstance(target_layer, Sequence) and not isinstance(target_layer, str) else [target_layer]
-    if not layers:
-        raise ValueError("target_layer is an empty list; give one layer or several, e.g. ['layer3', 'layer4'].")
-    layer_names = [resolve_layer(model, layer)[0] for layer in layers]
+    layer_names = [resolve_layer(model, layer)[0] for layer in layer_list(target_layer)]
     layer_name = layer_names[0]
     method_kwargs = dict(method_kwargs or {})
     explainers: dict[str, BaseCAM] = {}

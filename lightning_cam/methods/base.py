@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from lightning_cam._state import as_float_input, explaining
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.maps import normalize_maps
@@ -124,7 +123,14 @@ def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tenso
     return torch.relu(torch.einsum("bk,bkhw->bhw", weights, activation))
 
 
-from lightning_cam._checks import check_device, check_images  # noqa: E402 - one copy, shared with the metrics
+
+
+def layer_list(target_layer: object) -> list:
+    """``target_layer`` as a non-empty list (one layer, or several to fuse)."""
+    layers = list(target_layer) if isinstance(target_layer, Sequence) and not isinstance(target_layer, str) else [target_layer]
+    if not layers:
+        raise ValueError("target_layer is an empty list; give one layer or several, e.g. ['layer3', 'layer4'].")
+    return layers
 
 
 class BaseCAM:
@@ -157,10 +163,7 @@ class BaseCAM:
         self.reshape = reshape
         if target_layer is None:
             target_layer = default_target_layer(self.model)
-        layers = list(target_layer) if isinstance(target_layer, Sequence) and not isinstance(target_layer, str) else [target_layer]
-        if not layers:
-            raise ValueError("target_layer is an empty list; give one layer or several, e.g. ['layer3', 'layer4'].")
-        resolved = [resolve_layer(self.model, layer) for layer in layers]
+        resolved = [resolve_layer(self.model, layer) for layer in layer_list(target_layer)]
         #: every target layer; maps of several layers are fused (see :mod:`lightning_cam.methods.compose`)
         self.layer_names = [name for name, _ in resolved]
         self.layer_name, self.layer = resolved[0]
@@ -178,18 +181,12 @@ class BaseCAM:
         ``aug_smooth``, ``eigen_smooth`` and the ``fusion`` of several target
         layers follow pytorch-grad-cam (see :mod:`lightning_cam.methods.compose`).
         """
-        x = check_images(x)
-        check_device(self.model, x)
-        if len(self.layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
-            from lightning_cam.methods.compose import explain_composed
+        from lightning_cam.methods import explain_all  # the one shared pass (and its compositions)
 
-            options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": self.reshape,
-                       "output_transform": self.output_transform}
-            return explain_composed(self.model, self.layer_names, x, {self.name: self}, targets, **options)[self.name]
-        with explaining(self.model):
-            x = as_float_input(x, self.model)
-            layer_pass = LayerPass(self.model, self.layer_name, x, targets, self.reshape, output_transform=self.output_transform)
-            return self.timed_compute(layer_pass)
+        return explain_all(
+            self.model, self.layer_names, x, methods=[self], targets=targets, aug_smooth=aug_smooth,
+            eigen_smooth=eigen_smooth, fusion=fusion, reshape=self.reshape, output_transform=self.output_transform,
+        )[self.name]
 
     def timed_compute(self, layer_pass: LayerPass) -> Explanation:
         start = time.perf_counter()
