@@ -236,3 +236,95 @@ def test_build_model_timm_and_vit_tiny():
     assert default_target_layer(tiny) == "encoder.layers.encoder_layer_3.ln_1"
     with pytest.raises(ValueError, match="Unknown timm model"):
         build_model("timm/not_a_model_xyz")
+
+
+# ---------------------------------------------------------------- read-out rows (methods/readout.py)
+READOUT_CASES = {
+    # id -> (builder, input size, rows the classifier reads)
+    "timm-vit": (CASES["timm-vit"][0], 32, (0,)),
+    "timm-deit-distilled": (CASES["timm-deit-distilled"][0], 32, (0, 1)),
+    "timm-vit-registers": (CASES["timm-vit-registers"][0], 32, (0,)),
+    "timm-vit-qk-norm": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, qk_norm=True), 32, (0,)),
+    "timm-deit3-layerscale": (_timm("deit3_small_patch16_224", img_size=32, patch_size=8, depth=2), 32, (0,)),
+    "tv-vit": (_tv_vit, 32, (0,)),
+}
+
+
+def _readout_setup(case: str) -> tuple[nn.Module, torch.Tensor, str]:
+    builder, size, _ = READOUT_CASES[case]
+    torch.manual_seed(0)
+    model = builder().eval()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):  # O(1) weights everywhere, so the token rows matter
+            nn.init.normal_(module.weight, std=0.2)
+    return model, torch.randn(3, 3, size, size), default_target_layer(model)
+
+
+@pytest.mark.parametrize("case", list(READOUT_CASES))
+def test_readout_rows_equal_the_full_head(case, monkeypatch):
+    """The head run on the read token rows gives the full head's logits, gradient, LIFT-CAM and
+    Ablation-CAM (the head on many ablated copies) up to float32 rounding."""
+    import copy
+
+    import lightning_cam.methods.split as split_module
+
+    model, x, layer = _readout_setup(case)
+    methods = ["liftcam", "gradcam", "ablationcam"]
+    lp = LayerPass(model, layer, x)
+    (plan,) = lp.split.readout_plans.values()
+    assert plan is not None and set(plan.rows[n] for n in plan.attention) == {READOUT_CASES[case][2]}
+    fast = explain_all(model, layer, x, methods=methods)
+    monkeypatch.setattr(split_module, "plan_readout", lambda *args: None)
+    full_model = copy.deepcopy(model)  # a new model: a new split, planned with the patch
+    full_lp = LayerPass(full_model, layer, x)
+    assert list(full_lp.split.readout_plans.values()) == [None]
+    full = explain_all(full_model, layer, x, methods=methods)
+
+    # Same sums over other GEMM shapes (one query row instead of N): first-order bound of the
+    # network's reductions times the size of the compared values.
+    terms = reduction_terms(model)
+    assert torch.allclose(lp.logits, full_lp.logits, rtol=0, atol=sum_tol(terms, float(full_lp.logits.abs().max())))
+    assert torch.allclose(lp.gradient, full_lp.gradient, rtol=0, atol=sum_tol(terms, float(full_lp.gradient.abs().max())))
+    for name in methods:
+        w = full[name].weights
+        size = (w.abs()[:, :, None, None] * lp.activation.abs()).sum(1).amax((1, 2))
+        for i in range(x.shape[0]):
+            assert torch.allclose(fast[name].maps[i], full[name].maps[i], rtol=0, atol=2 * sum_tol(terms, float(size[i]))), name
+    tol = completeness_tolerance(full["liftcam"].weights, full["liftcam"].logits, int(lp.activation[0, 0].numel()))
+    assert (fast["liftcam"].delta.abs() <= tol).all()
+
+
+@pytest.mark.parametrize("case", ["timm-vit-gap-noncls", "timm-swin", "timm-mixer", "timm-convnext", "tv-resnet-channels-last"])
+def test_readout_is_not_planned_where_every_row_is_read(case):
+    """Average pooling (or no attention) reads every token: the head runs as it is."""
+    model, x, layer = _setup(case)
+    assert list(LayerPass(model, layer, x).split.readout_plans.values()) == [None]
+
+
+def test_readout_rows_only_in_eval_mode():
+    """In training mode dropout draws per element: the full head runs (same values in eval)."""
+    model, x, layer = _readout_setup("timm-vit")
+    lp = LayerPass(model, layer, x)
+    (plan,) = lp.split.readout_plans.values()
+    assert plan.applies()
+    model.train()
+    try:
+        assert not plan.applies()
+    finally:
+        model.eval()
+
+
+def test_readout_plan_per_dtype_and_for_every_batch_size():
+    """One plan per shape past the batch dimension, dtype and device; any batch size uses it."""
+    model, x, layer = _readout_setup("timm-vit")
+    one = LayerPass(model, layer, x[:1])
+    three = LayerPass(model, layer, x)
+    assert len(three.split.readout_plans) == 1
+    tol = sum_tol(reduction_terms(model), float(three.logits.abs().max()))
+    assert torch.allclose(one.logits[0], three.logits[0], rtol=0, atol=tol)
+    model.double()
+    double = LayerPass(model, layer, x.double())
+    plans = list(double.split.readout_plans.values())
+    assert len(plans) == 2 and all(p is not None for p in plans)
+    # float64 model on the same images: within float32 rounding of the float32 logits
+    assert torch.allclose(double.logits, three.logits, rtol=0, atol=tol)

@@ -77,6 +77,7 @@ class LayerPass:
         self.crossings = crossings
         self.split.batched_crossings = batched_flags(crossings, x.shape[0])
         self.split.dtype = activation.dtype
+        self.split.plan_readout(activation, crossings)
         self.layout: Layout = infer_layout(model, layer_name, activation, (int(x.shape[-2]), int(x.shape[-1])), reshape)
         self.activation = self.layout.to_maps(activation.detach().float())
         self._leaf = self.activation.clone().requires_grad_(True)

@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from lightning_cam.layers import candidate_layers
+from lightning_cam.methods.readout import plan_readout
 from lightning_cam.outputs import OutputTransform, float_logits
 
 __all__ = ["SplitModel", "split_model"]
@@ -49,6 +50,14 @@ class SplitModel:
     batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
     dtype: torch.dtype = torch.float32  # dtype of the layer's output, which the head expects
     output_transform: OutputTransform | None = None  # model output -> (B, C) scores (lightning_cam.outputs)
+    #: per input shape, the head run on the token rows it reads (:mod:`lightning_cam.methods.readout`); shared by copies
+    readout_plans: dict = field(default_factory=dict)
+
+    def plan_readout(self, activation: torch.Tensor, crossings: tuple) -> None:
+        """Plan (once per shape) to run the head on the token rows its classifier reads."""
+        key = _shape_key(activation, crossings, self.batched_crossings)
+        if key not in self.readout_plans:
+            self.readout_plans[key] = plan_readout(self.head, activation, crossings, self.batched_crossings)
 
     def select(self, crossings: tuple, index: torch.Tensor) -> tuple:
         """Pick rows ``index`` of every batched crossing value (others as they are)."""
@@ -60,8 +69,16 @@ class SplitModel:
             activations = activations.to(self.dtype)  # half-precision models
         elif activations.is_leaf and activations.requires_grad:
             activations = activations.clone()  # heads may start with an in-place ReLU (DenseNet)
-        out = self.head(activations, *self.select(crossings, index))
+        rows = self.select(crossings, index)
+        plan = self.readout_plans.get(_shape_key(activations, crossings, self.batched_crossings)) if self.readout_plans else None
+        out = plan.run(activations, *rows) if plan is not None and plan.applies() else self.head(activations, *rows)
         return float_logits(out, self.output_transform)
+
+
+def _shape_key(activation: torch.Tensor, crossings: tuple, batched: Sequence[bool]) -> tuple:
+    """Everything a readout plan depends on: shapes past the batch dimension, dtype, device."""
+    parts = [tuple(c.shape[1:] if b else c.shape) if isinstance(c, torch.Tensor) else type(c) for c, b in zip(crossings, batched)]
+    return (tuple(activation.shape[1:]), activation.dtype, activation.device, tuple(parts))
 
 
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
