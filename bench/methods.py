@@ -51,6 +51,8 @@ from torch import nn
 
 from lightning_cam import explain_all, get_method
 from lightning_cam.maps import normalize_maps
+from lightning_cam.methods.base import LayerPass
+from lightning_cam.methods.liftcam import exact_score_difference
 
 OURS = ["liftcam", "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 LABELS = {
@@ -323,6 +325,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# LIFT-CAM completeness through attention: max |delta| {lift.delta.abs().max().item():.3g}, "
               f"max |delta| / |y(A) - y(0)| {(lift.delta.abs() / difference.abs()).max().item():.3g}, "
               f"max |delta| / max |logit| {(lift.delta.abs().max() / lift.logits.abs().max()).item():.3g}")
+        # The float32 y(A) - y(0) is itself rounded at eps |y|: against the float64 head on the same
+        # activations, the coefficients' own error shows.
+        exact = exact_score_difference(LayerPass(model, layer_name, x))
+        y = lift.logits.gather(1, lift.targets[:, None])[:, 0].double()
+        print(f"# LIFT-CAM sum of phi vs y(A) - y(0) in float64 on the same activations: max relative error "
+              f"{((lift.weights.double().sum(1) - exact).abs() / exact.abs()).max().item():.3g} "
+              f"(float32 floor eps |y| / |y(A) - y(0)| up to {(2.0**-23 * y.abs() / exact.abs()).max().item():.3g})")
 
     seconds = measure(entries, args.repeats, device)
     forward, batch = seconds["forward"], args.batch

@@ -3,7 +3,10 @@
 For each model (random weights, default target layer): the layout the engine read, the map grid,
 any operation left without a DeepLIFT rule, and the completeness residual
 ``|sum_k phi_k - (y_c(A) - y_c(A'))|`` relative to the score difference ``|y_c(A) - y_c(A')|``
-and to the largest logit. Then, on a tiny ViT, the per-image Pearson correlation between
+and to the largest logit; then the coefficients' own completeness error, ``sum_k phi_k`` against
+``y_c(A) - y_c(A')`` evaluated in float64 on the same activations
+(:func:`lightning_cam.methods.liftcam.exact_score_difference`), next to the float32 floor
+``eps |y_c| / |y_c(A) - y_c(A')|`` that bounds what a float32 head can resolve. Then, on a tiny ViT, the per-image Pearson correlation between
 LIFT-CAM's coefficients and sampled Shapley values (ShapCAM, antithetic permutations).
 
     python bench/transformers.py
@@ -22,6 +25,7 @@ from lightning_cam import explain_all
 from lightning_cam.layers import default_target_layer
 from lightning_cam.methods import LiftCAM, ShapCAM
 from lightning_cam.methods.base import LayerPass
+from lightning_cam.methods.liftcam import exact_score_difference
 
 
 def _timm(name: str, **kwargs):
@@ -50,8 +54,9 @@ def build(builder) -> nn.Module:
 
 
 def completeness(batch: int) -> None:
-    print("| model | target layer | layout | map | unhandled ops | max rel. residual (/ score diff.) | max residual / max logit |")
-    print("|---|---|---|---|---|---:|---:|")
+    print("| model | target layer | layout | map | unhandled ops | max rel. residual (/ score diff.) "
+          "| max residual / max logit | sum phi vs float64 (/ score diff.) | float32 floor (/ score diff.) |")
+    print("|---|---|---|---|---|---:|---:|---:|---:|")
     for label, (builder, size) in MODELS.items():
         model = build(builder)
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -60,11 +65,15 @@ def completeness(batch: int) -> None:
             warnings.simplefilter("always")
             lift = explain_all(model, layer, x, methods=["liftcam"])["liftcam"]
         unhandled = [str(w.message).split(";")[0] for w in caught if "no DeepLIFT rule" in str(w.message)]
-        layout = LayerPass(model, layer, x[:1]).layout.name
+        layer_pass = LayerPass(model, layer, x)
         difference = (lift.weights.sum(1) - lift.delta).abs()
-        print(f"| {label} | {layer} | {layout} | {tuple(lift.maps.shape[1:])} | {unhandled or 'none'} | "
+        exact = exact_score_difference(layer_pass)
+        y = lift.logits.gather(1, lift.targets[:, None])[:, 0].double()
+        print(f"| {label} | {layer} | {layer_pass.layout.name} | {tuple(lift.maps.shape[1:])} | {unhandled or 'none'} | "
               f"{(lift.delta.abs() / difference).max().item():.2e} | "
-              f"{(lift.delta.abs().max() / lift.logits.abs().max()).item():.2e} |")
+              f"{(lift.delta.abs().max() / lift.logits.abs().max()).item():.2e} | "
+              f"{((lift.weights.double().sum(1) - exact).abs() / exact.abs()).max().item():.2e} | "
+              f"{(2.0**-23 * y.abs() / exact.abs()).max().item():.2e} |")
 
 
 def shapley_agreement(batch: int, permutations: int) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-__all__ = ["OutputTransform", "check_output_transform", "float_logits", "logits_of", "select_scores"]
+__all__ = ["OutputTransform", "accumulation_dtype", "check_output_transform", "float_logits", "logits_of", "select_scores"]
 
 OutputTransform = Callable[[Any], Tensor]
 
@@ -109,6 +109,13 @@ def _describe(value: object) -> str:
     return type(value).__name__
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision and float32 models, float64 for float64 models."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def float_logits(out: object, output_transform: OutputTransform | None = None) -> Tensor:
-    """:func:`logits_of` as float32 (scores are accumulated in float32 whatever the model's dtype)."""
-    return logits_of(out, output_transform).to(torch.float32)
+    """:func:`logits_of` in at least float32 (half-precision scores are accumulated in float32;
+    a float64 model keeps float64)."""
+    logits = logits_of(out, output_transform)
+    return logits.to(accumulation_dtype(logits.dtype))

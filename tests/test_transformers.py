@@ -71,12 +71,12 @@ def _setup(case: str) -> tuple[nn.Module, torch.Tensor, str]:
     return model, x, layer
 
 
-def completeness_tolerance(phi: torch.Tensor, logits: torch.Tensor, grid: int) -> torch.Tensor:
+def completeness_tolerance(phi: torch.Tensor, logits: torch.Tensor, grid: int, eps: float = EPS32) -> torch.Tensor:
     """float32 roundoff of ``sum_k phi_k - (y(A) - y(0))``: each term carries a relative error of
     a few ulps per operation along the head, summed over ``K*h*w`` products and ``K`` channels
     (sqrt growth for random-sign errors, with a factor 16 for the depth of a transformer block)."""
     terms = phi.abs().sum(1) + 2 * logits.abs().amax(1)
-    return 16 * EPS32 * math.sqrt(phi.shape[1] * grid) * terms
+    return 16 * eps * math.sqrt(phi.shape[1] * grid) * terms
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -126,9 +126,10 @@ def test_liftcam_is_exact_through_attention_in_float64():
     model, x, layer = _setup("timm-vit")
     model = model.double()
     lift = LiftCAM(model, layer).explain(x.double())
-    # The engine keeps the activation in float32 and reports float32 logits.
-    tol = completeness_tolerance(lift.weights, lift.logits, 16)
-    assert (lift.delta.abs() <= tol).all()
+    # A float64 model is explained in float64 (activations, logits, coefficients).
+    assert lift.weights.dtype == lift.logits.dtype == lift.delta.dtype == torch.float64
+    tol = completeness_tolerance(lift.weights, lift.logits, 16, eps=2.0**-52)
+    assert (lift.delta.abs() <= tol).all(), (lift.delta, tol)
 
 
 def test_prefix_tokens_keep_their_values_in_the_reference():
@@ -327,4 +328,23 @@ def test_readout_plan_per_dtype_and_for_every_batch_size():
     plans = list(double.split.readout_plans.values())
     assert len(plans) == 2 and all(p is not None for p in plans)
     # float64 model on the same images: within float32 rounding of the float32 logits
-    assert torch.allclose(double.logits, three.logits, rtol=0, atol=tol)
+    assert double.logits.dtype == torch.float64
+    assert torch.allclose(double.logits.float(), three.logits, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["timm-vit", "timm-deit-distilled", "timm-swin", "tv-vit", "tv-swin"])
+def test_liftcam_sums_to_the_exact_score_difference(case):
+    """sum_k phi_k (float32) against y(A) - y(0) evaluated in float64 on the same activations:
+    the coefficients' completeness error, free of the float32 rounding of y(A) and y(0) that
+    bounds the residual the float32 head reports."""
+    from lightning_cam.methods.liftcam import deeplift_coefficients, exact_score_difference
+
+    model, x, layer = _setup(case)
+    lp = LayerPass(model, layer, x)
+    phi, _ = deeplift_coefficients(lp)
+    exact = exact_score_difference(lp)
+    grid = lp.activation.shape[-2] * lp.activation.shape[-1]
+    tol = completeness_tolerance(phi, lp.logits, grid)
+    error = (phi.double().sum(1) - exact).abs()
+    print(case, (error / exact.abs()).max().item(), (error / tol).max().item())
+    assert (error <= tol).all(), (error, tol)

@@ -15,7 +15,7 @@ from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_mod
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.layout import Layout, Reshape, infer_layout
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
-from lightning_cam.outputs import OutputTransform, check_output_transform, float_logits
+from lightning_cam.outputs import OutputTransform, accumulation_dtype, check_output_transform, float_logits
 
 __all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
 
@@ -79,7 +79,7 @@ class LayerPass:
         self.split.dtype = activation.dtype
         self.split.plan_readout(activation, crossings)
         self.layout: Layout = infer_layout(model, layer_name, activation, (int(x.shape[-2]), int(x.shape[-1])), reshape)
-        self.activation = self.layout.to_maps(activation.detach().float())
+        self.activation = self.layout.to_maps(activation.detach().to(accumulation_dtype(activation.dtype)))
         self._leaf = self.activation.clone().requires_grad_(True)
         self.index = torch.arange(x.shape[0], device=x.device)
         self._head_out = self.head(self._leaf, self.index)

@@ -84,13 +84,14 @@ class CAM(BaseCAM):
     def compute(self, layer_pass: LayerPass) -> Explanation:
         linear = self._classifier(layer_pass.activation.shape[1], layer_pass.logits.shape[1])
         pooled = layer_pass.activation.mean(dim=(2, 3))
-        predicted = torch.nn.functional.linear(pooled, linear.weight.float(), None if linear.bias is None else linear.bias.float())
+        dtype = pooled.dtype  # float32, or float64 for a float64 model
+        predicted = torch.nn.functional.linear(pooled, linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype))
         scale = layer_pass.logits.abs().max().clamp_min(1.0)
         # the head ran in the model's dtype: allow a few of its roundings (bf16: 2**-7, fp16: 2**-10)
         tol = max(1e-4, 4 * torch.finfo(layer_pass.split.dtype).eps)
         if not torch.allclose(predicted, layer_pass.logits, rtol=tol, atol=tol * float(scale)):
             raise ValueError(self._not_gap_linear())
-        weights = linear.weight.detach().float()[layer_pass.targets]
+        weights = linear.weight.detach().to(dtype)[layer_pass.targets]
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
 
     def _classifier(self, channels: int, num_classes: int) -> nn.Linear:

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from lightning_cam.outputs import accumulation_dtype
 from lightning_cam.methods.revealcancel import RULES, batch_norm_companions, linear_companions, reveal_cancel
 
 __all__ = ["DeepLiftMode", "EPS"]
@@ -192,7 +193,7 @@ class DeepLiftMode(TorchFunctionMode):
             return out
         rest = args[1:]
         with torch.no_grad():
-            wide = torch.promote_types(z.dtype, torch.float32)  # half precision computed in float32
+            wide = accumulation_dtype(z.dtype)  # half precision computed in float32
             z_a, z_r = z.detach().to(wide).chunk(2)
             o_a, o_r = out.detach().to(wide).chunk(2)
             dz = z_a - z_r

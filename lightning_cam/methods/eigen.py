@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from lightning_cam.outputs import accumulation_dtype
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass
 
 __all__ = ["EigenCAM", "EigenGradCAM", "GradCAMElementWise", "first_component"]
@@ -30,7 +31,7 @@ def first_component(terms: torch.Tensor) -> torch.Tensor:
     ``X^T X v = s^2 v``). Batched on the tensor's device.
     """
     batch, channels = terms.shape[:2]
-    x = torch.nan_to_num(terms.float(), nan=0.0).flatten(2).transpose(1, 2)  # (B, hw, K)
+    x = torch.nan_to_num(terms.to(accumulation_dtype(terms.dtype)), nan=0.0).flatten(2).transpose(1, 2)  # (B, hw, K)
     x = x - x.mean(dim=1, keepdim=True)
     _, _, vh = torch.linalg.svd(x, full_matrices=False)
     v = vh[:, 0, :]  # (B, K)

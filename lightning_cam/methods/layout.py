@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lightning_cam.outputs import accumulation_dtype
+
 __all__ = ["Layout", "infer_layout", "Reshape"]
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
@@ -79,7 +81,7 @@ def infer_layout(
     else:
         raise ValueError(_explain(layer_name, raw, input_size, "it has no spatial dimensions" if raw.dim() < 3 else "it has more than 3 non-batch dimensions"))
     if layout.index is not None:
-        layout.base = raw.detach().float()
+        layout.base = raw.detach().to(accumulation_dtype(raw.dtype))
     return layout
 
 

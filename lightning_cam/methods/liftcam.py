@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 from torch import nn
 
-from lightning_cam.outputs import OutputTransform
+from lightning_cam.outputs import OutputTransform, logits_of
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 from lightning_cam.methods.revealcancel import RULES
 
-__all__ = ["LiftCAM", "deeplift_coefficients"]
+__all__ = ["LiftCAM", "deeplift_coefficients", "exact_score_difference"]
 
 
 class LiftCAM(BaseCAM):
@@ -79,3 +80,29 @@ def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: s
             stacklevel=4,
         )
     return phi, delta
+
+
+def exact_score_difference(layer_pass: LayerPass) -> torch.Tensor:
+    """float64 ``y_c(A) - y_c(A')`` on the pass's own activations: what ``sum_k phi_k`` estimates.
+
+    A float32 head cannot resolve a score difference much below ``eps * |y|``
+    (``y(A)`` and ``y(A')`` are each rounded), so the completeness residual it
+    reports is bounded by that, not by the coefficients. This evaluates a
+    float64 copy of the head (the layers after ``L`` only) on the same float32
+    activations, a reference for tests and benchmarks. Needs a traced split.
+    """
+    split = layer_pass.split
+    if not split.traced:
+        raise ValueError(f"exact_score_difference needs a torch.fx split; {type(layer_pass.model).__name__} was split with hooks.")
+    head = copy.deepcopy(split.head).double()
+    crossings = tuple(
+        c.double() if isinstance(c, torch.Tensor) and c.is_floating_point() else c
+        for c in split.select(layer_pass.crossings, layer_pass.index)
+    )
+    scores = []
+    with torch.no_grad():
+        for maps in (layer_pass.activation, torch.zeros_like(layer_pass.activation)):
+            raw = layer_pass.layout.to_raw(maps, layer_pass.index).double()
+            out = logits_of(head(raw, *crossings), layer_pass.output_transform).double()
+            scores.append(out.gather(1, layer_pass.targets[:, None])[:, 0])
+    return scores[0] - scores[1]

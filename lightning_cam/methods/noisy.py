@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.split import batched_flags
-from lightning_cam.outputs import float_logits
+from lightning_cam.outputs import accumulation_dtype, float_logits
 
 __all__ = ["SmoothGradCAMPlusPlus", "SSCAM", "ISCAM", "activation_gradient"]
 
@@ -38,7 +38,7 @@ def activation_gradient(layer_pass: LayerPass, images: torch.Tensor, targets: to
     split = layer_pass.split
     with torch.no_grad():
         activation, crossings = split.body(images)
-    leaf = activation.detach().float().requires_grad_(True)
+    leaf = activation.detach().to(accumulation_dtype(activation.dtype)).requires_grad_(True)
     local = dataclasses.replace(split, batched_crossings=batched_flags(crossings, images.shape[0]))
     out = local.run_head(leaf, crossings, torch.arange(images.shape[0], device=images.device))
     out = float_logits(out, layer_pass.output_transform)
@@ -135,7 +135,7 @@ class _ScoreAveraged(BaseCAM):
         low = _minmax_channels(activation)
         baseline = layer_pass.logits.gather(1, layer_pass.targets[:, None])[:, 0]
         pairs, total = batch * channels, self.num_samples * batch * channels
-        sums = torch.zeros(pairs, device=x.device)
+        sums = activation.new_zeros(pairs)
         generator = self._generator(x.device)
         with torch.no_grad():
             for start in range(0, total, self.batch_size):

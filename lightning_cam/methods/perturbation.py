@@ -52,7 +52,7 @@ class ScoreCAM(BaseCAM):
         activation, x = layer_pass.activation, layer_pass.x
         batch, channels = activation.shape[:2]
         images, chans = _pairs(batch, channels, x.device)
-        scores = torch.empty(batch * channels, device=x.device)
+        scores = activation.new_empty(batch * channels)
         with torch.no_grad():
             for start in range(0, images.numel(), self.batch_size):
                 rows = slice(start, start + self.batch_size)

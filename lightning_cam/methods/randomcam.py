@@ -31,5 +31,5 @@ class RandomCAM(BaseCAM):
     def compute(self, layer_pass: LayerPass) -> Explanation:
         activation = layer_pass.activation
         generator = torch.Generator(device=activation.device).manual_seed(self.seed)
-        weights = 2 * torch.rand(activation.shape[:2], generator=generator, device=activation.device) - 1
+        weights = (2 * torch.rand(activation.shape[:2], generator=generator, device=activation.device) - 1).to(activation.dtype)
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)

@@ -33,6 +33,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lightning_cam.outputs import accumulation_dtype
+
 __all__ = ["RULES", "linear_companions", "batch_norm_companions", "reveal_cancel"]
 
 RULES = ("rescale", "revealcancel")
@@ -93,16 +95,17 @@ def reveal_cancel(
     if parts is None:
         return None
     z_pos, z_neg = parts
+    wide = accumulation_dtype(z.dtype)  # half precision computed in float32
     with torch.no_grad():
-        f = lambda t: func(t, *rest, **kwargs).float()  # noqa: E731
-        z_ref = z.detach().float().chunk(2)[1]
-        y_act, y_ref = out.detach().float().chunk(2)
-        d_pos = torch.sub(*z_pos.detach().float().chunk(2))
-        d_neg = torch.sub(*z_neg.detach().float().chunk(2))
+        f = lambda t: func(t, *rest, **kwargs).to(wide)  # noqa: E731
+        z_ref = z.detach().to(wide).chunk(2)[1]
+        y_act, y_ref = out.detach().to(wide).chunk(2)
+        d_pos = torch.sub(*z_pos.detach().to(wide).chunk(2))
+        d_neg = torch.sub(*z_neg.detach().to(wide).chunk(2))
         y_pos, y_neg = f(z_ref + d_pos), f(z_ref + d_neg)
         dy_pos = 0.5 * (y_pos - y_ref) + 0.5 * (y_act - y_neg)
         dy_neg = 0.5 * (y_neg - y_ref) + 0.5 * (y_act - y_pos)
-        m = rescale.float().chunk(2)[0]
+        m = rescale.to(wide).chunk(2)[0]
         small_pos, small_neg = d_pos.abs() < eps, d_neg.abs() < eps
         m_pos = torch.where(small_pos, m, dy_pos / torch.where(small_pos, torch.ones_like(d_pos), d_pos))
         m_neg = torch.where(small_neg, m, dy_neg / torch.where(small_neg, torch.ones_like(d_neg), d_neg))

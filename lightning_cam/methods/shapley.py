@@ -66,7 +66,7 @@ class ShapCAM(BaseCAM):
         """``v(S)`` for every image and every coalition row of ``masks`` (B, N)."""
         activation = layer_pass.activation
         batch, count = activation.shape[0], masks.shape[0]
-        values = torch.empty(batch, count, device=activation.device)
+        values = activation.new_empty(batch, count)
         step = max(1, self.batch_size)
         with torch.no_grad():
             for b in range(batch):
@@ -81,7 +81,7 @@ class ShapCAM(BaseCAM):
     def _exact(self, layer_pass: LayerPass) -> torch.Tensor:
         masks, weights = exact_shapley_matrix(layer_pass.activation.shape[1], layer_pass.activation.device)
         values = self._values(layer_pass, masks)
-        return (values.double() @ weights).float()
+        return (values.double() @ weights).to(values.dtype)
 
     def _sampled(self, layer_pass: LayerPass) -> torch.Tensor:
         activation = layer_pass.activation
@@ -96,6 +96,6 @@ class ShapCAM(BaseCAM):
         masks = (ranks[:, None, :] < positions[None, :, None]).reshape(-1, channels)
         values = self._values(layer_pass, masks).view(activation.shape[0], len(perms), channels + 1)
         marginal = values[:, :, 1:] - values[:, :, :-1]  # contribution of the player at position j
-        phi = torch.zeros(activation.shape[0], channels, device=activation.device)
+        phi = activation.new_zeros(activation.shape[0], channels)
         phi.scatter_add_(1, perms[None].expand(activation.shape[0], -1, -1).reshape(activation.shape[0], -1), marginal.reshape(activation.shape[0], -1))
         return phi / len(perms)
