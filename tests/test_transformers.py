@@ -241,24 +241,27 @@ def test_build_model_timm_and_vit_tiny():
 
 # ---------------------------------------------------------------- read-out rows (methods/readout.py)
 READOUT_CASES = {
-    # id -> (builder, input size, rows the classifier reads)
-    "timm-vit": (CASES["timm-vit"][0], 32, (0,)),
-    "timm-deit-distilled": (CASES["timm-deit-distilled"][0], 32, (0, 1)),
-    "timm-vit-registers": (CASES["timm-vit-registers"][0], 32, (0,)),
-    "timm-vit-qk-norm": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, qk_norm=True), 32, (0,)),
-    "timm-deit3-layerscale": (_timm("deit3_small_patch16_224", img_size=32, patch_size=8, depth=2), 32, (0,)),
-    "tv-vit": (_tv_vit, 32, (0,)),
+    # id -> (builder, input size, rows the classifier reads, target layer (None: the default))
+    "timm-vit": (CASES["timm-vit"][0], 32, (0,), None),
+    "timm-deit-distilled": (CASES["timm-deit-distilled"][0], 32, (0, 1), None),
+    "timm-vit-registers": (CASES["timm-vit-registers"][0], 32, (0,), None),
+    "timm-vit-qk-norm": (_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, qk_norm=True), 32, (0,), None),
+    "timm-deit3-layerscale": (_timm("deit3_small_patch16_224", img_size=32, patch_size=8, depth=2), 32, (0,), None),
+    "tv-vit": (_tv_vit, 32, (0,), None),
+    # a layer in an earlier block: the last block's attention still runs on the read rows
+    "timm-vit-first-block": (CASES["timm-vit"][0], 32, (0,), "blocks.0.norm1"),
+    "tv-vit-first-block": (_tv_vit, 32, (0,), "encoder.layers.encoder_layer_0"),
 }
 
 
 def _readout_setup(case: str) -> tuple[nn.Module, torch.Tensor, str]:
-    builder, size, _ = READOUT_CASES[case]
+    builder, size, _, layer = READOUT_CASES[case]
     torch.manual_seed(0)
     model = builder().eval()
     for module in model.modules():
         if isinstance(module, nn.Linear):  # O(1) weights everywhere, so the token rows matter
             nn.init.normal_(module.weight, std=0.2)
-    return model, torch.randn(3, 3, size, size), default_target_layer(model)
+    return model, torch.randn(3, 3, size, size), layer or default_target_layer(model)
 
 
 @pytest.mark.parametrize("case", list(READOUT_CASES))

@@ -15,8 +15,10 @@ DeepLIFT multipliers with the full head).
 :func:`plan_readout` reads the head's ``torch.fx`` graph once per input shape:
 which rows of each value the output needs (reverse data flow), which nodes can
 run on those rows (whitelisted attention modules and token-wise operations),
-and returns ``None`` when nothing would be saved (average pooling, Swin, CNNs)
-or anything is not recognised. Only eval-mode heads are run this way (dropout
+and returns ``None`` when nothing would be saved (average pooling, Swin, CNNs).
+Anything not recognised runs on every row. The split traces timm ``Block`` and
+torchvision ``EncoderBlock`` into the graph, so a layer in an earlier block
+still gets the last block's attention on the read rows. Only eval-mode heads are run this way (dropout
 in training mode draws per element).
 """
 
@@ -262,7 +264,7 @@ def plan_readout(head: object, activation: torch.Tensor, crossings: Sequence[obj
     for node in [n for n in rows if n.op == "call_function" and n.target is operator.getitem]:
         if node.args[0] not in attention:
             del rows[node]
-    if not attention:
+    if not rows:
         return None
     modules = tuple(head.get_submodule(n.target) for n in nodes if n.op == "call_module")
     return ReadoutPlan(head, rows, tokens, ndim, attention, readouts, modules)

@@ -119,6 +119,11 @@ class _LayerUsage(ValueError):
     """The target layer runs zero times or more than once in ``forward``."""
 
 
+# Transformer blocks traced into the graph rather than called as one module, so that a head that
+# starts in an earlier block still shows the last block's attention to the read-out planner.
+_INLINED_BLOCKS = {"timm.models.vision_transformer.Block", "torchvision.models.vision_transformer.EncoderBlock"}
+
+
 class _AncestorTracer(fx.Tracer):
     def __init__(self, layer_name: str) -> None:
         super().__init__()
@@ -129,6 +134,8 @@ class _AncestorTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name == self.layer_name:
             return True
+        if f"{type(m).__module__}.{type(m).__qualname__}" in _INLINED_BLOCKS:
+            return False  # their attention shows in the head graph (methods/readout.py)
         return module_qualified_name not in self.ancestors
 
 
