@@ -276,6 +276,10 @@ def test_budget_account_and_cadence():
     b.add_training_time(100.0)
     b.credit()
     assert b.curves_due(spent_so_far=4.0, estimate=1.0)  # 14 - 4 >= 8
+    b.add_training_time(100.0)
+    b.credit()
+    msg = b.debit(own_seconds=16.0, curve_seconds=None, estimate=8.0)  # other scores alone exceed 10 s
+    assert b.curve_every == 0 and "affords no curves" in msg and "exceed the budget" in msg
     off = CostBudget(max_overhead=None)
     off.credit()
     assert off.curves_due(1e9, 1e9) and off.debit(1e9, 1.0, 1.0) is None

@@ -77,11 +77,14 @@ class CostBudget:
         if k == self.curve_every:
             return None
         old, self.curve_every = self.curve_every, k
+        cadence = {0: "the budget affords no curves", 1: "the curves come at every evaluation"}.get(
+            k, f"the curves come about every {k}-th evaluation"
+        )
         msg = (
             f"CAMCallback: budget max_overhead={self.max_overhead:g} gives {per_eval:.2f} s per evaluation "
             f"({train:.2f} s of training); the scores other than the curves take {other:.2f} s and the "
-            f"insertion/deletion curves {cost:.2f} s, so the curves come about every {k}-th evaluation "
-            f"(was {old}), logged as curve_every; every other score at every evaluation."
+            f"insertion/deletion curves {cost:.2f} s, so {cadence} (curve_every {k}, was {old}); "
+            "every other score at every evaluation."
         )
         if spare <= 0:
             msg += " The other scores alone exceed the budget: use fewer methods or images, or raise max_overhead."

@@ -292,6 +292,8 @@ def _tokenwise(node: fx.Node, module: nn.Module | None, ndim: dict, tokens: dict
     if node.op != "call_function":
         return False
     if node.target in _BROADCAST:
+        if node.kwargs:  # operands are aligned by position only
+            return False
         for a in node.all_input_nodes:
             axis = _token_axis(ndim.get(a, 0), ndim[node])
             if axis is not None and _shape_at(values.get(a), axis) not in (1, tokens[node]):
