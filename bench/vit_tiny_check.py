@@ -12,6 +12,8 @@ import torch
 from lightning_cam import explain_all
 from lightning_cam.data import ShapesDataset
 from lightning_cam.methods import LiftCAM, ShapCAM
+from lightning_cam.methods.base import LayerPass
+from lightning_cam.methods.liftcam import exact_score_difference
 from lightning_cam.models import LitClassifier, build_model
 
 
@@ -31,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# vit_tiny {args.checkpoint}, {args.images} held-out shapes images, layer {layer}")
     print(f"LIFT-CAM completeness: |y(A) - y(A')| median {difference.median():.3g}; max |delta| {lift.delta.abs().max():.3g}; "
           f"max |delta| / |y(A) - y(A')| {(lift.delta.abs() / difference).max():.3g}")
+    exact = exact_score_difference(LayerPass(lit.net, layer, x))
+    y = lift.logits.gather(1, lift.targets[:, None])[:, 0].double()
+    print(f"LIFT-CAM sum of phi vs y(A) - y(A') in float64 on the same activations: max relative error "
+          f"{((lift.weights.double().sum(1) - exact).abs() / exact.abs()).max():.3g} "
+          f"(float32 floor eps |y| / |y(A) - y(A')| up to {(2.0**-23 * y.abs() / exact.abs()).max():.3g})")
     n = args.shap_images
     exps = explain_all(lit, layer, x[:n], methods=[LiftCAM(lit, layer), ShapCAM(lit, layer, num_permutations=args.permutations)])
     a, b = exps["liftcam"].weights, exps["shap"].weights
