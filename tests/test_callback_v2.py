@@ -23,7 +23,7 @@ from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.evaluator import _same_maps
 from lightning_cam.metrics import confidence_change, insertion_deletion
 
-from tolerance import forward_tol
+from tolerance import EPS32, forward_tol
 from _callback_helpers import LitTiny, ToyDataModule, ToyShapes, one_torch_thread, trainer_kwargs  # noqa: F401
 
 EPS = 2.0**-23
@@ -134,6 +134,13 @@ def test_two_callbacks_on_two_layers_with_checkpoint_and_resume(tmp_path):
     keys = set(trainer.callback_metrics)
     assert {"cam/layer4/liftcam/insertion", "cam/features.3/gradcam/insertion"} <= keys
     assert not any(k.startswith("cam/liftcam/") for k in keys)  # two callbacks: the layer is in every key
+    # and each callback's own keys are its own (not one overwriting the other)
+    for layer in ("layer4", "features.3"):
+        assert {f"cam/{layer}/callback_seconds", f"cam/{layer}/curve_every", f"cam/{layer}/nonfinite_images"} <= keys
+    assert "cam/callback_seconds" not in keys
+    for cb, layer in ((a, "layer4"), (b, "features.3")):
+        key = f"cam/{layer}/callback_seconds"
+        assert float(trainer.callback_metrics[key]) == pytest.approx(cb.last_scalars[key], rel=EPS32)  # logged as float32
     assert ckpt.best_model_score is not None
     first_a, first_b = list(a.heldout.indices), list(b.heldout.indices)
     assert first_a != first_b

@@ -33,7 +33,7 @@ from lightning_cam.callback.arguments import check_display, check_options
 from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.stability import StabilityTracker
 from lightning_cam.callback.sinks.media import STAGE_WORDS
-from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, parse_key, summarise
+from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, callback_key, parse_key, summarise
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
 
@@ -177,6 +177,7 @@ class CAMCallbackMixin:
         self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
         #: keys read <prefix>/<layer>/<method>/<metric> (several layers or several CAMCallbacks)
         self.layer_in_key = self.options.multi_layer
+        self.key_scope: str | None = None
         self._held: heldout.HeldOut | None = None
         #: trainer.test explains images of the test split (its own seeded set, not checkpointed)
         self._held_test: heldout.HeldOut | None = None
@@ -217,6 +218,8 @@ class CAMCallbackMixin:
         # several layers, or several CAMCallbacks in this Trainer: the layer goes into the keys
         others = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, CAMCallbackMixin) and cb is not self]
         self.layer_in_key = self.options.multi_layer or bool(others)
+        #: names this callback's callback-wide keys (callback_seconds, curve_every, nonfinite_images) when it shares the Trainer
+        self.key_scope = "+".join(self.layer_names) if others else None
         monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
         keys = [parse_key(k) for k in monitored]
         self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)
@@ -381,7 +384,7 @@ class CAMCallbackMixin:
                 report = distributed.gather_report(strategy, local, count, len(held), world).to("cpu")
                 if stage == "val":  # the series follows training; validate/test runs do not advance it
                     self.stability.update(report)
-                scalars = summarise(report, prefix, layer_in_key=self.layer_in_key)
+                scalars = summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope)
             except Exception as e:
                 self._report(trainer, stage, traceback.format_exc(), e)
                 return
@@ -391,7 +394,7 @@ class CAMCallbackMixin:
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self._write_media(trainer, stage, prefix, report, held)
         seconds = time.perf_counter() - start
-        extra = {f"{prefix}/callback_seconds": seconds}
+        extra = {callback_key(prefix, "callback_seconds", self.key_scope): seconds}
         if stage == "val":
             curve_seconds = local.timing.get("curves") if curves else None
             msg = self.budget.debit(seconds, curve_seconds, self._curve_estimate(local))
@@ -401,7 +404,7 @@ class CAMCallbackMixin:
                 msg = msg if trainer.is_global_zero else None
             if msg:
                 log.info(msg)
-            extra[f"{prefix}/curve_every"] = float(self.budget.curve_every)
+            extra[callback_key(prefix, "curve_every", self.key_scope)] = float(self.budget.curve_every)
         for key, value in extra.items():
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self.last_scalars = dict(scalars, **extra)
@@ -441,7 +444,7 @@ class CAMCallbackMixin:
             f"CAMCallback: {int(bad.sum())} of {report.num_images} held-out images have non-finite logits, maps "
             f"or scores at epoch {trainer.current_epoch} ({STAGE_WORDS.get(stage, stage)}), per method {per} "
             f"(held-out positions {where}); they are left out of the {prefix}/* means and counted in "
-            f"{prefix}/nonfinite_images. The model may be diverging (check the loss and the learning rate)."
+            f"{callback_key(prefix, 'nonfinite_images', self.key_scope)}. The model may be diverging (check the loss and the learning rate)."
         )
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)

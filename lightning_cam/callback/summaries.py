@@ -129,6 +129,12 @@ class ParsedKey:
     metric: str
 
 
+def callback_key(prefix: str, name: str, scope: str | None = None) -> str:
+    """A callback-wide key: ``<prefix>/<name>``, or ``<prefix>/<scope>/<name>`` when several
+    CAMCallbacks share a Trainer (``scope``: the callback's layers joined by ``+``)."""
+    return f"{prefix}/{name}" if scope is None else f"{prefix}/{scope}/{name}"
+
+
 def parse_key(key: str) -> ParsedKey | None:
     """Split a per-method key (``cam/liftcam/insertion``, ``cam_test/layer3/gradcam/deletion``,
     ``cam/liftcam/energy/marker``); None otherwise."""
@@ -150,11 +156,15 @@ def _mean(values: torch.Tensor) -> float | None:
     return float(v.mean()) if v.numel() else None
 
 
-def summarise(report: EvaluationReport, prefix: str = "cam", layer_in_key: bool | None = None) -> dict[str, float]:
+def summarise(
+    report: EvaluationReport, prefix: str = "cam", layer_in_key: bool | None = None, scope: str | None = None
+) -> dict[str, float]:
     """Scalars of ``report``: the mean over images of every per-image metric, keyed by :func:`metric_key`.
 
     ``layer_in_key`` (default: when the report has several layers) adds the layer to the keys.
     Metrics that were not computed (no masks, curves skipped, no ShapCAM comparison) are absent.
+    ``scope`` names the callback in its callback-wide keys (``<prefix>/<scope>/nonfinite_images``)
+    when several callbacks log into one run.
     """
     with_layer = len(report.layers) > 1 if layer_in_key is None else layer_in_key
     out: dict[str, float] = {}
@@ -179,7 +189,7 @@ def summarise(report: EvaluationReport, prefix: str = "cam", layer_in_key: bool 
                     if value is not None and math.isfinite(value):
                         key = metric_key(prefix, method, region_spec(region).name, layer if with_layer else None)
                         out[key] = value
-    out[f"{prefix}/nonfinite_images"] = float(report.nonfinite.sum())
+    out[callback_key(prefix, "nonfinite_images", scope)] = float(report.nonfinite.sum())
     return out
 
 
