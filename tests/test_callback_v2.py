@@ -156,6 +156,17 @@ def test_two_callbacks_on_two_layers_with_checkpoint_and_resume(tmp_path):
     assert {"cam/layer4/liftcam/insertion", "cam/features.3/gradcam/insertion"} <= set(trainer.callback_metrics)
 
 
+def test_two_callbacks_on_one_layer_keep_their_own_callback_keys(tmp_path):
+    """Same layer, other methods: the callback-wide keys add the methods to stay apart."""
+    a = CAMCallback(target_layer="layer4", methods=["gradcam"], num_samples=3, n_steps=4, max_overhead=None, log_images=False)
+    b = CAMCallback(target_layer="layer4", methods=["liftcam"], num_samples=3, n_steps=4, max_overhead=None, log_images=False)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[a, b], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+    keys = set(trainer.callback_metrics)
+    assert {"cam/layer4:gradcam/callback_seconds", "cam/layer4:liftcam/callback_seconds"} <= keys
+    assert {"cam/layer4/gradcam/insertion", "cam/layer4/liftcam/insertion"} <= keys
+
+
 @pytest.mark.slow
 def test_one_callback_two_layers_logs_both_key_sets(tmp_path):
     cb = CAMCallback(target_layer=["layer4", "features.3"], num_samples=3, n_steps=4, max_overhead=None, method_grids=True)

@@ -170,6 +170,21 @@ def test_low_and_double_precision_models_everywhere(dtype: torch.dtype) -> None:
     torch.testing.assert_close(r.deletion_curve.float(), r_ref.deletion_curve, rtol=0, atol=64 * eps)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_clean_logits_keep_the_models_precision(dtype: torch.dtype) -> None:
+    """Increase in Confidence compares the masked score with the clean one: given as
+    ``clean_logits`` they must not be rounded to another precision than the masked scores.
+    With an all-ones saliency the masked image is the image: the same forward on the same
+    shapes gives the same score bit for bit, so no image may count as an increase."""
+    torch.manual_seed(0)
+    model = TinyCNN().eval().to(dtype)
+    x = torch.randn(8, 3, 12, 12, dtype=dtype)
+    clean = model(x)
+    ones = torch.ones(8, 12, 12, dtype=dtype)
+    result = confidence_change(model, x, ones, clean.argmax(1), clean_logits=clean)
+    assert result.score.dtype == dtype and not result.increase.any()
+
+
 class NaNOnBright(TinyCNN):
     """Logits turn NaN on images with a pixel above 50 (a diverging model, seen per image)."""
 

@@ -351,3 +351,45 @@ def test_liftcam_sums_to_the_exact_score_difference(case):
     error = (phi.double().sum(1) - exact).abs()
     print(case, (error / exact.abs()).max().item(), (error / tol).max().item())
     assert (error <= tol).all(), (error, tol)
+
+
+class _BroadcastHead(nn.Module):
+    """A head with a per-image (B, 1, C) value broadcast into two token tensors read at two rows."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        self.embed = nn.Conv2d(3, width, 8, 8)
+        self.cls = nn.Parameter(torch.randn(1, 1, width))
+        self.block = Block(width, 2)
+        self.gate = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.embed(img).flatten(2).transpose(1, 2)
+        x = self.block(torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1))
+        g = self.gate(x.mean(1, keepdim=True))
+        return self.head(self.norm(x + g)[:, 0] + (x * g)[:, -1])
+
+
+def test_readout_rows_leave_broadcast_operands_whole(monkeypatch):
+    """A size-1 token axis broadcasts: it is computed whole, not indexed by the rows read elsewhere."""
+    import copy
+
+    import lightning_cam.methods.split as split_module
+
+    torch.manual_seed(0)
+    model = _BroadcastHead().eval()
+    x = torch.randn(2, 3, 32, 32)
+    planned = LayerPass(model, "block", x)
+    (plan,) = planned.split.readout_plans.values()
+    assert plan is not None and {n.name for n in plan.rows} >= {"add", "mul"}  # x + g and x * g on read rows
+    monkeypatch.setattr(split_module, "plan_readout", lambda *args: None)
+    full = LayerPass(copy.deepcopy(model), "block", x)
+    tol = sum_tol(reduction_terms(model), float(full.logits.abs().max()))
+    assert torch.allclose(planned.logits, full.logits, rtol=0, atol=tol)
+    assert torch.allclose(planned.gradient, full.gradient, rtol=0, atol=sum_tol(reduction_terms(model), float(full.gradient.abs().max())))

@@ -218,8 +218,14 @@ class CAMCallbackMixin:
         # several layers, or several CAMCallbacks in this Trainer: the layer goes into the keys
         others = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, CAMCallbackMixin) and cb is not self]
         self.layer_in_key = self.options.multi_layer or bool(others)
-        #: names this callback's callback-wide keys (callback_seconds, curve_every, nonfinite_images) when it shares the Trainer
-        self.key_scope = "+".join(self.layer_names) if others else None
+        #: names this callback's callback-wide keys (callback_seconds, curve_every, nonfinite_images) when it
+        #: shares the Trainer: its layers, and its methods too where another CAMCallback explains the same layers
+        self.key_scope = None
+        if others:
+            layers = "+".join(self.layer_names)
+            mine = sorted(self.layer_names.values())
+            same = any(sorted(evaluator.layer_names(pl_module, cb.options.target_layers).values()) == mine for cb in others)
+            self.key_scope = f"{layers}:{'+'.join(self.methods)}" if same else layers
         monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
         keys = [parse_key(k) for k in monitored]
         self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)

@@ -102,7 +102,7 @@ class LayerPass:
         return self.split.run_head(self.layout.to_raw(activations, index), self.crossings, index)
 
     def model_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """float32 (N, C) scores of the whole model on images ``x`` (cast to the model's dtype)."""
+        """(N, C) scores of the whole model on images ``x`` (cast to the model's dtype), at least float32."""
         return float_logits(self.model(x.to(self.x.dtype)), self.output_transform)
 
     def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:

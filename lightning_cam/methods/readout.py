@@ -108,7 +108,9 @@ def _timm_attention_rows(attention: nn.Module, x: torch.Tensor, rows: Rows) -> t
     query = query.reshape(batch, len(rows), heads, head_dim).transpose(1, 2)
     key, value = key_value.reshape(batch, tokens, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     query, key = attention.q_norm(query), attention.k_norm(key)
-    out = F.scaled_dot_product_attention(query, key, value, scale=attention.scale)
+    # timm's fused path uses sdpa's default scale, its other path ``attention.scale`` (the same unless changed)
+    scale = None if getattr(attention, "fused_attn", True) else attention.scale
+    out = F.scaled_dot_product_attention(query, key, value, scale=scale)
     out = attention.norm(out.transpose(1, 2).reshape(batch, len(rows), width))
     gate = getattr(attention, "gate", None)
     if gate is not None:
@@ -249,7 +251,9 @@ def plan_readout(head: object, activation: torch.Tensor, crossings: Sequence[obj
             rows[node] = need
             first = node.args[0]
             for a in node.all_input_nodes:
-                merge(a, need if (a is first or node.target in _BROADCAST) and a in tokens else ALL)
+                # rows of operands that carry the token axis; a size-1 axis broadcasts (computed whole)
+                aligned = (a is first or node.target in _BROADCAST) and tokens.get(a) == tokens[node]
+                merge(a, need if aligned else ALL)
             continue
         if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0 and node.args[0] in values:
             if isinstance(values[node.args[0]], tuple):  # element 0 of an attention's (output, weights)

@@ -77,7 +77,11 @@ class SplitModel:
 
 def _shape_key(activation: torch.Tensor, crossings: tuple, batched: Sequence[bool]) -> tuple:
     """Everything a readout plan depends on: shapes past the batch dimension, dtype, device."""
-    parts = [tuple(c.shape[1:] if b else c.shape) if isinstance(c, torch.Tensor) else type(c) for c, b in zip(crossings, batched)]
+    parts = [
+        tuple(c.shape[1:] if b else c.shape) if isinstance(c, torch.Tensor)
+        else c if isinstance(c, (bool, int, float, str, type(None))) else type(c)  # e.g. attn_mask=None, is_causal=False
+        for c, b in zip(crossings, batched)
+    ]
     return (tuple(activation.shape[1:]), activation.dtype, activation.device, tuple(parts))
 
 

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam._checks import check_images as check_image_batch
-from lightning_cam._state import autocast_off, eval_mode, to_model_dtype
+from lightning_cam._state import autocast_off, eval_mode, model_dtype, to_model_dtype
 from lightning_cam._targets import TargetsLike, resolve_targets, targets_or_top1  # noqa: F401 - re-exported to the metrics
 from lightning_cam.maps import upsample_maps
-from lightning_cam.outputs import OutputTransform, float_logits
+from lightning_cam.outputs import OutputTransform, accumulation_dtype, float_logits
 
 Score = Literal["softmax", "logit"]
 
@@ -32,11 +32,12 @@ def evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
 
 
 def check_images(images: Tensor, name: str = "images") -> Tensor:
-    """(B,C,H,W) float32 view/copy of finite floating-point ``images``; clear ValueError otherwise."""
+    """(B,C,H,W) float32 (float64 stays float64) view/copy of finite floating-point ``images``;
+    clear ValueError otherwise."""
     images = check_image_batch(images, name)
     if not images.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor (normalised model input), got {images.dtype}")
-    images = images.detach().float()
+    images = images.detach().to(accumulation_dtype(images.dtype))
     if not bool(torch.isfinite(images).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     return images
@@ -72,14 +73,15 @@ def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: 
 
 
 def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
-    """Score of ``classes`` (N,) in the float32 class scores (N, C): softmax probability or raw output."""
+    """Score of ``classes`` (N,) in the class scores (N, C): softmax probability or raw output."""
     if score == "softmax":
         logits = logits.softmax(dim=1)
     return logits.gather(1, classes[:, None]).squeeze(1)
 
 
 def model_scores(model: nn.Module, images: Tensor, output_transform: OutputTransform | None = None) -> Tensor:
-    """float32 (N, C) class scores of ``model`` on ``images`` (cast to the model's dtype first).
+    """(N, C) class scores of ``model`` on ``images`` (cast to the model's dtype first), in float32
+    (float64 for a float64 model).
 
     The output may be anything :func:`lightning_cam.outputs.logits_of` understands, or
     what ``output_transform`` turns into scores.
@@ -99,7 +101,8 @@ def clean_output(
     model: nn.Module, images: Tensor, batch_size: int, clean_logits: Tensor | None,
     output_transform: OutputTransform | None = None,
 ) -> Tensor:
-    """The model's float32 scores on the clean ``images``: ``clean_logits`` when given (checked), else a forward pass."""
+    """The model's scores on the clean ``images`` (float32; float64 for a float64 model): ``clean_logits``
+    when given (checked), else a forward pass."""
     if clean_logits is None:
         return forward_chunks(model, images, batch_size, output_transform)
     if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 2 or clean_logits.shape[0] != images.shape[0]:
@@ -108,7 +111,8 @@ def clean_output(
             f"clean_logits must be the model's output on the images, shape ({images.shape[0]}, num_classes); "
             f"got {shape}. Example: clean_logits=explanation.logits"
         )
-    return clean_logits.detach().to(device=images.device, dtype=torch.float32)
+    # the dtype the masked scores come in (model_scores), so that clean and masked compare alike
+    return clean_logits.detach().to(device=images.device, dtype=accumulation_dtype(model_dtype(model)))
 
 
 def check_batch_size(batch_size: int) -> int:
