@@ -150,3 +150,50 @@ def test_state_dict_roundtrip():
     cb2 = CAMCallback(seed=5)
     cb2.load_state_dict(state)
     assert cb2.state_dict()["indices"] == [3, 8] and cb2.budget.curve_every == 3
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """An iterable validation set; ``broken`` makes reading it fail on this rank."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+
+    def __iter__(self):
+        if self.broken:
+            raise OSError("shard unreadable")
+        for i in range(8):
+            yield torch.full((3, 8, 8), float(i)), i % 2
+
+
+class _Rank:
+    """What heldout.choose needs of a Trainer on one rank of two: loaders, world size, a broadcast
+    that returns rank zero's object (``from_rank_zero``; on rank zero itself, its own)."""
+
+    def __init__(self, broken: bool, from_rank_zero=None, rank: int = 1) -> None:
+        self.val_dataloaders = torch.utils.data.DataLoader(_Stream(broken), batch_size=4)
+        self.world_size, self.global_rank, self.broadcasts = 2, rank, 0
+        self.strategy = self
+        self._sent = from_rank_zero
+
+    def broadcast(self, obj, src=0):
+        self.broadcasts += 1
+        return obj if self.global_rank == 0 else self._sent
+
+
+def test_iterable_heldout_reaches_the_broadcast_on_every_rank():
+    """A rank whose loader fails still joins rank zero's broadcast (else rank zero waits forever)
+    and takes rank zero's images; when rank zero's reading fails, every rank gets a clear error."""
+    zero = _Rank(broken=False, rank=0)
+    sent = heldout.choose(zero, "val", None, None, None, 4, 0)
+    assert zero.broadcasts == 1 and sent.images.shape == (4, 3, 8, 8)
+    one = _Rank(broken=True, from_rank_zero=sent)
+    got = heldout.choose(one, "val", None, None, None, 4, 0)
+    assert one.broadcasts == 1 and torch.equal(got.images, sent.images)
+    failed_zero = _Rank(broken=True, rank=0)
+    with pytest.raises(RuntimeError, match="rank 0: OSError: shard unreadable"):
+        heldout.choose(failed_zero, "val", None, None, None, 4, 0)
+    assert failed_zero.broadcasts == 1
+    other = _Rank(broken=False, from_rank_zero=None)
+    with pytest.raises(RuntimeError, match="see rank 0's log"):
+        heldout.choose(other, "val", None, None, None, 4, 0)
+    assert other.broadcasts == 1

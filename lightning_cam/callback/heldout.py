@@ -332,10 +332,22 @@ def choose(
     if restored.get("source") == "loader" and restored.get("images") is not None:
         return HeldOut(restored["images"], restored.get("labels"), restored.get("masks"), None, "loader", None,
                        restored.get("regions"))
-    held = gather_from_loader(loader, num_samples, seed)
-    # an iterable dataset may be sharded per rank: take rank zero's images everywhere
-    if trainer.world_size > 1:
-        held = trainer.strategy.broadcast(held, src=0)
+    if trainer.world_size <= 1:
+        return gather_from_loader(loader, num_samples, seed)
+    # an iterable dataset may be sharded per rank: take rank zero's images everywhere. Every rank
+    # reaches the broadcast, whatever its own reading did (a rank that raised before it would leave
+    # the others waiting in it).
+    held = failure = None
+    try:
+        held = gather_from_loader(loader, num_samples, seed)
+    except Exception as err:  # noqa: BLE001 - rank zero's outcome decides, below
+        failure = err
+    held = trainer.strategy.broadcast(held, src=0)
+    if held is None:
+        raise RuntimeError(
+            "CAMCallback could not read its held-out images from the validation loader on rank 0"
+            + (f": {type(failure).__name__}: {failure}" if failure is not None else " (see rank 0's log)")
+        ) from failure
     return held
 
 
