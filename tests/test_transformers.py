@@ -393,3 +393,41 @@ def test_readout_rows_leave_broadcast_operands_whole(monkeypatch):
     tol = sum_tol(reduction_terms(model), float(full.logits.abs().max()))
     assert torch.allclose(planned.logits, full.logits, rtol=0, atol=tol)
     assert torch.allclose(planned.gradient, full.gradient, rtol=0, atol=sum_tol(reduction_terms(model), float(full.gradient.abs().max())))
+
+
+def _half_vit(std: float | None = None, qkv_scale: float = 1.0) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2).eval()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and (std is not None or module is model.head):
+            nn.init.normal_(module.weight, std=std or 0.5)
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight.mul_(qkv_scale)
+    return model
+
+
+def test_liftcam_in_float16_with_a_large_residual_stream():
+    """O(1) weights: the residual stream exceeds 256, so mean((z - mean)^2) overflows float16, and the
+    shift shared by the actual and reference rows underflows one half's softmax. The layer-norm and
+    softmax rules run in float32 for half-precision inputs: finite coefficients, close to float32's."""
+    model = _half_vit(std=0.2)
+    x = torch.randn(2, 3, 32, 32)
+    ref = explain_all(model, None, x, methods=["liftcam"])["liftcam"]
+    half = explain_all(model.half(), None, x, methods=["liftcam"])["liftcam"]
+    assert torch.isfinite(half.weights).all() and torch.isfinite(half.delta).all()
+    # a few dozen float16 roundings along the head (as in test_own_model's precision test)
+    cosine = nn.functional.cosine_similarity(half.weights.float(), ref.weights)
+    assert (cosine >= 1 - 64 * torch.finfo(torch.float16).eps).all(), cosine
+
+
+def test_liftcam_says_when_a_half_precision_head_overflows():
+    """Attention scores beyond float16's range: the fused kernel of the model's own forward keeps them
+    in float32, the DeepLIFT pass's explicit q k^T (like timm's unfused path) cannot. LIFT-CAM warns
+    instead of returning NaN coefficients silently."""
+    model = _half_vit(qkv_scale=100.0).half()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.isfinite(model(x.half())).all()
+    with pytest.warns(RuntimeWarning, match="float16, whose range its products exceeded"):
+        lift = explain_all(model, None, x, methods=["liftcam"])["liftcam"]
+    assert not torch.isfinite(lift.weights).all()

@@ -259,6 +259,8 @@ class DeepLiftMode(TorchFunctionMode):
         if not self._tracked(z):
             return out
         dims = tuple(range(-len(p["normalized_shape"]), 0))
+        dtype = z.dtype
+        z = z.to(accumulation_dtype(dtype))  # half precision: the square would overflow beyond |z - mean| = 256
         centred = z - z.mean(dims, keepdim=True)
         constant = (centred.detach().chunk(2)[1] == 0).all(dim=dims, keepdim=True)
         if bool(constant.all()):
@@ -272,7 +274,7 @@ class DeepLiftMode(TorchFunctionMode):
             linear = torch.where(torch.cat([constant, constant]), frozen, linear)
         if p["weight"] is not None:
             linear = linear * p["weight"]
-        return out.detach() + (linear - linear.detach())
+        return out.detach() + (linear - linear.detach()).to(dtype)
 
     def _softmax_call(self, func: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
         z = args[0]
@@ -287,7 +289,12 @@ class DeepLiftMode(TorchFunctionMode):
         return self._softmax(z, dim, log=func in _LOG_SOFTMAX)
 
     def _softmax(self, z: torch.Tensor, dim: int, log: bool = False) -> torch.Tensor:
-        """``exp(z - c) / sum exp(z - c)`` (or its log), ``c`` shared by actual and reference rows."""
+        """``exp(z - c) / sum exp(z - c)`` (or its log), ``c`` shared by actual and reference rows.
+
+        Computed in float32 for half-precision ``z``: with ``c`` shared, one half's ``exp`` can
+        underflow float16 and the reciprocal of its sum overflow it."""
+        dtype = z.dtype
+        z = z.to(accumulation_dtype(dtype))
         with torch.no_grad():
             z_a, z_r = z.detach().chunk(2)
             c = torch.maximum(z_a.amax(dim, keepdim=True), z_r.amax(dim, keepdim=True))
@@ -298,8 +305,8 @@ class DeepLiftMode(TorchFunctionMode):
         total = exp.sum(dim, keepdim=True)
         if log:
             out = shifted - self._elementwise(torch.log, (total,), {})
-            return torch.where(finite, out, torch.full_like(out, float("-inf")))
-        return self._bilinear(torch.mul, (exp, self._elementwise(torch.reciprocal, (total,), {})), {})
+            return torch.where(finite, out, torch.full_like(out, float("-inf"))).to(dtype)
+        return self._bilinear(torch.mul, (exp, self._elementwise(torch.reciprocal, (total,), {})), {}).to(dtype)
 
     def _sdpa(self, args: tuple, kwargs: dict) -> torch.Tensor:
         bound = _SDPA_SIGNATURE.bind(*args, **kwargs)
@@ -394,7 +401,7 @@ class DeepLiftMode(TorchFunctionMode):
         linear = centred * inv
         if weight is not None:
             linear = scale(linear, weight)
-        return out.detach() + (linear - linear.detach())
+        return out.detach() + (linear - linear.detach()).to(out.dtype)
 
 
 def _pair(v: Any) -> tuple[int, int]:

@@ -71,6 +71,17 @@ def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: s
     phi = (multipliers * activation).sum(dim=(2, 3)).detach()
     difference = (selected[:batch] - selected[batch:]).detach()
     delta = phi.sum(dim=1) - difference
+    # the model's own scores are finite, the DeepLIFT pass's are not: its products (e.g. attention
+    # scores, which a fused kernel keeps in range) overflowed the head's dtype
+    overflowed = ~(torch.isfinite(phi).all(dim=1) & torch.isfinite(difference)) & torch.isfinite(layer_pass.logits).all(dim=1)
+    if bool(overflowed.any()):
+        warnings.warn(
+            f"LIFT-CAM: the DeepLIFT pass after layer {layer_name!r} is not finite for "
+            f"{int(overflowed.sum())} of {batch} images whose scores are finite: the head runs in "
+            f"{layer_pass.split.dtype}, whose range its products exceeded. Explain a float32 copy of the "
+            "model (e.g. copy.deepcopy(model).float()) for those images.",
+            RuntimeWarning, stacklevel=4,
+        )
     if mode.unhandled:
         warnings.warn(
             f"LIFT-CAM: no DeepLIFT rule for {sorted(mode.unhandled)} after layer {layer_name!r}; "
