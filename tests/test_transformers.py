@@ -431,3 +431,14 @@ def test_liftcam_says_when_a_half_precision_head_overflows():
     with pytest.warns(RuntimeWarning, match="float16, whose range its products exceeded"):
         lift = explain_all(model, None, x, methods=["liftcam"])["liftcam"]
     assert not torch.isfinite(lift.weights).all()
+
+
+def test_a_layer_inside_attention_splits_and_explains():
+    """timm's Attention reads ``B, N, C = x.shape`` before ``qkv`` and uses B and N after it: the
+    head recomputes them, the body keeps its own copy (it failed with a KeyError in the split)."""
+    model, x, _ = _setup("timm-vit")
+    exps = explain_all(model, "blocks.1.attn.qkv", x, methods=["liftcam", "gradcam"])
+    lift = exps["liftcam"]
+    assert lift.maps.shape == (x.shape[0], 4, 4) and torch.isfinite(lift.maps).all()
+    tol = completeness_tolerance(lift.weights, lift.logits, 16)
+    assert (lift.delta.abs() <= tol).all()

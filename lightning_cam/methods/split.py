@@ -176,6 +176,9 @@ def _graph_split(gm: fx.GraphModule, layer_name: str) -> SplitModel:
     output_node = next(n for n in nodes if n.op == "output")
     if output_node not in downstream:
         raise _LayerUsage(f"The model's output does not depend on the target layer {layer_name!r}.")
+    # Shape values computed before L that the head uses are recomputed in the head; the body keeps
+    # its own copy too (other shape values computed with them may stay in the body).
+    after_layer = set(downstream)
     downstream |= _pulled_shapes(downstream, layer_node)
 
     # Values from the body that the head needs (get_attr nodes are re-read in the head).
@@ -189,7 +192,7 @@ def _graph_split(gm: fx.GraphModule, layer_name: str) -> SplitModel:
     body_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in nodes:
-        if node in downstream or node.op == "output":
+        if node in after_layer or node.op == "output":
             continue
         env[node] = body_graph.node_copy(node, lambda n: env[n])
     body_graph.output((env[layer_node], tuple(env[c] for c in crossings)))
