@@ -427,10 +427,17 @@ def test_liftcam_says_when_a_half_precision_head_overflows():
     model = _half_vit(qkv_scale=100.0).half()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.isfinite(model(x.half())).all()
-    with pytest.warns(RuntimeWarning, match="float16, whose range its products exceeded"):
+        finite_scores = torch.isfinite(model(x.half())).all(dim=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         lift = explain_all(model, None, x, methods=["liftcam"])["liftcam"]
-    assert not torch.isfinite(lift.weights).all()
+    warned = any("float16, whose range its products exceeded" in str(w.message) for w in caught)
+    overflowed = ~torch.isfinite(lift.weights).all(dim=1)
+    # CPU kernels that fuse attention (float32 inside) keep the model's scores finite, and then the
+    # warning must name the overflow; where a machine computes q k^T in float16 the scores are not
+    # finite either, and there is nothing to warn about (the callback reports non-finite scores).
+    assert overflowed.any()
+    assert warned == bool((finite_scores & overflowed).any())
 
 
 def test_a_layer_inside_attention_splits_and_explains():

@@ -223,8 +223,7 @@ class CAMCallbackMixin:
         self.key_scope = None
         if others:
             layers = "+".join(self.layer_names)
-            mine = sorted(self.layer_names.values())
-            same = any(sorted(evaluator.layer_names(pl_module, cb.options.target_layers).values()) == mine for cb in others)
+            same = any("+".join(evaluator.layer_names(pl_module, cb.options.target_layers)) == layers for cb in others)
             self.key_scope = f"{layers}:{'+'.join(self.methods)}" if same else layers
         monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
         keys = [parse_key(k) for k in monitored]

@@ -131,7 +131,8 @@ class ParsedKey:
 
 def callback_key(prefix: str, name: str, scope: str | None = None) -> str:
     """A callback-wide key: ``<prefix>/<name>``, or ``<prefix>/<scope>/<name>`` when several
-    CAMCallbacks share a Trainer (``scope``: the callback's layers joined by ``+``)."""
+    CAMCallbacks share a Trainer (``scope``: the callback's layers joined by ``+``, then ``:`` and its
+    methods where another callback names the same layers)."""
     return f"{prefix}/{name}" if scope is None else f"{prefix}/{scope}/{name}"
 
 
