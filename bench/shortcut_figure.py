@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from lightning_cam import viz
 
-    from lightning_cam.callback.evaluator import evaluate
+    from lightning_cam.evaluation import evaluate
 
     runs = {"marker in train/val (data.shortcut=1)": args.shortcut_run, "clean (data.shortcut=0)": args.clean_run}
     loaded = {name: _load(d) for name, d in runs.items()}

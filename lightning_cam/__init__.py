@@ -58,6 +58,7 @@ __all__ = [
     "ScoreCAM",
     "ShapCAM",
     "XGradCAM",
+    "EvaluationOptions",
     "evaluate",
     "explain_all",
     "get_method",
@@ -65,8 +66,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("CAMCallback", "evaluate"):
+    if name == "CAMCallback":
         from lightning_cam import callback
 
-        return getattr(callback, name)
+        return callback.CAMCallback
+    if name in ("evaluate", "EvaluationOptions"):
+        from lightning_cam import evaluation
+
+        return getattr(evaluation, name)
     raise AttributeError(f"module 'lightning_cam' has no attribute {name!r}")

@@ -146,7 +146,7 @@ def overlay(
     return ((1.0 - alpha) * rgb + alpha * heat).clamp(0.0, 1.0)
 
 
-def _upscale(x: Tensor, min_size: int) -> Tensor:
+def upscale(x: Tensor, min_size: int) -> Tensor:
     """Nearest-neighbour integer upscaling so tiny images stay readable."""
     h, w = x.shape[-2:]
     factor = max(1, -(-min_size // max(1, min(h, w))))
@@ -178,7 +178,7 @@ def overlay_grid(
     """
     rgb = denormalize(images, mean, std)
     ov = overlay(images, maps, alpha=alpha, colormap=colormap, mean=mean, std=std)
-    rgb, ov = _upscale(rgb, min_size), _upscale(ov, min_size)
+    rgb, ov = upscale(rgb, min_size), upscale(ov, min_size)
     ncol = max(1, min(ncol, rgb.shape[0]))
     tiles = []
     for start in range(0, rgb.shape[0], ncol):
@@ -203,9 +203,9 @@ def comparison_grid(
 ) -> Tensor:
     """One column per image; first row the images, then one row per method (in dict order)."""
     rgb = denormalize(images, mean, std)
-    rows = [_upscale(rgb, min_size)]
+    rows = [upscale(rgb, min_size)]
     for maps in maps_by_method.values():
-        rows.append(_upscale(overlay(images, maps, alpha, colormap, mean, std), min_size))
+        rows.append(upscale(overlay(images, maps, alpha, colormap, mean, std), min_size))
     return _grid(torch.cat(rows), rgb.shape[0], padding)
 
 
@@ -247,7 +247,7 @@ def labelled_grid(
 
     if not rows:
         raise ValueError("labelled_grid needs at least one row")
-    tiles = [_upscale(t.detach().float().cpu(), min_size) for _, t in rows]
+    tiles = [upscale(t.detach().float().cpu(), min_size) for _, t in rows]
     ncol = tiles[0].shape[0]
     if any(t.shape[0] != ncol for t in tiles):
         raise ValueError(f"every row needs the same number of tiles, got {[t.shape[0] for t in tiles]}")

@@ -314,9 +314,9 @@ def test_fast_dev_run_and_default_arguments(tmp_path):
     trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", fast_dev_run=True, callbacks=[cb],
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=8))
-    # tiny training, so the 10 % budget affords no curves; every other score is there
+    # tiny training: the 10 % budget affords the minimum curve subset, min(8, N) = 8 images; every score is there
     assert cb.num_errors == 0 and "cam/liftcam/average_drop" in cb.last_scalars
-    assert "cam/liftcam/insertion" not in cb.last_scalars and cb.last_scalars["cam/curve_every"] == 0
+    assert "cam/liftcam/insertion" in cb.last_scalars and cb.last_scalars["cam/curve_images"] == 8
     assert cb.layer_names == {"net.layer4": "net.layer4"} and len(cb.heldout) == 8
     assert not (tmp_path / "cam").exists()  # fast_dev_run writes no media
 

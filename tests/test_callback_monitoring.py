@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from lightning_cam import CAMCallback
 from lightning_cam.callback import evaluator
-from lightning_cam.callback.summaries import parse_key, region_spec
+from lightning_cam.evaluation.keys import parse_key, region_spec
 from lightning_cam.metrics import model_randomization, region_energy, spearman
 from lightning_cam.metrics.monitoring import randomizable_modules
 
@@ -186,7 +186,7 @@ def test_docs_monitoring_table_is_the_summaries_table():
     """docs/monitoring.md quotes summaries.MONITORING_METRICS and the region specs; they must not drift apart."""
     from pathlib import Path
 
-    from lightning_cam.callback import summaries
+    from lightning_cam.evaluation import keys as summaries
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "monitoring.md").read_text()
     for spec in (*summaries.MONITORING_METRICS, summaries.region_spec("object"), summaries.region_spec("marker")):

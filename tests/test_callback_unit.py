@@ -10,7 +10,7 @@ from scipy import stats
 
 from lightning_cam import CAMCallback
 from lightning_cam.callback import distributed, evaluate, heldout
-from lightning_cam.callback.evaluator import _correlations
+from lightning_cam.metrics.monitoring import row_pearson, row_spearman
 
 from tolerance import assert_within, forward_tol, scaled_tol, sum_tol
 from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
@@ -19,7 +19,8 @@ from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"methods": ["liftcam", "nope"]}, r"unknown method\(s\) \['nope'\]; allowed: \[.*'gradcam'"),
+        ({"methods": ["liftcam", "nope"]}, r"unknown method 'nope'; allowed: \[.*'gradcam'"),
+        ({"methods": ["liftcma"]}, r"unknown method 'liftcma' \(did you mean 'liftcam'\?\)"),
         ({"methods": []}, "methods is empty"),
         ({"methods": ["gradcam", "GradCAM"]}, "duplicate"),
         ({"on_error": "ignore"}, r"on_error must be one of \('warn', 'raise'\)"),
@@ -59,14 +60,14 @@ def test_correlations_match_scipy():
     a = torch.randn(4, 9, generator=g)
     b = a + 0.5 * torch.randn(4, 9, generator=g)
     b[1, :3] = b[1, 3]  # ties
-    pear, spear = _correlations(a, b)
+    pear, spear = row_pearson(a, b), row_spearman(a, b)
     # float32 vs scipy's float64: four chained 9-term reductions (mean, centred products, two norms)
     # on O(1) values; ranks (spearman) are small integers, exact in float32
     tol = 4 * sum_tol(9)
     for i in range(4):
         assert math.isclose(float(pear[i]), stats.pearsonr(a[i], b[i])[0], abs_tol=tol)
         assert math.isclose(float(spear[i]), stats.spearmanr(a[i], b[i])[0], abs_tol=tol)
-    pear, spear = _correlations(torch.ones(1, 3), a[:1, :3])  # a constant row has no correlation
+    pear, spear = row_pearson(torch.ones(1, 3), a[:1, :3]), row_spearman(torch.ones(1, 3), a[:1, :3])  # a constant row has no correlation
     assert torch.isnan(pear).all() and torch.isnan(spear).all()
 
 
@@ -78,7 +79,7 @@ class FakeStrategy:
         self.locals_, self.calls = locals_, {}
 
     def all_gather(self, t):
-        from lightning_cam.callback.evaluator import map_tensors
+        from lightning_cam.evaluation import map_tensors
 
         n = self.calls.setdefault("n", 0)
         self.calls["n"] = n + 1
@@ -141,15 +142,13 @@ def test_more_ranks_than_images():
 
 
 def test_state_dict_roundtrip():
+    """What load_state_dict reads is what state_dict writes (before the first run, the restored state)."""
     cb = CAMCallback()
     assert cb.state_dict() == {}
-    cb._held = heldout.HeldOut(torch.zeros(2, 3, 4, 4), None, None, [3, 8], "dataset", 10)
-    cb.budget.curve_every = 3
-    state = cb.state_dict()
-    assert state["indices"] == [3, 8] and state["source"] == "dataset" and "images" not in state
+    state = {"source": "dataset", "indices": [3, 8], "budget": {"curve_images": 5}, "stability": {"count": 2}}
     cb2 = CAMCallback(seed=5)
     cb2.load_state_dict(state)
-    assert cb2.state_dict()["indices"] == [3, 8] and cb2.budget.curve_every == 3
+    assert cb2.state_dict() == state and cb2.budget.curve_images == 5 and cb2.stability.count == 2
 
 
 class _Stream(torch.utils.data.IterableDataset):

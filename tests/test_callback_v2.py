@@ -18,9 +18,10 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger
 
 from lightning_cam import CAMCallback, evaluate, viz
-from lightning_cam.callback import for_package, summaries
+from lightning_cam.callback import for_package
+from lightning_cam.evaluation import keys as summaries
 from lightning_cam.callback.budget import CostBudget
-from lightning_cam.callback.evaluator import _same_maps
+from lightning_cam.evaluation.curves import same_maps
 from lightning_cam.metrics import confidence_change, insertion_deletion
 
 from tolerance import EPS32, forward_tol
@@ -75,7 +76,7 @@ def test_evaluator_without_a_trainer_on_a_torchvision_model():
     # GAP + linear head: XGrad-CAM's map equals Grad-CAM's to rounding, so it reuses the curves
     shared = report["xgradcam"].shared_curves
     assert shared.any()
-    same = _same_maps(report["xgradcam"].saliency, r.saliency, 512)
+    same = same_maps(report["xgradcam"].saliency, r.saliency, 512)
     assert torch.equal(shared, same)
     assert torch.equal(report["xgradcam"].insertion_curve[shared], r.insertion_curve[shared])
     assert not report["gradcam"].shared_curves.any()
@@ -136,7 +137,7 @@ def test_two_callbacks_on_two_layers_with_checkpoint_and_resume(tmp_path):
     assert not any(k.startswith("cam/liftcam/") for k in keys)  # two callbacks: the layer is in every key
     # and each callback's own keys are its own (not one overwriting the other)
     for layer in ("layer4", "features.3"):
-        assert {f"cam/{layer}/callback_seconds", f"cam/{layer}/curve_every", f"cam/{layer}/nonfinite_images"} <= keys
+        assert {f"cam/{layer}/callback_seconds", f"cam/{layer}/curve_images", f"cam/{layer}/nonfinite_images"} <= keys
     assert "cam/callback_seconds" not in keys
     for cb, layer in ((a, "layer4"), (b, "features.3")):
         key = f"cam/{layer}/callback_seconds"
@@ -186,7 +187,7 @@ def test_fit_then_test_keys_do_not_collide(tmp_path):
     model, dm = LitTiny(), ToyDataModule(n_train=8, n_val=6)
     trainer.fit(model, datamodule=dm)
     fit_keys = {k for k in trainer.callback_metrics if "cam" in k}
-    assert "cam/liftcam/insertion" in fit_keys and "cam/curve_every" in fit_keys
+    assert "cam/liftcam/insertion" in fit_keys and "cam/curve_images" in fit_keys
     (test,) = trainer.test(model, datamodule=dm)
     test_keys = {k for k in test if "cam" in k}
     assert "cam_test/liftcam/insertion" in test_keys and "cam_test/callback_seconds" in test_keys
@@ -260,7 +261,7 @@ def test_labelled_grid_has_title_row_and_column_labels():
     rows = [("image", imgs), ("liftcam", imgs.flip(-1))]
     cols = ["label 0: cat\npred 1: dog\nconf 0.93"] * 3
     arr = viz.labelled_grid(rows, cols, title="validation · epoch 3 · layer layer4", min_size=96)
-    tiles = torch.cat([viz._upscale(imgs, 96), viz._upscale(imgs.flip(-1), 96)])
+    tiles = torch.cat([viz.upscale(imgs, 96), viz.upscale(imgs.flip(-1), 96)])
     body = viz.to_uint8_hwc(viz._grid(tiles, 3, 2))  # the tiles alone, 16 px upscaled 6x
     h, w = body.shape[:2]
     assert h == 2 * 96 + 3 * 2 and arr.shape[0] > h and arr.shape[1] > w  # room for the text
@@ -280,56 +281,56 @@ def test_labelled_grid_has_title_row_and_column_labels():
 
 
 # ------------------------------------------------------------------ the budget
-def test_budget_account_and_cadence():
+def test_budget_chooses_the_curve_subset_once_from_fixed_seconds():
+    """10 % of 100 s of training = 10 s; 4 s already spent; 0.5 s per image -> 12 images of 32."""
     b = CostBudget(max_overhead=0.1)
-    b.add_training_time(100.0)
-    b.credit()  # 10 s to spend
-    assert b.curves_due(spent_so_far=2.0, estimate=8.0) and not b.curves_due(spent_so_far=3.0, estimate=8.0)
-    msg = b.debit(own_seconds=12.0, curve_seconds=8.0, estimate=8.0)  # 4 s other + 8 s curves > 10 s
-    assert b.curve_every == 2 and "every 2-th evaluation" in msg and b.balance == pytest.approx(-2.0)
-    b.add_training_time(100.0)
-    b.credit()
-    assert not b.curves_due(spent_so_far=4.0, estimate=1.0)  # 8 - 4 < 8 s (the measured curve time wins)
-    assert b.debit(own_seconds=4.0, curve_seconds=None, estimate=1.0) is None  # cadence unchanged
-    b.add_training_time(100.0)
-    b.credit()
-    assert b.curves_due(spent_so_far=4.0, estimate=1.0)  # 14 - 4 >= 8
-    b.add_training_time(100.0)
-    b.credit()
-    msg = b.debit(own_seconds=16.0, curve_seconds=None, estimate=8.0)  # other scores alone exceed 10 s
-    assert b.curve_every == 0 and "affords no curves" in msg and "exceed the budget" in msg
-    off = CostBudget(max_overhead=None)
-    off.credit()
-    assert off.curves_due(1e9, 1e9) and off.debit(1e9, 1.0, 1.0) is None
+    k, msg = b.choose(32, train_seconds=100.0, spent_seconds=4.0, seconds_per_image=0.5)
+    assert k == 12 == b.curve_images and "insertion/deletion on 12 of 32 held-out images" in msg
+    assert "max_overhead=0.1" in msg and "minimum" not in msg
+    # never fewer than min(8, N), and it says so; never more than N
+    assert CostBudget(0.1).choose(32, 1.0, 4.0, 0.5)[0] == 8
+    assert "(the minimum) exceed it" in CostBudget(0.1).choose(32, 1.0, 4.0, 0.5)[1]
+    assert CostBudget(0.1).choose(5, 1.0, 4.0, 0.5)[0] == 5
+    assert CostBudget(0.1).choose(32, 1e6, 0.0, 0.5)[0] == 32
+    assert CostBudget(None).choose(32, 0.0, 100.0, 1.0)[0] == 32
+    # the choice is state: it survives a checkpoint
+    b2 = CostBudget(0.1)
+    b2.load_state_dict(b.state_dict())
+    assert b2.curve_images == 12
 
 
 @pytest.mark.slow
-def test_budget_in_a_fit_keeps_every_other_score_and_says_what_it_did(tmp_path, caplog):
-    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=4, n_steps=4)  # 10 %
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb], max_epochs=2))
+def test_tight_budget_scores_the_curves_at_every_evaluation_on_a_fixed_subset(tmp_path, caplog):
+    """Milliseconds of training: the curves still come at every validation epoch, on the minimum
+    subset (min(8, N) images), the same images each time, and the log says why."""
+    cb = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=12, n_steps=4)  # 10 %
+    seen = []
+
+    class Record(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                rep = cb.last_report
+                seen.append((rep.curve_rows.clone(), float(trainer.callback_metrics["cam/liftcam/insertion"])))
+
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb, Record()], max_epochs=3))
     with caplog.at_level(logging.INFO, logger="lightning_cam.callback"):
-        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
-    # milliseconds of training: the curves never fit; everything else is logged at every evaluation
-    assert "cam/liftcam/insertion" not in trainer.callback_metrics
-    assert {"cam/liftcam/average_drop", "cam/gradcam/increase_in_confidence", "cam/liftcam/pointing_game"} <= set(
-        trainer.callback_metrics
-    )
-    assert float(trainer.callback_metrics["cam/curve_every"]) == 0
-    assert "insertion/deletion curves" in caplog.text and "max_overhead=0.1" in caplog.text
-    generous = CAMCallback(target_layer="layer4", num_samples=4, n_steps=4, max_overhead=1e6)
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "g", callbacks=[generous], max_epochs=2))
-    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
-    assert "cam/liftcam/insertion" in trainer.callback_metrics and float(trainer.callback_metrics["cam/curve_every"]) == 1
-
-
-def test_monitored_curve_keys_are_exempt_from_the_budget(tmp_path):
-    cb = CAMCallback(target_layer="layer4", num_samples=2)
-    ckpt = ModelCheckpoint(monitor="cam/liftcam/insertion")
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb, ckpt], enable_checkpointing=True))
-    cb.setup(trainer, LitTiny(), "fit")
-    assert cb._budget_exempt
-    cb.setup(pl.Trainer(**trainer_kwargs(tmp_path, callbacks=[cb])), LitTiny(), "fit")
-    assert not cb._budget_exempt
+        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=12))
+    assert len(seen) == 3 and all(torch.equal(rows, seen[0][0]) for rows, _ in seen)
+    assert int(seen[0][0].sum()) == 8 and float(trainer.callback_metrics["cam/curve_images"]) == 8
+    assert {"cam/liftcam/deletion", "cam/gradcam/insertion", "cam/liftcam/average_drop"} <= set(trainer.callback_metrics)
+    assert caplog.text.count("insertion/deletion on 8 of 12 held-out images") == 1
+    # the table rows outside the subset hold NaN, the means use the subset only
+    rep = cb.last_report
+    ins = rep["liftcam"].insertion
+    assert torch.isnan(ins[~rep.curve_rows]).all() and torch.isfinite(ins[rep.curve_rows]).all()
+    assert float(trainer.callback_metrics["cam/liftcam/insertion"]) == pytest.approx(float(ins[rep.curve_rows].double().mean()))
+    for part in ("explain", "scores", "curves", "randomization", "media", "other"):
+        assert f"cam/seconds/{part}" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["cam/forwards"]) > 0 and float(trainer.callback_metrics["cam/backwards"]) > 0
+    generous = CAMCallback(target_layer="layer4", num_samples=12, n_steps=4, max_overhead=1e6)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "g", callbacks=[generous], max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=12))
+    assert float(trainer.callback_metrics["cam/curve_images"]) == 12
 
 
 # ------------------------------------------------------ Lightning packages
@@ -397,7 +398,7 @@ def test_test_stage_after_fit_explains_the_test_split(tmp_path):
     trainer.fit(LitTiny(), datamodule=dm)
     val_images = cb.heldout.images.clone()
     trainer.test(trainer.lightning_module, datamodule=dm)
-    test_held = cb._held_test
+    test_held = cb.test_heldout
     assert test_held is not None and torch.equal(cb.heldout.images, val_images)  # the val set is kept
     assert torch.equal(test_held.images, torch.stack([dm.test_ds[i][0] for i in test_held.indices]))
     assert not torch.equal(test_held.images, val_images)
@@ -413,4 +414,4 @@ def test_a_fit_that_never_reaches_its_last_epoch_warns_that_the_sanity_check_did
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
-    assert cb2._fit_sanity_runs == 1  # the last epoch was recognised: the check ran, no warning
+    assert cb2.fit_sanity_runs == 1  # the last epoch was recognised: the check ran, no warning

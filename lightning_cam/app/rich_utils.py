@@ -65,10 +65,10 @@ def _fmt(v: float | None) -> str:
 def cam_table(metrics: Mapping[str, float], methods: Sequence[str] | None = None, prefix: str = "cam") -> Table | None:
     """Table of the ``<prefix>/[<layer>/]<method>/<metric>`` values, one row per (layer and) method.
 
-    Columns follow :data:`lightning_cam.callback.summaries.ALL_METRICS` (then one per region), with
+    Columns follow :data:`lightning_cam.evaluation.keys.ALL_METRICS` (then one per region), with
     their direction arrows.
     """
-    from lightning_cam.callback.summaries import ALL_METRICS, ENERGY_PREFIX, by_method, region_spec
+    from lightning_cam.evaluation.keys import ALL_METRICS, ENERGY_PREFIX, by_method, region_spec
 
     per = by_method(metrics, (prefix,))
     if not per:

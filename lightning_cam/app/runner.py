@@ -47,14 +47,14 @@ def instantiate_model(cfg: DictConfig) -> pl.LightningModule:
 def instantiate_cam_callback(cfg: DictConfig) -> pl.Callback | None:
     if not cam_enabled(cfg):
         return None
-    from lightning_cam.callback.summaries import CURVE_METRICS, parse_key
+    from lightning_cam.evaluation.keys import CURVE_METRICS, parse_key
 
     node = OmegaConf.to_container(cfg.cam, resolve=True)
     key = parse_key(str(cfg.get("optimized_metric") or ""))
     if key is not None and key.metric in CURVE_METRICS and node.get("max_overhead") is not None:
-        # a sweep optimising insertion/deletion needs them at every validation
-        log.info("optimized_metric=%s: the CAM callback computes the curves at every validation "
-                 "(cam.max_overhead=%s ignored)", cfg.optimized_metric, node["max_overhead"])
+        # a sweep optimising insertion/deletion scores them on every held-out image, the same in every job
+        log.info("optimized_metric=%s: the CAM callback scores the curves on every held-out image "
+                 "(cam.max_overhead=%s ignored: every job of a sweep scores the same images)", cfg.optimized_metric, node["max_overhead"])
         node["max_overhead"] = None
     return _instantiate(node)
 

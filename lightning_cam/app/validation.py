@@ -260,7 +260,7 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
     if not use_cam:
         errors.append(f"optimized_metric={metric} needs the CAM callback, but it is disabled (cam=none).")
         return
-    from lightning_cam.callback.summaries import CALLBACK_KEYS, METRIC_NAMES, parse_key
+    from lightning_cam.evaluation.keys import CALLBACK_KEYS, METRIC_NAMES, parse_key
 
     parsed = parse_key(str(metric))
     if parsed is None:

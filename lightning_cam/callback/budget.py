@@ -1,24 +1,20 @@
-"""The cost budget: the callback's time stays under ``max_overhead`` x the training time.
+"""The cost budget: the callback's time stays near ``max_overhead`` x the training time by
+cutting the **size** of the insertion / deletion work, never how often it runs.
 
-The callback measures the training time (from the start of each training
-epoch to the start of its validation) and its own time. The budget is an
-account: every evaluation credits ``max_overhead x`` the training time since
-the previous one and debits what the callback spent. Everything but the
-insertion / deletion curves (explanations, Average Drop, Increase in
-Confidence, pointing games, completeness, grids) is computed at every
-evaluation. The curves (``2 n_steps + 1`` forward passes per image and
-method, by far the largest cost) are computed when the account holds their
-estimated cost (the last measured curve time, or forward passes x the
-measured time per forward pass before the first), so:
+Every evaluation explains every held-out image with every method and scores the maps; the curves
+(``2 n_steps`` forward passes per image and distinct map, by far the largest cost) are scored on a
+fixed, seeded subset of the held-out images (:func:`~lightning_cam.evaluation.curve_subset`). Its
+size is chosen once, at the first evaluation of ``fit``, from what that evaluation measured:
 
-* every logged number keeps its protocol and held-out set; only the cadence
-  of ``insertion`` / ``deletion`` (and the W&B table and curve charts, which
-  show them) changes;
-* ``<prefix>/curve_every`` logs the cadence the budget affords (``1`` = every
-  evaluation; ``k`` = about every k-th; ``0`` = never, the other scores alone
-  use the budget), and one log line says when it changes.
+* the training seconds before it (``max_overhead`` x them is one evaluation's allowance);
+* the seconds it already spent explaining and scoring;
+* the seconds per image of the curves, measured on the first ``min(8, N)`` images of the subset
+  (always scored: never fewer images than that).
 
-``max_overhead=None`` switches the budget off (curves at every evaluation).
+The subset then grows to what the allowance affords (at most N) and stays the same for the whole
+run, checkpoint resumes included, so a logged series never mixes image sets; ``<prefix>/curve_images``
+logs its size, and one log line says how it was chosen. ``max_overhead=None``: every image.
+``trainer.validate`` / ``trainer.test`` score every held-out image (their own keys).
 """
 
 from __future__ import annotations
@@ -26,76 +22,61 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["CostBudget"]
+__all__ = ["MIN_CURVE_IMAGES", "CostBudget"]
+
+#: The curves are never scored on fewer images than this (or N when the held-out set is smaller).
+MIN_CURVE_IMAGES = 8
 
 
 @dataclass
 class CostBudget:
-    """The account deciding when the curves are computed."""
+    """Measures the training time and decides, once, on how many held-out images the curves run."""
 
     max_overhead: float | None = 0.10
-    balance: float = 0.0  # seconds the callback may still spend
     train_seconds: float = 0.0  # training time since the last evaluation
-    curve_estimate: float | None = None  # seconds of one evaluation's curves (last measured)
-    curve_every: int = 1  # cadence the budget affords (logged)
-    evaluations: int = 0
-    last_train: float = 0.0  # training seconds credited at the current evaluation
+    curve_images: int | None = None  # the subset size (None until the first evaluation of fit)
 
     def add_training_time(self, seconds: float) -> None:
         self.train_seconds += max(0.0, float(seconds))
 
-    def credit(self) -> float:
-        """Credit this evaluation's share of the budget; returns the training seconds it covers."""
+    def take_training_time(self) -> float:
+        """The training seconds since the last evaluation (and start counting afresh)."""
         train, self.train_seconds = self.train_seconds, 0.0
-        if self.max_overhead is not None:
-            self.balance += self.max_overhead * train
-        self.last_train = train
         return train
 
-    def curves_due(self, spent_so_far: float, estimate: float) -> bool:
-        """Whether the curves (``estimate`` seconds) fit, after ``spent_so_far`` seconds of this evaluation."""
-        if self.max_overhead is None:
-            return True
-        if self.curve_estimate is not None:
-            estimate = self.curve_estimate
-        return self.balance - spent_so_far >= estimate
+    @staticmethod
+    def floor(n: int) -> int:
+        """The smallest subset: ``min(8, N)`` images."""
+        return min(MIN_CURVE_IMAGES, n)
 
-    def debit(self, own_seconds: float, curve_seconds: float | None, estimate: float) -> str | None:
-        """Account one evaluation (``curve_seconds`` None: no curves); returns a message when the cadence changed."""
-        self.evaluations += 1
-        if curve_seconds is not None:
-            self.curve_estimate = curve_seconds
+    def choose(self, n: int, train_seconds: float, spent_seconds: float, seconds_per_image: float) -> tuple[int, str]:
+        """Fix the subset size for the run: as many images as ``max_overhead x train_seconds - spent_seconds``
+        affords at ``seconds_per_image`` (at least :meth:`floor`, at most ``n``); returns it and the log line."""
+        low = self.floor(n)
         if self.max_overhead is None:
-            return None
-        self.balance -= own_seconds
-        train = self.last_train
-        per_eval = self.max_overhead * train
-        other = own_seconds - (curve_seconds or 0.0)
-        spare = per_eval - other
-        cost = self.curve_estimate if self.curve_estimate is not None else estimate
-        k = 1 if cost <= spare else (0 if spare <= 0 else math.ceil(cost / spare))  # 0: never affordable
-        if k == self.curve_every:
-            return None
-        old, self.curve_every = self.curve_every, k
-        cadence = {0: "the budget affords no curves", 1: "the curves come at every evaluation"}.get(
-            k, f"the curves come about every {k}-th evaluation"
-        )
+            k, why = n, "max_overhead=None: no budget"
+        else:
+            allowance = self.max_overhead * train_seconds
+            spare = allowance - spent_seconds
+            affordable = math.floor(spare / seconds_per_image) if seconds_per_image > 0 else n
+            k = max(low, min(n, affordable))
+            why = (
+                f"the budget max_overhead={self.max_overhead:g} gives {allowance:.2f} s per evaluation "
+                f"({train_seconds:.2f} s of training); explaining and scoring took {spent_seconds:.2f} s and the "
+                f"curves take {seconds_per_image:.3f} s per image"
+            )
+            if k == low and affordable < low:
+                why += f"; {low} images (the minimum) exceed it: use fewer methods or raise max_overhead"
+        self.curve_images = k
         msg = (
-            f"CAMCallback: budget max_overhead={self.max_overhead:g} gives {per_eval:.2f} s per evaluation "
-            f"({train:.2f} s of training); the scores other than the curves take {other:.2f} s and the "
-            f"insertion/deletion curves {cost:.2f} s, so {cadence} (curve_every {k}, was {old}); "
-            "every other score at every evaluation."
+            f"CAMCallback: insertion/deletion on {k} of {n} held-out images at every evaluation ({why}). "
+            "The same seeded images at every evaluation; max_overhead=None scores all of them."
         )
-        if spare <= 0:
-            msg += " The other scores alone exceed the budget: use fewer methods or images, or raise max_overhead."
-        return msg
+        return k, msg
 
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"balance": self.balance, "curve_estimate": self.curve_estimate, "curve_every": self.curve_every,
-                "evaluations": self.evaluations}
+        return {"curve_images": self.curve_images}
 
     def load_state_dict(self, state: dict) -> None:
-        self.balance = float(state.get("balance", 0.0))
-        self.curve_estimate = state.get("curve_estimate")
-        self.curve_every = int(state.get("curve_every", 1))
-        self.evaluations = int(state.get("evaluations", 0))
+        value = (state or {}).get("curve_images")
+        self.curve_images = None if value is None else int(value)

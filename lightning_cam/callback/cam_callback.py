@@ -4,14 +4,14 @@ Each run (every ``every_n_epochs`` validation epochs during ``fit``, every
 ``trainer.validate`` / ``trainer.test``; never in the sanity check):
 
 1. :mod:`~lightning_cam.callback.heldout` picks the fixed, seeded held-out set once;
-2. :func:`~lightning_cam.callback.evaluator.evaluate` explains and scores this
+2. :func:`~lightning_cam.evaluation.evaluate` explains and scores this
    rank's share of it (:mod:`~lightning_cam.callback.distributed`);
-3. the shares are gathered, so every rank holds the single-process report;
-4. :mod:`~lightning_cam.callback.summaries` turns it into scalars, logged with
-   ``pl_module.log`` (every logger, ``ModelCheckpoint``, sweepers);
-5. on rank zero, the :mod:`~lightning_cam.callback.sinks` write the pictures.
-
-:mod:`~lightning_cam.callback.budget` keeps the cost under ``max_overhead``.
+3. the insertion / deletion curves of the shared seeded subset of the held-out set, whose size
+   :mod:`~lightning_cam.callback.budget` chooses once to keep the cost near ``max_overhead``;
+4. the shares are gathered, so every rank holds the single-process report;
+5. :func:`~lightning_cam.evaluation.summarise` turns it into scalars, logged with
+   ``pl_module.log`` (every logger, ``ModelCheckpoint``, sweepers), with the seconds per part;
+6. on rank zero, the :mod:`~lightning_cam.callback.sinks` write the pictures.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.callback import distributed, evaluator, heldout, sinks
+from typing_extensions import override
+
+from lightning_cam.callback import distributed, heldout, sinks
 from lightning_cam.callback._lightning import lightning_package
-from lightning_cam.callback.arguments import check_display, check_options
 from lightning_cam.callback.budget import CostBudget
-from lightning_cam.callback.stability import StabilityTracker
+from lightning_cam.callback.options import CallbackOptions, callback_signature
 from lightning_cam.callback.sinks.media import STAGE_WORDS
-from lightning_cam.callback.summaries import CURVE_METRICS, STAGE_PREFIX, callback_key, parse_key, summarise
+from lightning_cam.callback.stability import StabilityTracker
+from lightning_cam.evaluation import EvaluationReport, add_curves, curve_subset, evaluate, layer_names, summarise
+from lightning_cam.evaluation.keys import STAGE_PREFIX, callback_key
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
 
@@ -75,8 +78,10 @@ class CAMCallbackMixin:
         colormap: a matplotlib colormap (``inferno`` by default).
         on_error: ``"warn"`` (log the traceback, keep training) or ``"raise"``.
         max_overhead: cost budget as a fraction of the training time (0.10 =
-            10 %); over it, the insertion/deletion curves are computed every
-            k-th evaluation (see :mod:`~lightning_cam.callback.budget`). None = no budget.
+            10 %): the insertion/deletion curves come at every evaluation, on a fixed
+            seeded subset of the held-out images whose size (at least ``min(8, N)``) is chosen
+            at the first evaluation to fit it (see :mod:`~lightning_cam.callback.budget`).
+            None = every image.
         explain_batch_size: images per explanation batch.
         alpha: overlay opacity.
         log_table, log_curves: W&B per-image table / mean curve charts.
@@ -109,7 +114,9 @@ class CAMCallbackMixin:
             (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``) fuses the
             layers' maps into one per method, logged as ``cam/<method>/...``.
 
-    Every evaluation also logs ``sparseness`` / ``complexity`` per method, the share of the
+    Every evaluation also logs its seconds per part (``<prefix>/seconds/{explain,scores,curves,
+    randomization,media,other}``), the image passes it ran (``forwards``, ``backwards``) and the
+    size of the curve subset (``curve_images``). It logs ``sparseness`` / ``complexity`` per method, the share of the
     map's energy in every named region of the held-out masks (``energy/<region>``), and from
     the second evaluation of ``fit`` on, ``stability`` / ``stability_first`` (Spearman with
     the previous / first evaluation's maps; kept in the checkpoint so a resumed run continues).
@@ -118,88 +125,44 @@ class CAMCallbackMixin:
     warning per evaluation names the epoch.
     """
 
-    def __init__(
-        self,
-        target_layer: str | nn.Module | Sequence[str | nn.Module] | None = None,
-        methods: Sequence[str] | str = ("liftcam",),
-        num_samples: int = 32,
-        every_n_epochs: int = 1,
-        images: Tensor | None = None,
-        labels: Tensor | Sequence[int] | None = None,
-        masks: Tensor | None = None,
-        seed: int = 0,
-        step: int | None = None,
-        n_steps: int | None = None,
-        metric_batch_size: int = 256,
-        shap_samples: int = 0,
-        log_images: bool = True,
-        max_images: int = 16,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        colormap: str = "inferno",
-        on_error: str = "warn",
-        max_overhead: float | None = 0.10,
-        *,
-        explain_batch_size: int = 64,
-        alpha: float = 0.5,
-        log_table: bool = True,
-        log_curves: bool = True,
-        method_grids: bool = False,
-        save_png: bool | None = None,
-        table_image_size: int = 128,
-        class_names: Sequence[str] | None = None,
-        method_kwargs: dict[str, dict[str, Any]] | None = None,
-        sanity_every_n_epochs: int | None = 0,
-        sanity_order: str = "full",
-        sanity_seed: int = 42,
-        target: str = "prediction",
-        output_transform: Callable[[Any], Tensor] | None = None,
-        fusion: str | None = None,
-    ) -> None:
+    def __init__(self, target_layer: Any = None, methods: Any = ("liftcam",), **options: Any) -> None:
         super().__init__()
-        self.options = check_options(
-            target_layer=target_layer, methods=methods, num_samples=num_samples, every_n_epochs=every_n_epochs,
-            seed=seed, step=step, n_steps=n_steps, metric_batch_size=metric_batch_size,
-            explain_batch_size=explain_batch_size, shap_samples=shap_samples, on_error=on_error,
-            max_overhead=max_overhead, method_kwargs=method_kwargs, images=images, labels=labels, masks=masks,
-            sanity_every_n_epochs=sanity_every_n_epochs, sanity_order=sanity_order, sanity_seed=sanity_seed,
-            target=target, output_transform=output_transform, fusion=fusion,
-        )
-        self.display = check_display(
-            mean=mean, std=std, alpha=alpha, colormap=colormap, max_images=max_images, log_table=log_table,
-            log_curves=log_curves, table_image_size=table_image_size, method_grids=method_grids,
-        )
-        self.log_images = bool(log_images)
-        self.save_png = save_png
-        self.class_names = None if class_names is None else list(class_names)
+        #: every option, checked (:class:`~lightning_cam.callback.options.CallbackOptions`)
+        self.options = CallbackOptions(target_layer=target_layer, methods=methods, **options)
         self.budget = CostBudget(self.options.max_overhead)
         self.stability = StabilityTracker()
         self.layer_names: dict[str, str] = {}  # name the user gave -> qualified module name
         #: keys read <prefix>/<layer>/<method>/<metric> (several layers or several CAMCallbacks)
         self.layer_in_key = self.options.multi_layer
         self.key_scope: str | None = None
-        self._held: heldout.HeldOut | None = None
-        #: trainer.test explains images of the test split (its own seeded set, not checkpointed)
-        self._held_test: heldout.HeldOut | None = None
-        self._fit_evaluations = self._fit_sanity_runs = 0  # for the warning at the end of fit
+        self.class_names = self.options.class_names
+        self._held: dict[str, heldout.HeldOut] = {}  # "fit": the checkpointed set; "test": the test split's
+        self.fit_evaluations = self.fit_sanity_runs = 0  # for the warning at the end of fit
         self._restored: dict[str, Any] | None = None
-        self._display_stats: tuple[Any, Any] = (self.display.mean, self.display.std)
+        self._datamodule_stats: tuple[Any, Any] = (None, None)
         self._train_mark: float | None = None
-        self._budget_exempt = False
         #: the report of the last run (all images, CPU) and its logged scalars
-        self.last_report: evaluator.EvaluationReport | None = None
+        self.last_report: EvaluationReport | None = None
         self.last_scalars: dict[str, float] = {}
         #: number of failed runs (errors reported with on_error="warn")
         self.num_errors = 0
 
+    __init__.__signature__ = callback_signature()  # type: ignore[attr-defined]
+
     @property
     def methods(self) -> list[str]:
-        return self.options.methods
+        return list(self.options.methods)
 
     @property
     def heldout(self) -> heldout.HeldOut | None:
-        """The held-out set (None until the first run)."""
-        return self._held
+        """The held-out set of the validation runs (None until the first run)."""
+        return self._held.get("fit")
+
+    @property
+    def test_heldout(self) -> heldout.HeldOut | None:
+        """The held-out set ``trainer.test`` explains: its own seeded set of the test split (not
+        checkpointed), or the user's ``images``; None until the first test run."""
+        return self._held.get("test")
 
     @property
     def state_key(self) -> str:
@@ -212,42 +175,45 @@ class CAMCallbackMixin:
         return self._generate_state_key(target_layer=layers, methods=self.methods, **extra)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # configuration errors surface at once, whatever on_error says
-        self.layer_names = evaluator.layer_names(pl_module, self.options.target_layers)
+        self.layer_names = layer_names(pl_module, self.options.target_layers)
         # several layers, or several CAMCallbacks in this Trainer: the layer goes into the keys
         others = [cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, CAMCallbackMixin) and cb is not self]
         self.layer_in_key = self.options.multi_layer or bool(others)
-        #: names this callback's callback-wide keys (callback_seconds, curve_every, nonfinite_images) when it
+        #: names this callback's callback-wide keys (callback_seconds, seconds/*, nonfinite_images ...) when it
         #: shares the Trainer: its layers, and its methods too where another CAMCallback explains the same layers
         self.key_scope = None
         if others:
             layers = "+".join(self.layer_names)
-            same = any("+".join(evaluator.layer_names(pl_module, cb.options.target_layers)) == layers for cb in others)
+            same = any("+".join(layer_names(pl_module, cb.options.target_layers)) == layers for cb in others)
             self.key_scope = f"{layers}:{'+'.join(self.methods)}" if same else layers
-        monitored = {str(getattr(cb, "monitor", "") or "") for cb in getattr(trainer, "callbacks", None) or []}
-        keys = [parse_key(k) for k in monitored]
-        self._budget_exempt = any(k is not None and k.prefix == "cam" and k.metric in CURVE_METRICS for k in keys)
 
+    @override
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._train_mark = time.perf_counter()
 
+    @override
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         if self._train_mark is not None and not trainer.sanity_checking:
             self.budget.add_training_time(time.perf_counter() - self._train_mark)
         self._train_mark = None
 
+    @override
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:
             self._train_mark = time.perf_counter()  # training resumes (mid-epoch validation)
 
+    @override
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._train_mark = None
 
+    @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         # The check runs at the last validation epoch; a run ended by max_steps / max_time or by
         # EarlyStopping (which decides after this callback's hook) never reaches one it can recognise.
-        never = self.options.sanity_every_n_epochs is not None and self._fit_evaluations and not self._fit_sanity_runs
+        never = self.options.sanity_every_n_epochs is not None and self.fit_evaluations and not self.fit_sanity_runs
         if never and trainer.is_global_zero:
             warnings.warn(
                 "CAMCallback: the model-randomisation check never ran in this fit: it runs at the last "
@@ -258,6 +224,7 @@ class CAMCallbackMixin:
                 stacklevel=2,
             )
 
+    @override
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
@@ -266,20 +233,20 @@ class CAMCallbackMixin:
             return
         self._run(trainer, pl_module, "val" if fitting else "validate")
 
+    @override
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._run(trainer, pl_module, "test")
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        held = self._held
+        """The held-out set (indices, or the tensors of an iterated loader), the budget's choice and
+        the stability series; :meth:`load_state_dict` reads back every key."""
+        held = self.heldout
         if held is None:
             return dict(self._restored or {})
         state: dict[str, Any] = {
-            "version": 2,
             "source": held.source,
             "indices": held.indices,
-            "dataset_len": held.dataset_len,
-            "seed": self.options.seed,
-            "num_samples": self.options.num_samples,
             "budget": self.budget.state_dict(),
             "stability": self.stability.state_dict(),
         }
@@ -287,11 +254,11 @@ class CAMCallbackMixin:
             state.update(images=held.images, labels=held.labels, masks=held.masks, regions=held.regions)
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = dict(state_dict) if state_dict else None
-        self._held = None
-        if state_dict and "budget" in state_dict:
-            self.budget.load_state_dict(state_dict["budget"])
+        self._held.pop("fit", None)
+        self.budget.load_state_dict((state_dict or {}).get("budget"))
         self.stability.load_state_dict((state_dict or {}).get("stability"))
 
     # ------------------------------------------------------------ the work
@@ -304,10 +271,9 @@ class CAMCallbackMixin:
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
         return last or bool(trainer.should_stop) or (every > 0 and (trainer.current_epoch + 1) % every == 0)
 
-    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rank: int, world: int, sanity: bool = False):
-        """Explain and score (all but the curves) this rank's rows ``rank::world`` of the held-out set;
-        with ``sanity``, the randomisation check too."""
-        rows, count = distributed.shard_rows(len(held), rank, world)
+    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rows: list[int], sanity: bool) -> EvaluationReport:
+        """Explain and score (all but the curves) the held-out rows ``rows``; with ``sanity``, the
+        randomisation check too."""
         idx = torch.tensor(rows)
         opts = self.options
         targets = None
@@ -318,124 +284,115 @@ class CAMCallbackMixin:
                     "validation dataset yields no labels); pass images=... and labels=..., or target='prediction'"
                 )
             targets = torch.as_tensor(held.labels)[idx]
-        report = evaluator.evaluate(
-            pl_module, opts.target_layers, held.images[idx],
+        report = evaluate(
+            pl_module, self.options.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
             masks=None if held.masks is None else held.masks[idx],
-            methods=opts.methods, curves=False, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
-            batch_size=opts.explain_batch_size, metric_batch_size=opts.metric_batch_size,
-            method_kwargs=opts.method_kwargs, targets=targets, output_transform=opts.output_transform,
+            targets=targets, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             regions=None if held.regions is None else {k: v[idx] for k, v in held.regions.items()},
-            randomization=opts.sanity_order if sanity else None, randomization_seed=opts.sanity_seed,
-            fusion=opts.fusion,
+            options=opts.evaluation_for_run(sanity, curve_rows=False),
         )
-        if count == 0:  # the dummy row explains nothing: zero seconds
-            report = replace(report, layers={
-                n: replace(lr, methods={m: replace(r, seconds=0.0) for m, r in lr.methods.items()})
-                for n, lr in report.layers.items()
-            })
-        return replace(report, index=idx.to(report.predictions.device)), count
+        return replace(report, index=idx.to(report.predictions.device))
 
-    def _curve_estimate(self, local: evaluator.EvaluationReport) -> float:
-        """Seconds the curves would take: their forward passes x this evaluation's time per forward pass."""
-        per_forward = local.timing["scores"] / max(local.timing["forwards"], 1.0)
-        return per_forward * evaluator.curve_forwards(local, **self.options.curve_steps())
+    def _add_curves(self, pl_module: Any, local: EvaluationReport, held: heldout.HeldOut, subset: torch.Tensor) -> EvaluationReport:
+        """Curves for this rank's rows of the held-out ``subset`` ((N,) bool, global positions)."""
+        positions = local.index.cpu()
+        opts = self.options.evaluation_for_run(False)
+        return add_curves(local, pl_module, held.images[positions], opts, rows=subset[positions])
 
-    def _curves_due(self, trainer: Any, stage: str, spent: float, local: evaluator.EvaluationReport) -> bool:
-        """Curves at every trainer.validate / test, and during fit when the budget affords them (rank zero decides)."""
-        if stage != "val" or self._budget_exempt:
-            return True
-        due = self.budget.curves_due(spent, self._curve_estimate(local))
-        if trainer.world_size > 1:
-            due = bool(trainer.strategy.broadcast(due, src=0))
-        return due
+    def _curves(self, trainer: Any, pl_module: Any, stage: str, local: EvaluationReport, held: heldout.HeldOut,
+                count: int, start: float, train_seconds: float) -> EvaluationReport:
+        """The curves on the seeded subset: its size is fixed (the budget's choice) or, at the first
+        evaluation of fit, chosen after measuring the first ``min(8, N)`` images (rank zero decides)."""
+        n, seed = len(held), self.options.seed
+        k = n if stage != "val" or self.options.max_overhead is None else self.budget.curve_images
+        if k is not None:
+            return self._add_curves(pl_module, local, held, curve_subset(n, k, seed))
+        low = curve_subset(n, self.budget.floor(n), seed)
+        t0 = time.perf_counter()
+        local = self._add_curves(pl_module, local, held, low)
+        per_image = (time.perf_counter() - t0) / max(1, int(low[local.index.cpu()][:count].sum()))
+        k, msg = self.budget.choose(n, train_seconds, t0 - start, per_image)
+        if trainer.world_size > 1:  # rank zero's choice everywhere (timings differ per rank)
+            k = int(trainer.strategy.broadcast(k, src=0))
+            self.budget.curve_images = k
+        if trainer.is_global_zero:
+            log.info(msg)
+        extra = curve_subset(n, k, seed) & ~low
+        return self._add_curves(pl_module, local, held, extra) if bool(extra.any()) else local
 
     def _run(self, trainer: Any, pl_module: Any, stage: str) -> None:
         start = time.perf_counter()
         rank, world, strategy, device = trainer.global_rank, trainer.world_size, trainer.strategy, pl_module.device
         prefix = STAGE_PREFIX[stage]
         sanity = self._sanity_due(trainer, stage)
+        train_seconds = self.budget.take_training_time() if stage == "val" else 0.0
         if stage == "val":
-            self._fit_evaluations += 1
-            self._fit_sanity_runs += int(sanity)
-        if stage == "val":
-            self.budget.credit()
+            self.fit_evaluations += 1
+            self.fit_sanity_runs += int(sanity)
         local = error = exc = None
-        count, idx = 0, None
         with heldout.preserved_rng(self.options.seed, devices=[device]), torch.inference_mode(False):
             try:
                 held = self._ensure_heldout(trainer, stage)
-                local, count = self._evaluate_share(pl_module, held, rank, world, sanity)
+                rows, count = distributed.shard_rows(len(held), rank, world)
+                local = self._evaluate_share(pl_module, held, rows, sanity)
+                local = self._curves(trainer, pl_module, stage, local, held, count, start, train_seconds)
+                if count == 0:  # the dummy row explains nothing: zero seconds
+                    local = distributed.zero_seconds(local)
             except Exception as e:  # reported below, after every rank agrees
                 error, exc = traceback.format_exc(), e
             # every rank takes part in these collectives, failed or not
-            if distributed.any_rank(strategy, local is None, device, world):
-                self._report(trainer, stage, error or "another rank failed (see its log)", exc)
+            if distributed.any_rank(strategy, local is None, world):
+                self._report_error(trainer, stage, error or "another rank failed (see its log)", exc)
                 return
-            curves = self._curves_due(trainer, stage, time.perf_counter() - start, local)
-            if curves:
-                try:
-                    local = evaluator.add_curves(
-                        local, pl_module, held.images[local.index.cpu()], batch_size=self.options.explain_batch_size,
-                        metric_batch_size=self.options.metric_batch_size, output_transform=self.options.output_transform,
-                        **self.options.curve_steps(),
-                    )
-                except Exception as e:
-                    error, exc, local = traceback.format_exc(), e, None
-                if distributed.any_rank(strategy, local is None, device, world):
-                    self._report(trainer, stage, error or "another rank failed (see its log)", exc)
-                    return
             try:
                 report = distributed.gather_report(strategy, local, count, len(held), world).to("cpu")
                 if stage == "val":  # the series follows training; validate/test runs do not advance it
                     self.stability.update(report)
                 scalars = summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope)
             except Exception as e:
-                self._report(trainer, stage, traceback.format_exc(), e)
+                self._report_error(trainer, stage, traceback.format_exc(), e)
                 return
         self.last_report = report
         self._warn_nonfinite(trainer, stage, prefix, report)
-        for key, value in scalars.items():  # identical on every rank (from the gathered report): no sync
-            pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
+        media_start = time.perf_counter()
         self._write_media(trainer, stage, prefix, report, held)
-        seconds = time.perf_counter() - start
-        extra = {callback_key(prefix, "callback_seconds", self.key_scope): seconds}
-        if stage == "val":
-            curve_seconds = local.timing.get("curves") if curves else None
-            msg = self.budget.debit(seconds, curve_seconds, self._curve_estimate(local))
-            if world > 1:  # rank zero's account everywhere (timings differ per rank)
-                state = strategy.broadcast(self.budget.state_dict(), src=0)
-                self.budget.load_state_dict(state)
-                msg = msg if trainer.is_global_zero else None
-            if msg:
-                log.info(msg)
-            extra[callback_key(prefix, "curve_every", self.key_scope)] = float(self.budget.curve_every)
-        for key, value in extra.items():
+        media = time.perf_counter() - media_start
+        scalars.update(self._seconds(prefix, local.timing, media, time.perf_counter() - start))
+        for key, value in scalars.items():  # identical on every rank (from the gathered report) but the seconds
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.last_scalars = dict(scalars, **extra)
+        self.last_scalars = scalars
 
-    def _write_media(
-        self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport, held: heldout.HeldOut
-    ) -> None:
-        if not self.log_images or trainer.fast_dev_run:
+    def _seconds(self, prefix: str, timing: dict[str, float], media: float, total: float) -> dict[str, float]:
+        """The evaluation's seconds per part (this process's) and the image passes it ran."""
+        parts = {part: float(timing.get(part, 0.0)) for part in ("explain", "scores", "curves", "randomization")}
+        parts["media"] = media
+        parts["other"] = max(0.0, total - sum(parts.values()))
+        key = lambda name: callback_key(prefix, name, self.key_scope)  # noqa: E731
+        out = {key("callback_seconds"): total, **{key(f"seconds/{p}"): v for p, v in parts.items()}}
+        out[key("forwards")] = float(timing.get("forwards", 0.0))
+        out[key("backwards")] = float(timing.get("backwards", 0.0))
+        return out
+
+    def _write_media(self, trainer: Any, stage: str, prefix: str, report: EvaluationReport, held: heldout.HeldOut) -> None:
+        if not self.options.log_images or trainer.fast_dev_run:
             return
         loggers = list(getattr(trainer, "loggers", []) or [])
-        png_dir = sinks.png_dir(trainer, self.save_png)  # every rank: trainer.log_dir broadcasts
+        png_dir = sinks.png_dir(trainer, self.options.save_png)  # every rank: trainer.log_dir broadcasts
         if not trainer.is_global_zero:
             return
-        mean, std = self._display_stats
         media = sinks.Media(
             report=report, held=held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
-            step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
+            step=_logging_step(trainer), display=self.options.display(*self._datamodule_stats),
             class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:
                 sink.write(media)
             except Exception as e:
-                self._report(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
+                self._report_error(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
 
-    def _warn_nonfinite(self, trainer: Any, stage: str, prefix: str, report: evaluator.EvaluationReport) -> None:
+    def _warn_nonfinite(self, trainer: Any, stage: str, prefix: str, report: EvaluationReport) -> None:
         """One warning per evaluation when images were left out for non-finite logits, maps or scores."""
         bad = report.nonfinite
         if not bool(bad.any()) or not trainer.is_global_zero:
@@ -454,8 +411,9 @@ class CAMCallbackMixin:
         log.warning(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
 
-    def _report(self, trainer: Any, stage: str, error: str, exc: BaseException | None,
-                during: str = "explaining the held-out set") -> None:
+    def _report_error(self, trainer: Any, stage: str, error: str, exc: BaseException | None,
+                      during: str = "explaining the held-out set") -> None:
+        """Count a failed run; raise (``on_error="raise"``) or log the traceback and go on."""
         self.num_errors += 1
         msg = (
             f"CAMCallback failed while {during} (stage {stage}, epoch {trainer.current_epoch}, "
@@ -472,22 +430,16 @@ class CAMCallbackMixin:
         """The fixed held-out set: from the validation split (checkpointed), or for ``trainer.test``
         from the test split (its own seeded set); ``images=`` serves every stage."""
         opts = self.options
-        test_split = stage == "test" and opts.images is None
-        held = self._held_test if test_split else self._held
+        which = "test" if stage == "test" and opts.images is None else "fit"
+        held = self._held.get(which)
         if held is None:
-            restored = None if test_split else self._restored
-            held = heldout.choose(
-                trainer, stage, opts.images, opts.labels, opts.masks, opts.num_samples, opts.seed, restored
-            )
-            if test_split:
-                self._held_test = held
-            else:
-                self._held = held
+            restored = None if which == "test" else self._restored
+            held = heldout.choose(trainer, stage, opts.images, opts.labels, opts.masks, opts.num_samples, opts.seed, restored)
+            self._held[which] = held
             if self.class_names is None:
                 self.class_names = heldout.class_names(trainer, from_dataset=opts.images is None)
-            if self.display.mean is None and self.display.std is None:
-                dm = getattr(trainer, "datamodule", None)
-                self._display_stats = (getattr(dm, "mean", None), getattr(dm, "std", None))
+            dm = getattr(trainer, "datamodule", None)
+            self._datamodule_stats = (getattr(dm, "mean", None), getattr(dm, "std", None))
         return held
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cam.callback.evaluator import EvaluationReport, map_tensors
+from lightning_cam.evaluation.report import EvaluationReport, map_tensors
 
-__all__ = ["any_rank", "gather_report", "pad_rows", "shard_rows"]
+__all__ = ["any_rank", "gather_report", "pad_rows", "shard_rows", "zero_seconds"]
 
 
 def shard_rows(n: int, rank: int, world: int) -> tuple[list[int], int]:
@@ -74,9 +74,14 @@ def gather_report(strategy: Any, local: EvaluationReport, count: int, n: int, wo
     return replace(full, layers=layers)
 
 
-def any_rank(strategy: Any, flag: bool, device: torch.device, world: int) -> bool:
+def any_rank(strategy: Any, flag: bool, world: int) -> bool:
     """Whether ``flag`` holds on any rank (a collective: every rank must call it)."""
-    if world <= 1:
-        return flag
-    total = strategy.reduce(torch.tensor([1.0 if flag else 0.0], device=device), reduce_op="sum")
-    return bool(total.item() > 0)
+    return flag if world <= 1 else bool(strategy.reduce_boolean_decision(flag, all=False))
+
+
+def zero_seconds(report: EvaluationReport) -> EvaluationReport:
+    """``report`` with every method's explanation seconds zero (a rank's dummy row explains nothing)."""
+    return replace(report, layers={
+        n: replace(lr, methods={m: replace(r, seconds=0.0) for m, r in lr.methods.items()})
+        for n, lr in report.layers.items()
+    })

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_cam.callback.evaluator import EvaluationReport
+from lightning_cam.evaluation.report import EvaluationReport
 from lightning_cam.metrics.monitoring import spearman
 
 __all__ = ["StabilityTracker"]
@@ -38,8 +38,8 @@ class StabilityTracker:
             prev = self.previous.get(layer, {}).get(method)
             first = self.first.get(layer, {}).get(method)
             if prev is not None and prev.shape == maps.shape and first is not None and first.shape == maps.shape:
-                rep.stability = spearman(maps, prev).to(rep.maps.device)
-                rep.stability_first = spearman(maps, first).to(rep.maps.device)
+                rep.values["stability"] = spearman(maps, prev).to(rep.maps.device)
+                rep.values["stability_first"] = spearman(maps, first).to(rep.maps.device)
             else:
                 self.first.setdefault(layer, {})[method] = maps.clone()
             self.previous.setdefault(layer, {})[method] = maps.clone()

@@ -48,7 +48,8 @@ COMPLEXITY_EPS = 1e-12  # Quantus Complexity: log(p + 1e-12)
 
 
 def _flat(maps: Tensor, name: str) -> Tensor:
-    """(B, n) float view of (B, h, w) / (B, 1, h, w) maps; clear error otherwise."""
+    """(B, n) float view of (B, h, w) / (B, 1, h, w) maps; clear error otherwise (non-finite values
+    are kept: the comparisons give NaN for those images, see :func:`spearman`)."""
     if not isinstance(maps, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (B, h, w), got {type(maps).__name__}")
     if maps.ndim == 4 and maps.shape[1] == 1:
@@ -56,12 +57,7 @@ def _flat(maps: Tensor, name: str) -> Tensor:
     if maps.ndim != 3 or maps.shape[1] * maps.shape[2] == 0:
         raise ValueError(f"{name} must have shape (B, h, w) with h, w > 0, e.g. (32, 7, 7); got {tuple(maps.shape)}")
     flat = maps.detach().flatten(1)
-    if not flat.is_floating_point():
-        flat = flat.float()
-    bad = ~torch.isfinite(flat).all(dim=1)
-    if bool(bad.any()):
-        raise ValueError(f"{name} contains NaN or infinite values (images {bad.nonzero().flatten().tolist()})")
-    return flat
+    return flat if flat.is_floating_point() else flat.float()
 
 
 def average_ranks(x: Tensor) -> Tensor:
@@ -106,7 +102,11 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     fa, fb = _flat(a, "a"), _flat(b, "b")
     if fa.shape != fb.shape:
         raise ValueError(f"the two map batches must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return row_spearman(fa, fb)
+    bad = ~(torch.isfinite(fa).all(1) & torch.isfinite(fb).all(1))
+    if not bool(bad.any()):
+        return row_spearman(fa, fb)
+    out = row_spearman(fa.nan_to_num(0.0, 0.0, 0.0), fb.nan_to_num(0.0, 0.0, 0.0))
+    return out.masked_fill(bad.to(out.device), float("nan"))
 
 
 def method_agreement(maps: Mapping[str, Tensor]) -> tuple[list[str], Tensor]:
@@ -262,7 +262,7 @@ class RandomizationResult:
         return float(self.per_image.nanmean())
 
 
-ExplainFn = Callable[[nn.Module, Tensor, Tensor | None], Tensor]
+ExplainFn = Callable[[nn.Module, Tensor, Tensor | None], "Tensor | Mapping[str, Tensor]"]
 
 
 def model_randomization(
@@ -273,8 +273,8 @@ def model_randomization(
     *,
     order: RandomizationOrder = "full",
     seed: int = 42,
-    maps: Tensor | None = None,
-) -> RandomizationResult:
+    maps: Tensor | Mapping[str, Tensor] | None = None,
+) -> RandomizationResult | dict[str, RandomizationResult]:
     """Model-parameter randomisation test (Adebayo et al., NeurIPS 2018; Quantus ``MPRT``).
 
     ``explain(model, images, targets) -> (B, h, w)`` maps; it is called on the trained
@@ -282,16 +282,21 @@ def model_randomization(
     :func:`randomized_models`, with the same ``targets`` (pass the trained model's
     predictions: the randomised model explains the same class). Each comparison is
     :func:`spearman` per image (Quantus' default similarity; its ``abs`` and normalisation do
-    not change the ranks of non-negative maps).
+    not change the ranks of non-negative maps); NaN for an image whose map is not finite.
+    ``explain`` may return ``{method: (B, h, w)}`` (several methods from one pass): the result
+    is then ``{method: RandomizationResult}``.
     """
     if maps is None:
         maps = explain(model, images, targets)
-    layers: dict[str, Tensor] = {}
-    last = None
+    named = dict(maps) if isinstance(maps, Mapping) else {"": maps}
+    layers: dict[str, dict[str, Tensor]] = {m: {} for m in named}
+    last: dict[str, Tensor] = {}
     for name, twin in randomized_models(model, order=order, seed=seed):
-        last = spearman(maps, explain(twin, images, targets))
-        if order == "cascading":
-            layers[name] = last
-    assert last is not None
-    return RandomizationResult(per_image=last, layers=layers)
-
+        rand = explain(twin, images, targets)
+        rand = dict(rand) if isinstance(rand, Mapping) else {"": rand}
+        for m, m_maps in named.items():
+            last[m] = spearman(m_maps, rand[m])
+            if order == "cascading":
+                layers[m][name] = last[m]
+    results = {m: RandomizationResult(per_image=last[m], layers=layers[m]) for m in named}
+    return results if isinstance(maps, Mapping) else results[""]

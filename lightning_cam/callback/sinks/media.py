@@ -11,17 +11,13 @@ import numpy as np
 from torch import Tensor
 
 from lightning_cam import viz
-from lightning_cam.callback.evaluator import EvaluationReport
+from lightning_cam.evaluation.keys import PER_IMAGE_COLUMNS, row_label
+from lightning_cam.evaluation.report import EvaluationReport
 from lightning_cam.callback.heldout import HeldOut
 
 __all__ = ["Display", "Media", "STAGE_WORDS"]
 
 STAGE_WORDS = {"val": "validation", "validate": "trainer.validate", "test": "trainer.test"}
-#: Per-image fields of a MethodReport shown in the W&B table and the CSV (when computed).
-PER_IMAGE_COLUMNS = (
-    "insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "energy_pointing_game",
-    "completeness_residual", "stability", "stability_first", "randomization_spearman", "sparseness", "complexity",
-)
 
 
 def _at(values: Tensor, i: int, j: int | None) -> Tensor:
@@ -189,7 +185,7 @@ class Media:
         cols = ["index", "label", "prediction", *(["misclassified", "explained"] if by_label else []), "confidence"]
         names = []
         for layer, m, r in rep.items():
-            name = f"{layer}/{m}" if self.multi_layer else m
+            name = row_label(layer if self.multi_layer else None, m)
             for k in PER_IMAGE_COLUMNS:
                 if getattr(r, k) is not None:
                     names.append((layer, m, k, None))

@@ -15,18 +15,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from lightning_cam import viz
 from lightning_cam.callback.sinks.media import Media
+from lightning_cam.evaluation.keys import row_label
 
 __all__ = ["WandbSink"]
 
 
-def _finite_rows(report: Any, name: str) -> Any:
-    """The per-image rows of ``name`` whose image is finite (those the means use)."""
-    values = getattr(report, name)
-    return values if report.finite is None else values[report.finite.bool()]
+def _mean_curve(r: Any, kind: str) -> list[float]:
+    """The mean ``kind`` curve over the finite images whose curves were scored."""
+    curves = r.finite_rows(getattr(r, f"{kind}_curve")).double()
+    return curves[torch.isfinite(curves).all(1)].mean(0).cpu().tolist()
 
 
 class WandbSink:
@@ -70,7 +72,7 @@ class WandbSink:
         for layer, lrep in media.report.layers.items():
             for kind in ("insertion", "deletion"):
                 keys = [m for m, r in lrep.methods.items() if getattr(r, f"{kind}_curve") is not None]
-                ys = [_finite_rows(lrep.methods[m], f"{kind}_curve").double().mean(0).cpu().tolist() for m in keys]
+                ys = [_mean_curve(lrep.methods[m], kind) for m in keys]
                 out[media.key(layer, "curves", kind)] = wandb.plot.line_series(
                     xs=xs, ys=ys, keys=keys, title=f"Mean {kind} curve ({media.title(layer if media.multi_layer else '')})",
                     xname="fraction of pixels " + ("inserted" if kind == "insertion" else "deleted"),
@@ -91,14 +93,13 @@ class WandbSink:
         def small(x):  # noqa: ANN001, ANN202
             if tuple(x.shape[-2:]) != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            return viz._upscale(x, min(64, d.table_image_size))
+            return viz.upscale(x, min(64, d.table_image_size))
 
         rgb = small(viz.denormalize(images, d.mean, d.std))
         score_cols, score_rows = media.table_rows()
         overlays = {}
         for layer, m, r in media.report.items():
-            name = f"{layer}/{m}" if media.multi_layer else m
-            overlays[name] = small(viz.overlay(images, r.saliency.detach().float().cpu(), d.alpha, d.colormap, d.mean, d.std))
+            overlays[row_label(layer if media.multi_layer else None, m)] = small(viz.overlay(images, r.saliency.detach().float().cpu(), d.alpha, d.colormap, d.mean, d.std))
         cols = score_cols[:1] + ["image"] + score_cols[1:] + list(overlays)
         table = wandb.Table(columns=cols)
         for i, row in enumerate(score_rows):

@@ -1,0 +1,141 @@
+"""The evaluation's options: declared once, with their defaults, and checked once.
+
+:class:`EvaluationOptions` is shared by :func:`~lightning_cam.evaluation.evaluate` (its keyword
+arguments) and :class:`~lightning_cam.CAMCallback` (which adds the options of a Trainer run). A
+bad value raises at construction with the option's name, what is allowed and an example.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from lightning_cam.outputs import OutputTransform, check_output_transform
+
+__all__ = ["DEFAULT_N_STEPS", "EvaluationOptions", "FUSIONS", "RANDOMIZATIONS", "check_int", "check_methods"]
+
+DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
+FUSIONS = (None, "mean", "max")
+RANDOMIZATIONS = (None, "full", "cascading")
+
+
+def check_int(name: str, value: Any, minimum: int, owner: str = "") -> int:
+    """``value`` as an int >= ``minimum``, else a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{owner}{name} must be an int >= {minimum}, got {value!r}; e.g. {name}={max(minimum, 1)}")
+    return value
+
+
+def check_methods(methods: Sequence[str] | str, owner: str = "") -> tuple[str, ...]:
+    """Registry names of ``methods`` (aliases such as ``"gradcampp"`` accepted), each once."""
+    from lightning_cam.methods import METHODS, get_method
+
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError(f"{owner}methods is empty; pass at least one, e.g. methods=['liftcam']")
+    canonical: list[str] = []
+    for m in names:
+        try:
+            canonical.append(get_method(m).name)
+        except (TypeError, ValueError):
+            close = difflib.get_close_matches(str(m), list(METHODS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{owner}unknown method {m!r}{hint}; allowed: {list(METHODS)}; e.g. methods=['liftcam', 'gradcam']"
+            ) from None
+    if len(set(canonical)) != len(canonical):
+        raise ValueError(f"{owner}duplicate methods in {canonical}; give each method once")
+    return tuple(canonical)
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`~lightning_cam.evaluation.evaluate` explains and scores.
+
+    Attributes:
+        methods: registry names (``liftcam``, ``gradcam``, ``gradcam++`` ...).
+        step, n_steps: insertion/deletion granularity (``n_steps + 1`` points, capped at H*W; give
+            one of them; default ``n_steps=16``).
+        curves: compute the insertion/deletion curves.
+        curve_images: score the curves on a seeded subset of this many images (the same images
+            for the same N and ``curve_seed``); None = every image.
+        curve_seed: seed of that subset.
+        shap_samples: compare each method's channel weights with ShapCAM's exact Shapley values
+            on the first ``shap_samples`` images (Pearson / Spearman).
+        batch_size: images per explanation batch.
+        metric_batch_size: images per forward pass of the metrics.
+        method_kwargs: constructor options per method, e.g. ``{"scorecam": {"batch_size": 64}}``.
+        randomization: ``"full"`` or ``"cascading"``: the model-parameter randomisation check
+            (Adebayo et al. 2018) against a copy with re-initialised parameters; None = off.
+        randomization_seed: seed of the re-initialisation (Quantus' ``MPRT`` default, 42).
+        output_transform: reads the (B, num_classes) scores from the model's output when it is not
+            a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
+        fusion: with a list of layers: None (each layer reported on its own), ``"mean"``
+            (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``): one fused map per method.
+    """
+
+    methods: tuple[str, ...] = ("liftcam",)
+    step: int | None = None
+    n_steps: int | None = None
+    curves: bool = True
+    curve_images: int | None = None
+    curve_seed: int = 0
+    shap_samples: int = 0
+    batch_size: int = 64
+    metric_batch_size: int = 256
+    method_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    randomization: str | None = None
+    randomization_seed: int = 42
+    output_transform: OutputTransform | None = None
+    fusion: str | None = None
+
+    def __post_init__(self) -> None:
+        from lightning_cam.methods import get_method
+
+        owner = self._owner()
+        set_ = object.__setattr__
+        set_(self, "methods", check_methods(self.methods, owner))
+        if self.step is not None and self.n_steps is not None:
+            raise ValueError(f"{owner}give step or n_steps, not both; e.g. n_steps=16")
+        for name, minimum in (("step", 1), ("n_steps", 1), ("curve_images", 1)):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), minimum, owner)
+        for name, minimum in (("curve_seed", 0), ("shap_samples", 0), ("batch_size", 1), ("metric_batch_size", 1),
+                              ("randomization_seed", 0)):
+            check_int(name, getattr(self, name), minimum, owner)
+        if self.randomization not in RANDOMIZATIONS:
+            raise ValueError(
+                f"{owner}randomization must be one of {RANDOMIZATIONS}, got {self.randomization!r}; e.g. randomization='full'"
+            )
+        if self.fusion not in FUSIONS:
+            raise ValueError(
+                f"{owner}fusion must be None (each layer on its own), 'mean' (pytorch-grad-cam) or 'max' (torchcam), "
+                f"got {self.fusion!r}; e.g. fusion='mean' with target_layer=['layer3', 'layer4']"
+            )
+        kwargs = {}
+        for k, v in dict(self.method_kwargs or {}).items():
+            try:
+                k = get_method(k).name
+            except (TypeError, ValueError):
+                pass
+            kwargs[k] = dict(v)
+        set_(self, "method_kwargs", kwargs)
+        set_(self, "output_transform", check_output_transform(self.output_transform, f"{owner}output_transform"))
+
+    def _owner(self) -> str:
+        """Prefix of error messages (``"CAMCallback: "`` for the callback's options)."""
+        return ""
+
+    @property
+    def curve_steps(self) -> dict[str, int | None]:
+        """``step`` / ``n_steps`` for :func:`~lightning_cam.metrics.insertion_deletion` (default ``n_steps=16``)."""
+        if self.step is not None:
+            return {"step": self.step}
+        return {"n_steps": self.n_steps or DEFAULT_N_STEPS}
+
+    def evaluation(self, **changes: Any) -> EvaluationOptions:
+        """These options as plain :class:`EvaluationOptions` (the evaluation's fields only), with ``changes``."""
+        own = {f.name: getattr(self, f.name) for f in fields(EvaluationOptions)}
+        return replace(EvaluationOptions(**own), **changes) if changes else EvaluationOptions(**own)

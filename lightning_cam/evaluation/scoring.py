@@ -1,0 +1,210 @@
+"""Explain and score, batch by batch: every metric but the curves and the randomisation check.
+
+For each batch of ``batch_size`` images and each layer, every method is explained from one shared
+forward pass (:func:`lightning_cam.explain_all`), then scored (:func:`score_batch`): Average Drop /
+Increase in Confidence of all methods in one call, pointing games, region energies, sparseness,
+complexity, LIFT-CAM's completeness residual and the comparison with ShapCAM.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_cam.evaluation.options import EvaluationOptions
+from lightning_cam.evaluation.report import EvaluationReport, LayerReport, MethodReport
+
+__all__ = ["Inputs", "explain_and_score", "score_batch"]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The checked inputs of one evaluation, N images: ``masks`` the object masks (pointing games),
+    ``regions`` named region masks, ``targets`` the classes to explain (None: the top-1
+    prediction), ``shap_on`` (N,) bool: images compared with ShapCAM."""
+
+    images: Tensor
+    labels: Tensor | None
+    masks: Tensor | None
+    regions: dict[str, Tensor]
+    targets: Tensor | int | None
+    shap_on: Tensor
+
+    def batch(self, rows: slice, device: torch.device) -> Inputs:
+        """Rows ``rows`` on ``device``."""
+        return Inputs(
+            images=self.images[rows].to(device),
+            labels=None,
+            masks=None if self.masks is None else self.masks[rows].to(device),
+            regions={k: v[rows].to(device) for k, v in self.regions.items()},
+            targets=self.targets[rows] if isinstance(self.targets, Tensor) else self.targets,
+            shap_on=self.shap_on[rows].to(device),
+        )
+
+
+def _nan(n: int, device: torch.device) -> Tensor:
+    return torch.full((n,), float("nan"), device=device)
+
+
+def _shap_weights(net: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, Any], opts: EvaluationOptions) -> Tensor | None:
+    """ShapCAM's channel weights on the compared rows of the batch (zeros elsewhere), None if none."""
+    from lightning_cam.methods import explain_all
+
+    sel = batch.shap_on
+    if not bool(sel.any()):
+        return None
+    if "shap" in exps:
+        return exps["shap"].weights
+    first = next(iter(exps.values()))
+    ws = explain_all(
+        net, layer, batch.images[sel], methods=["shap"], targets=first.targets[sel],
+        method_kwargs=opts.method_kwargs, output_transform=opts.output_transform,
+    )["shap"].weights
+    out = torch.zeros((batch.images.shape[0], ws.shape[1]), device=ws.device, dtype=ws.dtype)
+    out[sel] = ws
+    return out
+
+
+@torch.no_grad()
+def score_batch(
+    model: nn.Module, batch: Inputs, exps: Mapping[str, Any], shap_weights: Tensor | None, opts: EvaluationOptions
+) -> dict[str, MethodReport]:
+    """Every per-image score of one batch, per method (the curves and the randomisation excepted)."""
+    from lightning_cam.metrics import confidence_change, pointing_game
+    from lightning_cam.metrics.monitoring import complexity, region_energy, row_pearson, row_spearman, sparseness
+
+    xb = batch.images
+    b, _, h, w = xb.shape
+    device = xb.device
+    compare = opts.shap_samples > 0
+    sals: dict[str, Tensor] = {}
+    finites: dict[str, Tensor] = {}
+    for m, e in exps.items():
+        sal = e.saliency((h, w))
+        finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
+        finite &= torch.isfinite(sal).flatten(1).all(1)
+        sals[m] = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
+        finites[m] = finite
+    # Average Drop / Increase in Confidence of every method in one call: the masked images of all
+    # methods go through the model in batches of metric_batch_size (larger batches, fewer calls)
+    c = confidence_change(
+        model, xb.repeat(len(exps), 1, 1, 1), torch.cat(list(sals.values())),
+        targets=torch.cat([e.targets for e in exps.values()]), batch_size=opts.metric_batch_size,
+        clean_logits=torch.cat([e.logits for e in exps.values()]), deletion=False,
+        output_transform=opts.output_transform,
+    )
+    out: dict[str, MethodReport] = {}
+    for i, (m, e) in enumerate(exps.items()):
+        sal = sals[m]
+        rows = slice(i * b, (i + 1) * b)
+        values: dict[str, Tensor] = {
+            "average_drop": c.drop[rows] * 100.0,
+            "increase_in_confidence": c.increase[rows].float() * 100.0,
+        }
+        if batch.masks is not None:
+            p = pointing_game(sal, batch.masks)
+            values["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
+            values["energy_pointing_game"] = torch.where(p.valid, p.energy.float(), _nan(b, device))
+        energy = None
+        if batch.regions:
+            energy = torch.stack(
+                [torch.where(v, en.float(), _nan(b, device)) for en, v in region_energy(sal, batch.regions).values()], dim=1
+            )
+        values["sparseness"] = sparseness(sal)
+        values["complexity"] = complexity(sal)
+        if e.delta is not None:
+            values["completeness_residual"] = e.delta.float().abs()
+        if compare and e.weights is not None and m != "shap":
+            pear = spear = _nan(b, device)
+            if shap_weights is not None and e.weights.shape == shap_weights.shape:
+                pear, spear = row_pearson(e.weights, shap_weights), row_spearman(e.weights, shap_weights)
+            values["shap_pearson"] = torch.where(batch.shap_on, pear, _nan(b, device))
+            values["shap_spearman"] = torch.where(batch.shap_on, spear, _nan(b, device))
+        rep = MethodReport(method=m, saliency=sal, maps=e.maps.detach().float(), finite=finites[m], values=values,
+                           region_energy=energy, seconds=float(e.seconds))
+        rep.update_finite()
+        out[m] = rep
+    return out
+
+
+def _concat(parts: list[MethodReport]) -> MethodReport:
+    """One MethodReport from the per-batch reports of one method (rows in order, seconds summed)."""
+    first = parts[0]
+    cat = lambda name: None if getattr(first, name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    return replace(
+        first, saliency=cat("saliency"), maps=cat("maps"), finite=cat("finite"), region_energy=cat("region_energy"),
+        values={k: torch.cat([p.values[k] for p in parts]) for k in first.values}, seconds=sum(p.seconds for p in parts),
+    )
+
+
+def explain_and_score(
+    net: nn.Module, layers: Mapping[str, Any], inputs: Inputs, opts: EvaluationOptions, device: torch.device
+) -> EvaluationReport:
+    """Explain ``inputs`` with every method at every layer (``{name: qualified layer(s)}``) and score
+    the maps; the report has no curves and no randomisation check yet."""
+    from lightning_cam.methods import explain_all
+
+    n = inputs.images.shape[0]
+    parts: dict[str, dict[str, list[MethodReport]]] = {name: {m: [] for m in opts.methods} for name in layers}
+    preds, explained, confs, logits = [], [], [], []
+    channels: dict[str, int | None] = {}
+    timing = {"explain": 0.0, "scores": 0.0, "forwards": 0.0, "backwards": 0.0}
+    for s in range(0, n, opts.batch_size):
+        batch = inputs.batch(slice(s, min(s + opts.batch_size, n)), device)
+        b = batch.images.shape[0]
+        for li, (name, qualified) in enumerate(layers.items()):
+            t0 = time.perf_counter()
+            exps = explain_all(
+                net, qualified, batch.images, methods=opts.methods, targets=batch.targets,
+                method_kwargs=opts.method_kwargs, output_transform=opts.output_transform, fusion=opts.fusion or "mean",
+            )
+            first = next(iter(exps.values()))
+            if li == 0:
+                preds.append(first.logits.argmax(dim=1))
+                explained.append(first.targets)
+                confs.append(torch.softmax(first.logits.float(), dim=1).gather(1, first.targets[:, None])[:, 0])
+                logits.append(first.logits.float())
+            shap_weights = _shap_weights(net, qualified, batch, exps, opts) if opts.shap_samples > 0 else None
+            channels[name] = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
+            t1 = time.perf_counter()
+            scored = score_batch(net, batch, exps, shap_weights, opts)
+            timing["explain"] += t1 - t0
+            timing["scores"] += time.perf_counter() - t1
+            timing["forwards"] += b * (1 + len(exps))  # the shared pass, then x * E per method
+            timing["backwards"] += b * _backward_passes(opts.methods)
+            for m, rep in scored.items():
+                parts[name][m].append(rep)
+
+    report_layers = {}
+    for name, qualified in layers.items():
+        path = qualified if isinstance(qualified, str) else "+".join(qualified)
+        methods = {m: _concat(p) for m, p in parts[name].items()}
+        report_layers[name] = LayerReport(layer=name, qualified=path, methods=methods, channels=channels.get(name))
+    return EvaluationReport(
+        layers=report_layers,
+        predictions=torch.cat(preds),
+        targets=torch.cat(explained),
+        confidence=torch.cat(confs),
+        logits=torch.cat(logits),
+        labels=None if inputs.labels is None else inputs.labels.to(device),
+        index=torch.arange(n, device=device),
+        timing=timing,
+        regions=tuple(inputs.regions),
+    )
+
+
+#: Methods that read ``g = dy/dA``: one backward pass through the head, shared by all of them.
+GRADIENT_METHODS = frozenset({"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigengradcam",
+                              "gradcamelementwise"})
+
+
+def _backward_passes(methods: tuple[str, ...]) -> int:
+    """Backward passes through the head per image: one shared by the gradient methods, one for
+    LIFT-CAM's DeepLIFT pass (over the actual and the reference rows). Perturbation methods'
+    head passes (Ablation-CAM, Score-CAM) are not counted: the count is a floor."""
+    return int(bool(GRADIENT_METHODS.intersection(methods))) + int("liftcam" in methods)
