@@ -2,9 +2,11 @@
 
 Default: the app's default run, ``python train.py`` against ``python train.py
 cam=none``, run alternately (interleaved, so load changes hit both alike) as
-subprocesses, with wall times, their ratio, the load average, and the
-callback's own figures from each run's ``metrics.json``
-(``cam/callback_seconds`` of the last epoch, ``cam/curve_every``):
+subprocesses, with wall times, their ratio, the load average, and per evaluation
+of the last run (read back from its offline W&B run): the seconds per part
+(``cam/seconds/<part>``), the forward / backward passes it ran, the **floor ratio**
+(the evaluation's seconds over the time of those passes alone, timed here on the
+same architecture), the curve subset size and ``cam/liftcam/insertion``:
 
     python bench/callback.py --repeats 2                      # the figure quoted in docs/callback.md
     python bench/callback.py --repeats 1 -- trainer.max_epochs=2   # extra overrides for both runs
@@ -214,8 +216,43 @@ def app_run(overrides: list[str], out: Path) -> dict[str, Any]:
     return {"wall": wall, "load": load, "metrics": metrics}
 
 
+PARTS = ("explain", "scores", "curves", "randomization", "media", "other")
+
+
+def pass_seconds(model: str, image_size: int, metric_batch: int = 256, explain_batch: int = 64) -> tuple[float, float]:
+    """Seconds per image of a plain forward pass (batches of ``metric_batch``, as the metrics run them)
+    and of a backward pass (forward + backward w.r.t. the input at ``explain_batch`` minus the forward),
+    on a fresh model of the app's architecture (the cost does not depend on the weights)."""
+    net = build_model(model, num_classes=6).eval()
+    x = torch.randn(metric_batch, 3, image_size, image_size)
+
+    def timed(fn, reps: int = 5) -> float:  # noqa: ANN001
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.no_grad():
+        fwd = timed(lambda: net(x)) / metric_batch
+    xb = x[:explain_batch].clone().requires_grad_(True)
+    both = timed(lambda: torch.autograd.grad(net(xb).sum(), xb)) / explain_batch
+    return fwd, max(both - fwd, 0.0)
+
+
+def history(out: Path) -> list[dict[str, float]]:
+    """The logged rows of the run's offline W&B run that hold the callback's figures (one per evaluation)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from wandb_offline import read_offline_run
+
+    return read_offline_run(out).rows_with("cam/callback_seconds")
+
+
 def app_bench(args: argparse.Namespace) -> None:
     rows: list[tuple[float, float, float, float, dict[str, float]]] = []
+    evals: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         # untimed warm-up: the first run builds the dataset cache that every later run reads
         app_run(["cam=none", "trainer.max_epochs=1", *args.overrides], Path(tmp) / "warmup")
@@ -223,11 +260,13 @@ def app_bench(args: argparse.Namespace) -> None:
             off = app_run(["cam=none", *args.overrides], Path(tmp) / f"off{i}")
             on = app_run(list(args.overrides), Path(tmp) / f"on{i}")
             rows.append((off["wall"], on["wall"], off["load"], on["load"], on["metrics"]))
+            evals = history(Path(tmp) / f"on{i}")
             print(f"repeat {i}: cam=none {off['wall']:.1f} s (load {off['load']:.1f}), "
-                  f"default {on['wall']:.1f} s (load {on['load']:.1f}), ratio {on['wall'] / off['wall']:.3f}", flush=True)
+                  f"default {on['wall']:.1f} s (load {on['load']:.1f}), ratio {on['wall'] / off['wall']:.3f}; "
+                  f"{len(evals)} evaluations, {sum(r['cam/callback_seconds'] for r in evals):.1f} s in them", flush=True)
+        fwd, bwd = pass_seconds(args.model, args.image_size)
     off_t = [r[0] for r in rows]
     on_t = [r[1] for r in rows]
-    last = rows[-1][4]
     print(f"\ncommand: python bench/callback.py --repeats {args.repeats}" + (" -- " + " ".join(args.overrides) if args.overrides else ""))
     print(f"{'run':34s}{'wall (s), median':>18s}")
     print(f"{'python train.py cam=none':34s}{statistics.median(off_t):18.1f}")
@@ -235,9 +274,19 @@ def app_bench(args: argparse.Namespace) -> None:
     print(f"ratio (median of per-repeat ratios): {statistics.median(b / a for a, b in zip(off_t, on_t)):.3f}; "
           f"load average (1 min) at the starts: {', '.join(f'{r[2]:.1f}/{r[3]:.1f}' for r in rows)}; "
           f"{os.cpu_count()} CPUs")
-    cam = {k: v for k, v in last.items() if k in ("cam/callback_seconds", "cam/curve_every")}
-    print("last run's callback figures (last epoch): " + ", ".join(f"{k}={v:.3g}" for k, v in cam.items()))
-    print("scores logged at the last epoch: " + ", ".join(sorted({k.split("/")[-1] for k in last if k.count("/") == 2 and k.startswith("cam/")})))
+    print(f"\nthe last run's evaluations (seconds per part; floor = its forward passes x {1000 * fwd:.3f} ms "
+          f"+ its backward passes x {1000 * bwd:.3f} ms, the time of the model passes alone):")
+    print(f"{'epoch':>5s}{'total':>8s}" + "".join(f"{p:>9s}" for p in PARTS)
+          + f"{'fwd':>7s}{'bwd':>6s}{'floor':>7s}{'ratio':>7s}{'images':>7s}{'liftcam ins':>12s}")
+    for r in evals:
+        floor = r["cam/forwards"] * fwd + r["cam/backwards"] * bwd
+        print(f"{int(r.get('epoch', -1)):5d}{r['cam/callback_seconds']:8.2f}"
+              + "".join(f"{r.get(f'cam/seconds/{p}', 0.0):9.3f}" for p in PARTS)
+              + f"{r['cam/forwards']:7.0f}{r['cam/backwards']:6.0f}{floor:7.2f}{r['cam/callback_seconds'] / floor:7.2f}"
+              + f"{r.get('cam/curve_images', float('nan')):7.0f}{r.get('cam/liftcam/insertion', float('nan')):12.4f}")
+    inside = sum(r["cam/callback_seconds"] for r in evals)
+    print(f"time outside the evaluations (wall difference minus their seconds, last repeat): "
+          f"{rows[-1][1] - rows[-1][0] - inside:+.1f} s")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from lightning_cam import CAMCallback
-from lightning_cam.callback import evaluator
+from lightning_cam import evaluation as evaluator
 from lightning_cam.evaluation.keys import parse_key, region_spec
 from lightning_cam.metrics import model_randomization, region_energy, spearman
 from lightning_cam.metrics.monitoring import randomizable_modules

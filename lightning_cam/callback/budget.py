@@ -35,6 +35,7 @@ class CostBudget:
     max_overhead: float | None = 0.10
     train_seconds: float = 0.0  # training time since the last evaluation
     curve_images: int | None = None  # the subset size (None until the first evaluation of fit)
+    curve_seed: int = 0  # the subset's seed (the held-out seed of the run that chose it)
 
     def add_training_time(self, seconds: float) -> None:
         self.train_seconds += max(0.0, float(seconds))
@@ -75,8 +76,9 @@ class CostBudget:
         return k, msg
 
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"curve_images": self.curve_images}
+        return {"curve_images": self.curve_images, "curve_seed": self.curve_seed}
 
     def load_state_dict(self, state: dict) -> None:
         value = (state or {}).get("curve_images")
         self.curve_images = None if value is None else int(value)
+        self.curve_seed = int((state or {}).get("curve_seed", 0))

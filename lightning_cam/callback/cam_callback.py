@@ -304,8 +304,11 @@ class CAMCallbackMixin:
                 count: int, start: float, train_seconds: float) -> EvaluationReport:
         """The curves on the seeded subset: its size is fixed (the budget's choice) or, at the first
         evaluation of fit, chosen after measuring the first ``min(8, N)`` images (rank zero decides)."""
-        n, seed = len(held), self.options.seed
+        n = len(held)
         k = n if stage != "val" or self.options.max_overhead is None else self.budget.curve_images
+        if self.budget.curve_images is None:  # the first evaluation of this run: its seed names the subset
+            self.budget.curve_seed = self.options.seed
+        seed = self.budget.curve_seed
         if k is not None:
             return self._add_curves(pl_module, local, held, curve_subset(n, k, seed))
         low = curve_subset(n, self.budget.floor(n), seed)

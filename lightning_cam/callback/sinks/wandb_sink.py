@@ -45,14 +45,14 @@ class WandbSink:
                 key: wandb.Image(str(viz.save_png(grid, Path(tmp) / f"{stem}.png", compress_level=1)), caption=caption)
                 for key, (stem, grid, caption) in media.grids.items()
             }
-            self._log(media, payload)
+            self._log(media, payload, Path(tmp))
 
-    def _log(self, media: Media, payload: dict[str, Any]) -> None:
+    def _log(self, media: Media, payload: dict[str, Any], tmp: Path) -> None:
         import wandb
 
-        if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
+        if media.report.fractions is not None:  # evaluations with insertion/deletion
             if media.display.table:
-                payload[f"{media.prefix}/table"] = self.table(media)
+                payload[f"{media.prefix}/table"] = self.table(media, tmp)
             if media.display.curves:
                 payload.update(self.curves(media))
         for layer, (names, matrix) in media.agreement.items():
@@ -80,9 +80,13 @@ class WandbSink:
         return out
 
     @staticmethod
-    def table(media: Media) -> Any:
-        """One row per held-out image: image, label, prediction, confidence, then per method its overlay and scores."""
+    def table(media: Media, tmp: Path) -> Any:
+        """One row per held-out image: image, label, prediction, confidence, then per method its overlay and scores
+        (the pictures encoded with fast PNG compression into ``tmp``, which W&B copies from)."""
         import wandb
+
+        def image(array: Any, name: str) -> Any:
+            return wandb.Image(str(viz.save_png(viz.to_uint8_hwc(array), tmp / f"{name}.png", compress_level=1)))
 
         held, d = media.held, media.display
         images = held.images.float()
@@ -103,6 +107,6 @@ class WandbSink:
         cols = score_cols[:1] + ["image"] + score_cols[1:] + list(overlays)
         table = wandb.Table(columns=cols)
         for i, row in enumerate(score_rows):
-            pics = [wandb.Image(viz.to_uint8_hwc(ov[i])) for ov in overlays.values()]
-            table.add_data(row[0], wandb.Image(viz.to_uint8_hwc(rgb[i])), *row[1:], *pics)
+            pics = [image(ov[i], f"table_{i}_{j}") for j, ov in enumerate(overlays.values())]
+            table.add_data(row[0], image(rgb[i], f"table_{i}"), *row[1:], *pics)
         return table
