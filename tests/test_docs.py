@@ -106,6 +106,9 @@ def test_callback_option_defaults_match_the_signature():
     params = inspect.signature(CAMCallback.__init__).parameters
     text = (ROOT / "docs" / "callback.md").read_text()
     table = text.split("## Options")[1].split("\n\n")[1]
+    documented = set(re.findall(r"`(\w+)`", "\n".join(line.split("|")[1] for line in table.splitlines()[2:])))
+    missing = [p for p in params if p != "self" and p not in documented]
+    assert not missing, f"docs/callback.md's option table lacks {missing}"
     checked = 0
     for name, default in re.findall(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M):
         if name not in params:

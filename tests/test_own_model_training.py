@@ -241,3 +241,57 @@ def test_target_option_checked_and_in_the_app_config(tmp_path) -> None:
     errors: list[str] = []
     _check_methods(cfg, errors)
     assert any("cam.target must be 'prediction'" in e and "cam.target=label" in e for e in errors), errors
+
+
+class NaNFromEpoch(TinyNet):
+    """TinyNet whose logits are all NaN once ``diverged`` is set (a run that diverges mid-training)."""
+
+    diverged = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return torch.full_like(out, float("nan")) if self.diverged else out
+
+
+class LitDiverging(LitTiny):
+    def __init__(self, from_epoch: int) -> None:
+        super().__init__()
+        self.net = NaNFromEpoch()
+        self.from_epoch = from_epoch
+
+    def on_validation_epoch_start(self) -> None:
+        self.net.diverged = self.current_epoch >= self.from_epoch
+
+
+@pytest.mark.parametrize("from_epoch", [0, 2])
+def test_a_diverging_model_is_counted_at_every_evaluation_never_an_error(tmp_path, from_epoch) -> None:
+    """Logits all NaN from the start, or from epoch 2: every evaluation (the randomisation check at
+    the last epoch included) logs nonfinite_images = N and a warning; no traceback, no error counted."""
+    callback = CAMCallback(target_layer="layer4", methods=["liftcam", "gradcam"], num_samples=6, n_steps=4,
+                           on_error="raise", max_overhead=None)
+    trainer = _trainer(tmp_path, callback, max_epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(LitDiverging(from_epoch), ToyDataModule(n_train=16, n_val=6))
+    msgs = [str(w.message) for w in caught if "non-finite" in str(w.message)]
+    assert len(msgs) == 3 - from_epoch, msgs
+    assert callback.num_errors == 0 and callback.fit_sanity_runs == 1
+    scalars = _cam_scalars(trainer)
+    assert scalars["cam/nonfinite_images"] == 6
+    assert all(math.isfinite(v) for v in scalars.values()), scalars
+    assert "cam/liftcam/insertion" not in scalars  # no finite image: no mean, never a NaN scalar
+    assert torch.isnan(callback.last_report["liftcam"].randomization_spearman).all()
+
+
+def test_infinite_inputs_are_left_out(tmp_path) -> None:
+    data = ToyShapes(8, seed=2)
+    images = data.images.clone()
+    images[3, :, 2, 2] = float("inf")
+    callback = CAMCallback(target_layer="layer4", methods=["liftcam"], images=images, labels=data.labels,
+                           masks=data.masks, on_error="raise", max_overhead=None, n_steps=4)
+    trainer = _trainer(tmp_path, callback, max_epochs=1)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        trainer.fit(LitTiny(), ToyDataModule(n_train=16, n_val=8))
+    assert callback.last_report.nonfinite.tolist() == [i == 3 for i in range(8)]
+    assert _cam_scalars(trainer)["cam/nonfinite_images"] == 1
