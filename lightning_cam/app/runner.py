@@ -251,6 +251,9 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 def run(cfg: DictConfig) -> float | None:
     """Validate ``cfg``, train (or evaluate) with the CAM callback, print the summary.
 
+    ``trainer.validate`` / ``trainer.test`` run with ``verbose=False``: the summary prints their
+    scores (Lightning's own table would cut the ``cam_test/...`` keys).
+
     Returns the value of ``cfg.optimized_metric`` (for Hydra sweepers) or None.
     Raises :class:`ConfigError` before anything heavy when the config cannot work.
     """
@@ -301,14 +304,14 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("train", True):
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         else:
-            trainer.validate(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.validate(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), verbose=False)
         metrics.update(_scalar_metrics(trainer))
         if cfg.get("test"):
             ckpt = None
             cb = trainer.checkpoint_callback
             if cfg.get("train", True) and cb is not None and getattr(cb, "best_model_path", ""):
                 ckpt = cb.best_model_path
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             # test scores have keys of their own (test/..., cam_test/...): validation's are kept
             metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith(("test/", "cam_test/"))})
         exit_code = 0
