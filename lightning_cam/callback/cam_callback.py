@@ -427,7 +427,7 @@ class CAMCallbackMixin:
         media = sinks.Media(
             report=report, held=held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=replace(self.display, mean=mean, std=std),
-            class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
+            class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target, scope=self.key_scope,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:

@@ -50,7 +50,7 @@ class WandbSink:
 
         if media.report.fractions is not None:  # evaluations with insertion/deletion (see the cost budget)
             if media.display.table:
-                payload[f"{media.prefix}/table"] = self.table(media)
+                payload[media.key(None, "table")] = self.table(media)
             if media.display.curves:
                 payload.update(self.curves(media))
         for layer, (names, matrix) in media.agreement.items():
