@@ -46,3 +46,28 @@ def test_two_callbacks_on_one_layer_keep_their_pictures_and_tables_apart_in_wand
     names = {p.name for p in tmp_path.rglob("epoch0_*")}
     for scope in ("layer4-gradcam+hirescam", "layer4-liftcam+hirescam"):
         assert {f"epoch0_{scope}_overview.png", f"epoch0_{scope}_agreement.png", f"epoch0_{scope}_scores.csv"} <= names, names
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_grids_agreement_and_csv_as_artifacts(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = MLFlowLogger(experiment_name="cam", tracking_uri=uri, artifact_location=str(tmp_path / "artifacts"))
+    callbacks = _two_callbacks()
+    trainer = pl.Trainer(**trainer_kwargs(work, logger=logger, callbacks=callbacks, max_epochs=1))
+    trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=6))
+
+    client = MlflowClient(tracking_uri=uri)
+    names = {f.path.removeprefix("cam/") for f in client.list_artifacts(logger.run_id, "cam")}
+    for scope in ("layer4-gradcam+hirescam", "layer4-liftcam+hirescam"):
+        assert {f"epoch0_{scope}_overview.png", f"epoch0_{scope}_agreement.png", f"epoch0_{scope}_scores.csv"} <= names, names
+    csv_file = client.download_artifacts(logger.run_id, "cam/epoch0_layer4-liftcam+hirescam_scores.csv", str(tmp_path))
+    header = open(csv_file).readline()
+    assert "liftcam_insertion" in header and "gradcam" not in header
+    assert "cam/layer4/liftcam/insertion" in client.get_run(logger.run_id).data.metrics
+    assert not list(work.rglob("*.png")) and not list(work.rglob("*.csv"))  # nothing in the working directory

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,10 +101,13 @@ def _cam_specs(rows: Mapping[str, Mapping[str, float]]) -> tuple[list[MetricSpec
     return head, [spec for spec in present if spec.name not in HEADLINE]
 
 
-def _metric_table(title: str, rows: Mapping[str, Mapping[str, float]], specs: Sequence[MetricSpec]) -> Table:
-    """One row per (layer and) method; the direction arrow under each label (narrow columns)."""
+def _metric_table(
+    title: str, rows: Mapping[str, Mapping[str, float]], specs: Sequence[MetricSpec], width: int
+) -> Table:
+    """One row per (layer and) method; the direction arrow under each label (narrow columns); as wide
+    as its title (up to ``width``) so that the title stays on one line."""
     table = Table(title=title, header_style="bold cyan", box=box.SIMPLE_HEAD, title_justify="left",
-                  show_edge=False, pad_edge=False)
+                  show_edge=False, pad_edge=False, min_width=min(len(title), width))
     table.add_column("method", style="bold", no_wrap=True, overflow="fold")
     for spec in specs:
         table.add_column(f"{spec.label}\n{spec.arrow}", justify="right", no_wrap=True)
@@ -119,11 +122,23 @@ def _fitted(title: str, rows: Mapping[str, Mapping[str, float]], specs: Sequence
     chunks: list[list[MetricSpec]] = []
     for spec in specs:
         wider = [*chunks[-1], spec] if chunks else [spec]
-        if chunks and Measurement.get(wide, wide.options, _metric_table(title, rows, wider)).maximum <= width:
+        if chunks and Measurement.get(wide, wide.options, _metric_table(title, rows, wider, width)).maximum <= width:
             chunks[-1] = wider
         else:
             chunks.append([spec])
-    return [_metric_table(title if i == 0 else f"{title}, continued", rows, c) for i, c in enumerate(chunks)]
+    return [_metric_table(title if i == 0 else f"{title}, continued", rows, c, width) for i, c in enumerate(chunks)]
+
+
+def _in_table_order(specs: Iterable[MetricSpec]) -> list[MetricSpec]:
+    """``specs`` in the order of the tables' columns (headline scores, regions, then the others)."""
+    from lightning_cam.callback.summaries import METRIC_NAMES
+
+    def rank(spec: MetricSpec) -> tuple[int, int]:
+        if spec.name in HEADLINE:
+            return (0, HEADLINE.index(spec.name))
+        return (2, METRIC_NAMES.index(spec.name)) if spec.name in METRIC_NAMES else (1, 0)
+
+    return sorted(specs, key=rank)
 
 
 def legend(specs: Sequence[MetricSpec]) -> str:
@@ -185,7 +200,7 @@ def print_summary(
             con.print(table, "")
         shown.update((spec.name, spec) for spec in specs)
     if shown:
-        con.print(Text(legend(list(shown.values())), style="dim"))
+        con.print(Text(legend(_in_table_order(shown.values())), style="dim"))
     lines = [f"[bold]{k}:[/bold] {v}" for k, v in locations.items() if v]
     con.print(Panel("\n".join(lines), title="Where things are", border_style="green"))
 

@@ -224,6 +224,18 @@ def _grid_dir(output_dir: Path, wandb_dir: str | None) -> str | None:
     return str(pngs[-1].parent) if pngs else None
 
 
+def _mlflow_run(loggers: list[Any]) -> str | None:
+    """Where an ``MLFlowLogger``'s run is and how to look at it (its artifacts hold the CAM pictures)."""
+    from lightning_cam.callback._lightning import is_logger
+
+    for lg in loggers:
+        if is_logger(lg, "MLFlowLogger"):
+            uri = getattr(lg, "_tracking_uri", None) or "the default tracking URI"
+            name = getattr(lg, "_experiment_name", None) or lg.name
+            return f"run {lg.run_id} of experiment {name!r}, grids and CSV in its artifacts cam/ (mlflow ui --backend-store-uri {uri})"
+    return None
+
+
 def _sel_image_size(cfg: DictConfig) -> int | None:
     size = OmegaConf.select(cfg, "data.image_size", default=None) or OmegaConf.select(cfg, "model.image_size", default=None)
     return int(size) if size else None
@@ -326,6 +338,7 @@ def run(cfg: DictConfig) -> float | None:
                 "run dir": str(output_dir),
                 "W&B run dir": wandb_dir,
                 "W&B sync (offline run)": f"wandb sync {wandb_dir}" if wandb_dir and "offline-run" in wandb_dir else None,
+                "MLflow run": _mlflow_run(loggers),
                 "heatmap grids": _grid_dir(output_dir, wandb_dir),
                 "final metrics": str(metrics_file),
                 "best checkpoint": best or None,

@@ -237,6 +237,8 @@ def _check_data(cfg: DictConfig, errors: list[str]) -> None:
 def _check_logger(cfg: DictConfig, errors: list[str]) -> None:
     loggers = cfg.get("logger") or {}
     for key, lg in loggers.items():
+        if isinstance(lg, DictConfig) and "MLFlowLogger" in str(lg.get("_target_", "")) and not _importable("mlflow"):
+            errors.append(f"logger.{key} needs MLflow: pip install mlflow (or choose logger=csv | tensorboard | wandb).")
         if not isinstance(lg, DictConfig) or "WandbLogger" not in str(lg.get("_target_", "")):
             continue
         mode = wandb_mode(lg.get("mode", "auto"))  # resolves ${wandb_mode:auto} too
@@ -251,6 +253,12 @@ def _check_logger(cfg: DictConfig, errors: list[str]) -> None:
                 f"`python train.py logger.{key}.mode=offline` (or WANDB_MODE=offline; sync later with "
                 "`wandb sync <run dir>/wandb/offline-run-*`), or use another logger: logger=csv | tensorboard | none."
             )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: list[str]) -> None:
