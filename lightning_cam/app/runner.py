@@ -194,6 +194,14 @@ def remove_run_dir_of_failed_config(output_dir: Path, task_name: str, stop_at: P
     return True
 
 
+def log_error_to_job_file(title: str, message: str) -> None:
+    """Write an error the console shows in a box into the job log file (``<run dir>/<task_name>.log``) too."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"{title}: {message}", None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _wandb_run_dir() -> str | None:
     try:
         import wandb
@@ -267,7 +275,9 @@ def run(cfg: DictConfig) -> float | None:
     scores (Lightning's own table would cut the ``cam_test/...`` keys).
 
     Returns the value of ``cfg.optimized_metric`` (for Hydra sweepers) or None.
-    Raises :class:`ConfigError` before anything heavy when the config cannot work.
+    Raises :class:`ConfigError` before anything heavy when the config cannot work, and
+    :class:`~lightning_cam.data.DatasetUnavailableError` (from the datamodule's ``prepare_data``,
+    called first on rank zero) before the config tree, the loggers and the W&B run.
     """
     validate_config(cfg)
     if cfg.get("extras", {}).get("enforce_tags") and not cfg.get("tags"):
@@ -276,6 +286,10 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_library_notices()
     if cfg.get("extras", {}).get("ignore_warnings"):
         _ignore_warnings()
+
+    datamodule = instantiate_datamodule(cfg)
+    if rank_zero_only.rank == 0:  # a missing dataset fails here, before the W&B run and the config tree
+        datamodule.prepare_data()
 
     output_dir = Path(cfg.paths.output_dir)
     if any("WandbLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()
@@ -290,7 +304,6 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule = instantiate_datamodule(cfg)
     model = instantiate_model(cfg)
     size = _sel_image_size(cfg)
     if size and getattr(model, "example_input_array", None) is None:
@@ -361,6 +374,7 @@ def run(cfg: DictConfig) -> float | None:
 __all__ = [
     "ConfigError",
     "keep_wandb_in",
+    "log_error_to_job_file",
     "remove_run_dir_of_failed_config",
     "route_logs_to_hydra",
     "instantiate_callbacks",
