@@ -148,11 +148,14 @@ class Media:
         """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview (and one grid per method).
 
         Every grid has a title (stage, epoch, layer), a label per row (``image``
-        / method name) and per column (label, prediction, confidence).
+        / method name) and per column (label, prediction, confidence), the colour bar of the
+        maps, and a red frame round the misclassified images (when the labels are known).
         """
         out: dict[str, tuple[str, np.ndarray, str]] = {}
         cols = self.column_labels()
         size = self.display.tile_size
+        wrong = self.misclassified()
+        style = {"colorbar": self.display.colormap, "marked": None if wrong is None else wrong[: self.shown]}
         for layer, lrep in self.report.layers.items():
             over = {m: self.overlays(layer, m) for m in lrep.methods}
             lay = layer if self.multi_layer else ""
@@ -160,13 +163,13 @@ class Media:
             rows = [("image", self.rgb), *over.items()]
             out[self.key(layer, "overview")] = (
                 self.file_stem(layer, "overview"),
-                viz.labelled_grid(rows, cols, title, min_size=size),
+                viz.labelled_grid(rows, cols, title, min_size=size, **style),
                 f"{title}: the images, then one row per method ({', '.join(lrep.methods)})",
             )
             for m, ov in over.items() if self.display.method_grids else ():
                 out[self.key(layer, m, "grid")] = (
                     self.file_stem(layer, m),
-                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
+                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size, **style),
                     f"{title}: the images, then their {m} overlays",
                 )
             if layer in self.agreement:
