@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from lightning_cam.app import ConfigError, run
 from lightning_cam.app.rich_utils import print_error
-from lightning_cam.app.runner import remove_run_dir_of_failed_config
+from lightning_cam.app.runner import log_error_to_job_file, remove_run_dir_of_failed_config
 from lightning_cam.data import DatasetUnavailableError
 
 
@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float | None:
 
         title = "Configuration error" if isinstance(err, ConfigError) else "Dataset not available"
         print_error(str(err), title=title)
+        log_error_to_job_file(title, str(err))
         hc = HydraConfig.get()
         remove_run_dir_of_failed_config(hc.runtime.output_dir, cfg.get("task_name", "train"), hc.runtime.cwd)
         sys.exit(2)

@@ -54,7 +54,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
 
     ``layer`` is a module of ``model``, its dotted name (``"layer4"``,
     ``"features.29"``), or a unique dotted suffix of one (``"layer4"`` finds
-    ``"net.layer4"`` inside a LightningModule that stores the network as ``net``).
+    ``"net.layer4"`` inside a LightningModule that stores the network as ``net``). Names inside a
+    compiled submodule (``self.net = torch.compile(self.net)``) need no ``_orig_mod``: ``"net.3"``
+    finds ``"net._orig_mod.3"``.
     Raises ``ValueError`` listing candidate layers when nothing matches.
     """
     model = unwrap_model(model)
@@ -73,10 +75,13 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         raise TypeError(f"target_layer must be an nn.Module or a dotted name, got {layer!r}.")
     if layer in named and layer:
         return layer, named[layer]
-    suffix_matches = [n for n in named if n.endswith("." + layer)]
+    by_user = _user_names(named)
+    if layer in by_user:
+        return by_user[layer], named[by_user[layer]]
+    suffix_matches = [by_user[n] for n in by_user if n.endswith("." + layer)]
     if len(suffix_matches) == 1:
         return suffix_matches[0], named[suffix_matches[0]]
-    candidates = candidate_layers(model)
+    candidates = list(dict.fromkeys(_user_name(n) for n in candidate_layers(model)))
     if len(suffix_matches) > 1:
         raise ValueError(
             f"Target layer {layer!r} is ambiguous in {type(model).__name__}: it matches "
@@ -89,6 +94,17 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
         f"Unknown target layer {layer!r} for {type(model).__name__}.{hint} "
         f"Candidate layers: {_summarise(candidates)}.{example}"
     )
+
+
+def _user_name(name: str) -> str:
+    """``name`` as the user writes it: without the ``_orig_mod`` of compiled submodules
+    (``self.net = torch.compile(self.net)`` makes ``net.3`` into ``net._orig_mod.3``)."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _user_names(named: dict[str, nn.Module]) -> dict[str, str]:
+    """``{user name: qualified name}``; a compiled submodule's name means the module it compiles."""
+    return {_user_name(n): n for n in named if n}  # "net._orig_mod" comes after "net": the original wins
 
 
 def _summarise(names: list[str], limit: int = 60) -> str:

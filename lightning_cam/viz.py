@@ -235,13 +235,17 @@ def labelled_grid(
     min_size: int = 96,
     padding: int = 2,
     font_size: int = 12,
+    colorbar: str | None = None,
+    marked: Sequence[bool] | None = None,
 ) -> np.ndarray:
     """Tiles in rows, with ``title`` on top, ``column_labels`` above the columns and row labels on the left.
 
     ``rows``: ``(label, tiles)`` pairs, tiles ``(N, 3, H, W)`` float in [0, 1]
     (N equal in every row). Tiles are upscaled (nearest, integer factor) to at
     least ``min_size`` px so that small images and the text stay readable.
-    Column labels may hold several lines (``"\n"``). Returns ``(H, W, 3)`` uint8.
+    Column labels may hold several lines (``"\n"``). ``colorbar``: a colour map name,
+    drawn as a bar from 0 (bottom) to 1 (top) on the right. ``marked``: per column, True
+    draws a red frame round it (e.g. misclassified images). Returns ``(H, W, 3)`` uint8.
     """
     from PIL import Image, ImageDraw
 
@@ -259,9 +263,16 @@ def labelled_grid(
     left = int(max(probe.textlength(label, font=font) for label, _ in rows)) + 8
     head_lines = max((len(c.split("\n")) for c in column_labels or []), default=0)
     top = (line + 4 if title else 0) + head_lines * line + (4 if head_lines else 0)
-    canvas = Image.new("RGB", (left + body.shape[1], max(top + body.shape[0], line)), (255, 255, 255))
+    right = _BAR_WIDTH + 8 + int(probe.textlength("1.0", font=font)) + 8 if colorbar else 0
+    canvas = Image.new("RGB", (left + body.shape[1] + right, max(top + body.shape[0], line)), (255, 255, 255))
     canvas.paste(Image.fromarray(body), (left, top))
     draw = ImageDraw.Draw(canvas)
+    for j, wrong in enumerate(marked or []):
+        if wrong:
+            x = left + j * (tile_w + padding)
+            draw.rectangle((x, top, x + tile_w + 2 * padding - 1, top + body.shape[0] - 1), outline=_RED, width=padding)
+    if colorbar:
+        _draw_colorbar(canvas, draw, colorbar, (left + body.shape[1] + 8, top + padding), body.shape[0] - 2 * padding, font, font_size)
     black = (0, 0, 0)
     if title:
         draw.text((4, 2), _fit(draw, title, font, canvas.width - 8), fill=black, font=font)
@@ -274,6 +285,22 @@ def labelled_grid(
         y = top + padding + i * (tile_h + padding) + tile_h // 2 - font_size // 2
         draw.text((4, y), label, fill=black, font=font)
     return np.asarray(canvas, dtype=np.uint8).copy()
+
+
+_BAR_WIDTH = 12
+_RED = (220, 20, 20)
+
+
+def _draw_colorbar(canvas, draw, colormap: str, at: tuple[int, int], height: int, font, font_size: int) -> None:  # noqa: ANN001
+    """A vertical ``colormap`` bar at ``at`` (x, y top), 1.0 at the top and 0.0 at the bottom, labelled."""
+    from PIL import Image
+
+    ramp = torch.linspace(1.0, 0.0, max(height, 2))[:, None].expand(-1, _BAR_WIDTH)
+    bar = to_uint8_hwc(apply_colormap(ramp, colormap)[0])
+    canvas.paste(Image.fromarray(bar), at)
+    x, y = at[0] + _BAR_WIDTH + 4, at[1]
+    draw.text((x, y), "1.0", fill=(0, 0, 0), font=font)
+    draw.text((x, y + max(height, 2) - font_size - 2), "0.0", fill=(0, 0, 0), font=font)
 
 
 def to_uint8_hwc(image: Tensor) -> np.ndarray:
@@ -306,6 +333,19 @@ def save_png(image: Tensor | np.ndarray, path: str | Path, compress_level: int =
 
 def agreement_heatmap(names: Sequence[str], matrix: Tensor, title: str = "method agreement") -> np.ndarray:
     """An annotated (M, M) heatmap of pairwise rank correlations in [-1, 1] -> (H, W, 3) uint8 (matplotlib, Agg)."""
+    import matplotlib.pyplot as plt
+
+    fig = agreement_figure(names, matrix, title)
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr
+
+
+def agreement_figure(names: Sequence[str], matrix: Tensor, title: str = "method agreement"):  # noqa: ANN201 - Figure
+    """The matplotlib figure of :func:`agreement_heatmap`; the title wraps to the figure's width."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -322,9 +362,7 @@ def agreement_heatmap(names: Sequence[str], matrix: Tensor, title: str = "method
             txt = "–" if np.isnan(m[i, j]) else f"{m[i, j]:.2f}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if abs(m[i, j]) > 0.6 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title(title, fontsize=8)
+    chars = int(fig.get_figwidth() * 72 / (8 * 0.62))  # 8 pt characters are about 5 pt wide
+    ax.set_title(textwrap.fill(title, max(chars, 16)), fontsize=8)
     fig.tight_layout()
-    fig.canvas.draw()
-    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return arr
+    return fig

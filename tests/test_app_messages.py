@@ -3,6 +3,7 @@ that cannot be downloaded, the config tree without silent cuts, no leftovers of 
 
 from __future__ import annotations
 
+import re
 import urllib.error
 from pathlib import Path
 
@@ -46,6 +47,16 @@ def test_library_unknown_layer_gives_an_example():
 
     with pytest.raises(ValueError, match=r"for ResNet\..*Example: target_layer='layer4'"):
         resolve_layer(torchvision.models.resnet18(weights=None), "layer5")
+
+
+@pytest.mark.parametrize(("typo", "meant"), [("liftcma", "'liftcam'"), ("gradcamp", "'gradcam++'"), ("hirescma", "'hirescam'")])
+def test_unknown_method_says_did_you_mean(typo, meant):
+    from lightning_cam.methods import get_method
+
+    with pytest.raises(ValueError, match=rf"Unknown CAM method '{typo}'\. Did you mean {re.escape(meant)}.*\? Allowed: liftcam"):
+        get_method(typo)
+    with pytest.raises(ValueError, match=r"'zzz'\. Allowed: "):  # nothing close: no guess
+        get_method("zzz")
 
 
 def test_cifar10_offline_is_a_clear_message(tmp_path, monkeypatch):

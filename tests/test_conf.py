@@ -165,6 +165,7 @@ def test_logger_configs(logger, tmp_path):
         "wandb": {"WandbLogger"},
         "tensorboard": {"TensorBoardLogger"},
         "csv": {"CSVLogger"},
+        "mlflow": {"MLFlowLogger"},
         "none": set(),
         "many": {"WandbLogger", "TensorBoardLogger", "CSVLogger"},
     }[logger]
@@ -173,6 +174,8 @@ def test_logger_configs(logger, tmp_path):
         if type(lg).__name__ == "WandbLogger":
             assert lg._wandb_init["mode"] == "offline" and lg._wandb_init["group"] == "g1"
             assert lg.save_dir == str(tmp_path)
+        if type(lg).__name__ == "MLFlowLogger":  # one sqlite store for every run under paths.log_dir
+            assert lg._tracking_uri == f"sqlite:///{cfg.paths.log_dir}/mlflow.db"
     assert not list(tmp_path.glob("wandb/*run-*"))  # instantiating must not start a W&B run
 
 

@@ -401,3 +401,22 @@ def test_compiled_model_is_explained_through_the_original_module() -> None:
     explainer = lc.LiftCAM(compiled, "features")
     assert explainer.model is model
     assert torch.equal(explainer.explain(x).maps, lc.LiftCAM(model, "features").explain(x).maps)  # same module
+
+
+def test_layers_of_a_compiled_submodule_are_named_without_orig_mod() -> None:
+    """``self.net = torch.compile(self.net)``: ``net.features`` means ``net._orig_mod.features``."""
+    from lightning_cam.layers import resolve_layer
+
+    class Lit(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.compile(TinyCNN())  # lazy: never called here
+
+    lit = Lit()
+    features = lit.net._orig_mod.features
+    assert resolve_layer(lit, "net.features") == ("net._orig_mod.features", features)
+    assert resolve_layer(lit, "features") == ("net._orig_mod.features", features)  # a unique suffix, as before
+    assert resolve_layer(lit, "net._orig_mod.features")[1] is features  # the full name still works
+    with pytest.raises(ValueError, match=r"Did you mean \['net.features'") as info:
+        resolve_layer(lit, "net.featurs")
+    assert "_orig_mod" not in str(info.value)  # candidates as the user names them

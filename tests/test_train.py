@@ -168,6 +168,23 @@ def test_bad_configs_fail_before_training(tmp_path, args, env, message):
 
 
 @pytest.mark.slow
+def test_missing_dataset_fails_first_and_leaves_no_wandb_run(tmp_path):
+    """data=cifar10 without the files (offline): the error box comes before the config tree and any
+    W&B line, no W&B run is started, and the job log holds the error."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("the user's file keeps the run folder")  # so that train.log can be read
+    p = run_train(["data=cifar10", f"data.data_dir={tmp_path / 'nodata'}", "data.download=false",
+                   "extras.print_config=true", f"hydra.run.dir={run}"], cwd=tmp_path, timeout=120)
+    out = _out(p)
+    assert p.returncode == 2, out[-3000:]
+    assert "Dataset not available" in out and "CIFAR-10 is not available" in out
+    assert "CONFIG" not in out and "wandb" not in out.lower().replace("wandb_", ""), out[-3000:]
+    assert not (run / "wandb").exists() and not list(run.rglob("*.wandb"))
+    assert "CIFAR-10 is not available" in (run / "train.log").read_text()
+
+
+@pytest.mark.slow
 def test_fit_then_test_two_layers_metrics_json_keeps_both_stages(tmp_path):
     """cam.target_layer as a list; test=true: validation (cam/...) and test (cam_test/...) scores both kept."""
     p = run_train([*TINY, "cam.methods=[liftcam]", "cam.target_layer=[features.3,features]", "test=true",

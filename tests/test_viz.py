@@ -156,3 +156,36 @@ def test_from_user_subset_and_dict_items():
     assert len(h) == 4 and torch.equal(h.images, imgs[h.indices]) and h.labels.tolist() == h.indices
     assert heldout.split_sample({"image": 1, "label": 2}) == (1, 2, None)
     assert heldout.split_sample((1,)) == (1, None, None)
+
+
+def _grid(**kw) -> np.ndarray:
+    tiles = torch.full((3, 3, 16, 16), 0.5)
+    return viz.labelled_grid([("image", tiles), ("liftcam", tiles)], ["a", "b", "c"], "title", min_size=32, **kw)
+
+
+def test_labelled_grid_colour_bar_and_marked_columns():
+    plain = _grid()
+    bar = _grid(colorbar="inferno")
+    assert bar.shape[0] == plain.shape[0] and bar.shape[1] > plain.shape[1] + 12
+    column = bar[:, plain.shape[1] + 8 + 6]  # the bar's middle: bright (1.0) at the top, dark (0.0) at the bottom
+    painted = np.argwhere((column != 255).any(-1))[:, 0]
+    assert column[painted[0]].sum() > 500 and column[painted[-1]].sum() < 100
+    marked = _grid(marked=[False, True, False])
+    diff = np.argwhere((marked != plain).any(-1))
+    assert diff.size and marked.shape == plain.shape
+    left = plain.shape[1] - (3 * (32 + 2) + 2)  # 32 px tiles, 2 px padding: only the second column's frame
+    assert left + 32 <= diff[:, 1].min() and diff[:, 1].max() < left + 2 * 34 + 2
+    assert (marked[diff[:, 0], diff[:, 1]] == (220, 20, 20)).all()
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+def test_agreement_title_stays_inside_the_figure(k):
+    import matplotlib.pyplot as plt
+
+    title = "method agreement (mean Spearman) · trainer.validate · epoch 12 · layer features.denseblock4"
+    fig = viz.agreement_figure([f"method{i}" for i in range(k)], torch.eye(k), title)
+    fig.canvas.draw()
+    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+    assert fig.axes[0].get_title().replace("\n", " ") == title
+    plt.close(fig)

@@ -194,6 +194,14 @@ def remove_run_dir_of_failed_config(output_dir: Path, task_name: str, stop_at: P
     return True
 
 
+def log_error_to_job_file(title: str, message: str) -> None:
+    """Write an error the console shows in a box into the job log file (``<run dir>/<task_name>.log``) too."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, f"{title}: {message}", None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _wandb_run_dir() -> str | None:
     try:
         import wandb
@@ -224,6 +232,18 @@ def _grid_dir(output_dir: Path, wandb_dir: str | None) -> str | None:
     return str(pngs[-1].parent) if pngs else None
 
 
+def _mlflow_run(loggers: list[Any]) -> str | None:
+    """Where an ``MLFlowLogger``'s run is and how to look at it (its artifacts hold the CAM pictures)."""
+    from lightning_cam.callback._lightning import is_logger
+
+    for lg in loggers:
+        if is_logger(lg, "MLFlowLogger"):
+            uri = getattr(lg, "_tracking_uri", None) or "the default tracking URI"
+            name = getattr(lg, "_experiment_name", None) or lg.name
+            return f"run {lg.run_id} of experiment {name!r}, grids and CSV in its artifacts cam/ (mlflow ui --backend-store-uri {uri})"
+    return None
+
+
 def _sel_image_size(cfg: DictConfig) -> int | None:
     size = OmegaConf.select(cfg, "data.image_size", default=None) or OmegaConf.select(cfg, "model.image_size", default=None)
     return int(size) if size else None
@@ -251,8 +271,13 @@ def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
 def run(cfg: DictConfig) -> float | None:
     """Validate ``cfg``, train (or evaluate) with the CAM callback, print the summary.
 
+    ``trainer.validate`` / ``trainer.test`` run with ``verbose=False``: the summary prints their
+    scores (Lightning's own table would cut the ``cam_test/...`` keys).
+
     Returns the value of ``cfg.optimized_metric`` (for Hydra sweepers) or None.
-    Raises :class:`ConfigError` before anything heavy when the config cannot work.
+    Raises :class:`ConfigError` before anything heavy when the config cannot work, and
+    :class:`~lightning_cam.data.DatasetUnavailableError` (from the datamodule's ``prepare_data``,
+    called first on rank zero) before the config tree, the loggers and the W&B run.
     """
     validate_config(cfg)
     if cfg.get("extras", {}).get("enforce_tags") and not cfg.get("tags"):
@@ -261,6 +286,10 @@ def run(cfg: DictConfig) -> float | None:
     _quiet_library_notices()
     if cfg.get("extras", {}).get("ignore_warnings"):
         _ignore_warnings()
+
+    datamodule = instantiate_datamodule(cfg)
+    if rank_zero_only.rank == 0:  # a missing dataset fails here, before the W&B run and the config tree
+        datamodule.prepare_data()
 
     output_dir = Path(cfg.paths.output_dir)
     if any("WandbLogger" in str(node.get("_target_", "")) for node in (cfg.get("logger") or {}).values()
@@ -275,7 +304,6 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
 
-    datamodule = instantiate_datamodule(cfg)
     model = instantiate_model(cfg)
     size = _sel_image_size(cfg)
     if size and getattr(model, "example_input_array", None) is None:
@@ -301,14 +329,14 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("train", True):
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         else:
-            trainer.validate(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.validate(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), verbose=False)
         metrics.update(_scalar_metrics(trainer))
         if cfg.get("test"):
             ckpt = None
             cb = trainer.checkpoint_callback
             if cfg.get("train", True) and cb is not None and getattr(cb, "best_model_path", ""):
                 ckpt = cb.best_model_path
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt)
+            trainer.test(model=model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
             # test scores have keys of their own (test/..., cam_test/...): validation's are kept
             metrics.update({k: v for k, v in _scalar_metrics(trainer).items() if k.startswith(("test/", "cam_test/"))})
         exit_code = 0
@@ -323,6 +351,7 @@ def run(cfg: DictConfig) -> float | None:
                 "run dir": str(output_dir),
                 "W&B run dir": wandb_dir,
                 "W&B sync (offline run)": f"wandb sync {wandb_dir}" if wandb_dir and "offline-run" in wandb_dir else None,
+                "MLflow run": _mlflow_run(loggers),
                 "heatmap grids": _grid_dir(output_dir, wandb_dir),
                 "final metrics": str(metrics_file),
                 "best checkpoint": best or None,
@@ -345,6 +374,7 @@ def run(cfg: DictConfig) -> float | None:
 __all__ = [
     "ConfigError",
     "keep_wandb_in",
+    "log_error_to_job_file",
     "remove_run_dir_of_failed_config",
     "route_logs_to_hydra",
     "instantiate_callbacks",

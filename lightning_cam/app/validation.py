@@ -44,20 +44,16 @@ def _check_methods(cfg: DictConfig, errors: list[str]) -> list[str]:
         errors.append("cam.methods is empty: give at least one method, e.g. cam.methods=[liftcam], or disable with cam=none.")
         return []
     try:
-        from lightning_cam.methods import METHODS, get_method
+        from lightning_cam.methods import get_method
     except Exception as err:  # noqa: BLE001 - the engine must import for the run anyway
         errors.append(f"Cannot import the CAM engine (lightning_cam.methods): {err}")
         return []
-    allowed = list(METHODS.keys()) if isinstance(METHODS, dict) else list(METHODS)
     canonical = []
     for m in methods:
         try:
             canonical.append(get_method(str(m)).name)
-        except Exception:  # noqa: BLE001
-            errors.append(
-                f"Unknown CAM method {m!r} in cam.methods. Allowed: {', '.join(allowed)}. "
-                f"Example: cam.methods=[liftcam,gradcam]"
-            )
+        except (TypeError, ValueError) as err:  # the registry's message names close matches
+            errors.append(f"cam.methods: {err} Example: cam.methods=[liftcam,gradcam]")
     target = _sel(cfg, "cam.target")
     if target is not None and target not in ("prediction", "label"):
         errors.append(
@@ -237,6 +233,8 @@ def _check_data(cfg: DictConfig, errors: list[str]) -> None:
 def _check_logger(cfg: DictConfig, errors: list[str]) -> None:
     loggers = cfg.get("logger") or {}
     for key, lg in loggers.items():
+        if isinstance(lg, DictConfig) and "MLFlowLogger" in str(lg.get("_target_", "")) and not _importable("mlflow"):
+            errors.append(f"logger.{key} needs MLflow: pip install mlflow (or choose logger=csv | tensorboard | wandb).")
         if not isinstance(lg, DictConfig) or "WandbLogger" not in str(lg.get("_target_", "")):
             continue
         mode = wandb_mode(lg.get("mode", "auto"))  # resolves ${wandb_mode:auto} too
@@ -251,6 +249,12 @@ def _check_logger(cfg: DictConfig, errors: list[str]) -> None:
                 f"`python train.py logger.{key}.mode=offline` (or WANDB_MODE=offline; sync later with "
                 "`wandb sync <run dir>/wandb/offline-run-*`), or use another logger: logger=csv | tensorboard | none."
             )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: list[str]) -> None:

@@ -388,6 +388,7 @@ class CAMCallbackMixin:
             report=report, held=held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=self.options.display(*self._datamodule_stats),
             class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
+            scope=self.key_scope,
         )
         for sink in sinks.sinks_for(loggers, png_dir):
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,8 +51,15 @@ def get_method(name: str) -> type[BaseCAM]:
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key not in METHODS:
-        raise ValueError(f"Unknown CAM method {name!r}. Allowed: {', '.join(METHODS)}.")
+        raise ValueError(f"Unknown CAM method {name!r}.{_did_you_mean(key)} Allowed: {', '.join(METHODS)}.")
     return METHODS[key]
+
+
+def _did_you_mean(key: str) -> str:
+    """`` Did you mean 'gradcam++'?`` for the registered names (and aliases) close to ``key``, else empty."""
+    close = difflib.get_close_matches(key, [*METHODS, *_ALIASES], n=3, cutoff=0.6)
+    names = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
+    return f" Did you mean {' or '.join(map(repr, names))}?" if names else ""
 
 
 def explain_all(

@@ -12,7 +12,7 @@ __all__ = ["FileSink"]
 
 
 class FileSink:
-    """Writes ``<stem>.png`` per grid and ``<stage_>epoch<E>_[<layers>_]scores.csv`` (one row per held-out image)."""
+    """Writes ``<stem>.png`` per grid and ``<stage_>epoch<E>_[<scope>_]scores.csv`` (one row per held-out image)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -21,8 +21,7 @@ class FileSink:
         for stem, grid, _ in media.grids.values():
             viz.save_png(grid, self.directory / f"{stem}.png", compress_level=1)
         cols, rows = media.table_rows()
-        # the layers in the name when several layers / callbacks share the folder (as the PNGs)
-        path = self.directory / f"{media.file_stem('+'.join(media.report.layers), 'scores')}.csv"
+        path = self.directory / f"{media.file_stem(None, 'scores')}.csv"
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(cols)

@@ -47,7 +47,7 @@ class Media:
 
     ``target``: the callback's ``target`` option; with ``"label"`` the grids and
     tables show the explained label next to the prediction and mark the
-    misclassified images.
+    misclassified images. ``scope``: see :attr:`scope`.
     """
 
     report: EvaluationReport
@@ -60,21 +60,32 @@ class Media:
     class_names: Sequence[str] | None = None
     layer_in_key: bool | None = None  # None: when the report has several layers
     target: str = "prediction"
+    #: names this callback in every key and file name when several CAMCallbacks share the Trainer
+    #: (``CAMCallback.key_scope``: its layers, then ``:`` and its methods when another explains them too)
+    scope: str | None = None
 
     @property
     def multi_layer(self) -> bool:
         """Whether keys, file names and table columns name the layer."""
         return len(self.report.layers) > 1 if self.layer_in_key is None else self.layer_in_key
 
-    def key(self, layer: str, *parts: str) -> str:
-        """``prefix/[layer/]parts...`` (the layer only when there are several)."""
-        return "/".join([self.prefix, *([layer] if self.multi_layer else []), *parts])
+    def _where(self, layer: str | None) -> list[str]:
+        """The key parts naming the callback and the layer: ``[scope, layer]`` (layer: when this
+        callback has several), or without a scope ``[layer]`` (when :attr:`multi_layer`)."""
+        if self.scope is not None:
+            return [self.scope, *([layer] if layer and len(self.report.layers) > 1 else [])]
+        return [layer] if layer and self.multi_layer else []
 
-    def file_stem(self, layer: str, name: str) -> str:
-        """PNG/CSV name: ``[<stage>_]epoch<E>_[<layer>_]<name>`` (no stage for validation during fit)."""
+    def key(self, layer: str | None, *parts: str) -> str:
+        """``prefix/[scope/][layer/]parts...``; ``layer=None``: a key of the whole callback (its table)."""
+        return "/".join([self.prefix, *self._where(layer), *parts])
+
+    def file_stem(self, layer: str | None, name: str) -> str:
+        """PNG/CSV name: ``[<stage>_]epoch<E>_[<scope>_][<layer>_]<name>`` (no stage for validation during
+        fit; ``/`` and ``:`` of layer and scope names become ``_`` and ``-``)."""
         stage = "" if self.stage == "val" else f"{self.stage}_"
-        lay = f"{layer.replace('/', '_')}_" if self.multi_layer else ""
-        return f"{stage}epoch{self.epoch}_{lay}{name}"
+        where = [w.replace("/", "_").replace(":", "-") for w in self._where(layer)]
+        return "_".join([f"{stage}epoch{self.epoch}", *where, name])
 
     def label(self, value: int | None) -> str:
         """``"k: name"`` with class names, else ``"k"``; empty for None."""
@@ -133,11 +144,14 @@ class Media:
         """``{key: (file stem, uint8 HWC grid, caption)}``: per layer an overview (and one grid per method).
 
         Every grid has a title (stage, epoch, layer), a label per row (``image``
-        / method name) and per column (label, prediction, confidence).
+        / method name) and per column (label, prediction, confidence), the colour bar of the
+        maps, and a red frame round the misclassified images (when the labels are known).
         """
         out: dict[str, tuple[str, np.ndarray, str]] = {}
         cols = self.column_labels()
         size = self.display.tile_size
+        wrong = self.misclassified()
+        style = {"colorbar": self.display.colormap, "marked": None if wrong is None else wrong[: self.shown]}
         for layer, lrep in self.report.layers.items():
             over = {m: self.overlays(layer, m) for m in lrep.methods}
             lay = layer if self.multi_layer else ""
@@ -145,13 +159,13 @@ class Media:
             rows = [("image", self.rgb), *over.items()]
             out[self.key(layer, "overview")] = (
                 self.file_stem(layer, "overview"),
-                viz.labelled_grid(rows, cols, title, min_size=size),
+                viz.labelled_grid(rows, cols, title, min_size=size, **style),
                 f"{title}: the images, then one row per method ({', '.join(lrep.methods)})",
             )
             for m, ov in over.items() if self.display.method_grids else ():
                 out[self.key(layer, m, "grid")] = (
                     self.file_stem(layer, m),
-                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size),
+                    viz.labelled_grid([("image", self.rgb), (m, ov)], cols, f"{m} · {title}", min_size=size, **style),
                     f"{title}: the images, then their {m} overlays",
                 )
             if layer in self.agreement:

@@ -52,7 +52,7 @@ class WandbSink:
 
         if media.report.fractions is not None:  # evaluations with insertion/deletion
             if media.display.table:
-                payload[f"{media.prefix}/table"] = self.table(media, tmp)
+                payload[media.key(None, "table")] = self.table(media, tmp)
             if media.display.curves:
                 payload.update(self.curves(media))
         for layer, (names, matrix) in media.agreement.items():
@@ -69,12 +69,14 @@ class WandbSink:
 
         out: dict[str, Any] = {}
         xs = media.report.fractions.detach().cpu().tolist()
+        rows = media.report.curve_rows
+        scored = media.report.num_images if rows is None else int(rows.sum())
         for layer, lrep in media.report.layers.items():
             for kind in ("insertion", "deletion"):
                 keys = [m for m, r in lrep.methods.items() if getattr(r, f"{kind}_curve") is not None]
                 ys = [_mean_curve(lrep.methods[m], kind) for m in keys]
                 out[media.key(layer, "curves", kind)] = wandb.plot.line_series(
-                    xs=xs, ys=ys, keys=keys, title=f"Mean {kind} curve ({media.title(layer if media.multi_layer else '')})",
+                    xs=xs, ys=ys, keys=keys, title=f"Mean {kind} curve, {scored} images x {len(xs)} points ({media.title(layer if media.multi_layer else '')})",
                     xname="fraction of pixels " + ("inserted" if kind == "insertion" else "deleted"),
                 )
         return out
