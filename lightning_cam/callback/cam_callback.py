@@ -88,7 +88,7 @@ class CAMCallbackMixin:
         method_grids: also a grid per method (``cam/<method>/grid``); the
             overview (``cam/overview``) always shows every method.
         save_png: write PNG grids and a CSV of per-image scores under
-            ``<log_dir>/cam/``; ``None`` = only when no ``WandbLogger`` is attached.
+            ``<log_dir>/cam/``; ``None`` = only when no ``WandbLogger`` / ``MLFlowLogger`` is attached.
         table_image_size: longest side of the images in the W&B table.
         class_names: names for labels / predictions; default: the datamodule's
             or dataset's ``classes``.

@@ -104,7 +104,11 @@ def _check_inputs(
         regions = {"object": masks}
     if isinstance(targets, (Tensor, list, tuple)):
         targets = torch.as_tensor(targets).reshape(-1)
-    return Inputs(images=images, labels=label_t, masks=masks, regions=regions, targets=targets, shap_on=shap_on)
+    image_ok = torch.isfinite(images).flatten(1).all(1)
+    if not bool(image_ok.all()):  # explained as zeros, flagged non-finite, left out of every mean
+        images = torch.where(image_ok.view(-1, 1, 1, 1), images, torch.zeros_like(images))
+    return Inputs(images=images, labels=label_t, masks=masks, regions=regions, targets=targets, shap_on=shap_on,
+                  image_ok=image_ok.cpu())
 
 
 def _add_randomization(
@@ -217,11 +221,11 @@ def evaluate(
         inputs = replace(inputs, shap_on=torch.zeros_like(inputs.shap_on))
     report = explain_and_score(net, layers, inputs, opts, device)
     if opts.randomization is not None:
-        report = _add_randomization(report, net, layers, images, opts)
+        report = _add_randomization(report, net, layers, inputs.images, opts)
     if opts.curves:
         if curve_rows is None and opts.curve_images is not None:
             from lightning_cam.evaluation.curves import curve_subset
 
             curve_rows = curve_subset(images.shape[0], opts.curve_images, opts.curve_seed)
-        report = add_curves(report, net, images, opts, rows=curve_rows)
+        report = add_curves(report, net, inputs.images, opts, rows=curve_rows)
     return report

@@ -73,7 +73,8 @@ class CurvePlan:
 
 
 def plan_curves(report: EvaluationReport, rows: Tensor | None = None) -> CurvePlan:
-    """Which pairs run and which copy an earlier method's curves (only ``rows``, default all)."""
+    """Which pairs run and which copy an earlier method's curves (only ``rows``, default all; never
+    an image already flagged non-finite for that method: its curves stay NaN)."""
     device = report.predictions.device
     todo = torch.ones(report.num_images, dtype=torch.bool, device=device) if rows is None else rows.to(device).bool()
     compute: dict[str, dict[str, Tensor]] = {}
@@ -84,12 +85,13 @@ def plan_curves(report: EvaluationReport, rows: Tensor | None = None) -> CurvePl
         for m, r in lrep.methods.items():
             shared = torch.zeros_like(todo)
             copies[name][m] = []
+            mine = todo if r.finite is None else todo & r.finite.to(device).bool()  # never a non-finite image
             for prev in done:
-                same = same_maps(r.saliency, lrep.methods[prev].saliency, lrep.channels) & todo & ~shared
+                same = same_maps(r.saliency, lrep.methods[prev].saliency, lrep.channels) & mine & ~shared
                 if bool(same.any()):
                     copies[name][m].append((prev, same))
                     shared |= same
-            compute[name][m] = todo & ~shared
+            compute[name][m] = mine & ~shared
             done.append(m)
     return CurvePlan(compute=compute, copies=copies)
 

@@ -12,12 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from lightning_cam.methods.compose import FUSIONS
 from lightning_cam.outputs import OutputTransform, check_output_transform
 
-__all__ = ["DEFAULT_N_STEPS", "EvaluationOptions", "FUSIONS", "RANDOMIZATIONS", "check_int", "check_methods"]
+__all__ = ["DEFAULT_N_STEPS", "EvaluationOptions", "RANDOMIZATIONS", "check_int", "check_methods"]
 
 DEFAULT_N_STEPS = 16  # 17 points per curve unless step / n_steps are given
-FUSIONS = (None, "mean", "max")
 RANDOMIZATIONS = (None, "full", "cascading")
 
 
@@ -109,10 +109,11 @@ class EvaluationOptions:
             raise ValueError(
                 f"{owner}randomization must be one of {RANDOMIZATIONS}, got {self.randomization!r}; e.g. randomization='full'"
             )
-        if self.fusion not in FUSIONS:
+        if self.fusion is not None and self.fusion not in FUSIONS:
             raise ValueError(
-                f"{owner}fusion must be None (each layer on its own), 'mean' (pytorch-grad-cam) or 'max' (torchcam), "
-                f"got {self.fusion!r}; e.g. fusion='mean' with target_layer=['layer3', 'layer4']"
+                f"{owner}fusion must be None or one of {FUSIONS} (None: each layer on its own; 'mean' as "
+                f"pytorch-grad-cam, 'max' as torchcam), got {self.fusion!r}; e.g. fusion='mean' with "
+                "target_layer=['layer3', 'layer4']"
             )
         kwargs = {}
         for k, v in dict(self.method_kwargs or {}).items():

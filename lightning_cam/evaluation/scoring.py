@@ -26,7 +26,8 @@ __all__ = ["Inputs", "explain_and_score", "score_batch"]
 class Inputs:
     """The checked inputs of one evaluation, N images: ``masks`` the object masks (pointing games),
     ``regions`` named region masks, ``targets`` the classes to explain (None: the top-1
-    prediction), ``shap_on`` (N,) bool: images compared with ShapCAM."""
+    prediction), ``shap_on`` (N,) bool: images compared with ShapCAM, ``image_ok`` (N,) bool: the
+    image is finite (a non-finite one is explained as zeros and flagged non-finite)."""
 
     images: Tensor
     labels: Tensor | None
@@ -34,6 +35,7 @@ class Inputs:
     regions: dict[str, Tensor]
     targets: Tensor | int | None
     shap_on: Tensor
+    image_ok: Tensor
 
     def batch(self, rows: slice, device: torch.device) -> Inputs:
         """Rows ``rows`` on ``device``."""
@@ -44,6 +46,7 @@ class Inputs:
             regions={k: v[rows].to(device) for k, v in self.regions.items()},
             targets=self.targets[rows] if isinstance(self.targets, Tensor) else self.targets,
             shap_on=self.shap_on[rows].to(device),
+            image_ok=self.image_ok[rows].to(device),
         )
 
 
@@ -87,7 +90,7 @@ def score_batch(
     for m, e in exps.items():
         sal = e.saliency((h, w))
         finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
-        finite &= torch.isfinite(sal).flatten(1).all(1)
+        finite &= torch.isfinite(sal).flatten(1).all(1) & batch.image_ok
         sals[m] = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
         finites[m] = finite
     # Average Drop / Increase in Confidence of every method in one call: the masked images of all
