@@ -112,7 +112,7 @@ _SYMMETRIC: set[Callable] = {torch.maximum, torch.minimum, torch.fmax, torch.fmi
 _MAX: set[Callable] = {torch.max, torch.Tensor.max, torch.amax, torch.Tensor.amax}
 _MIN: set[Callable] = {torch.min, torch.Tensor.min, torch.amin, torch.Tensor.amin}
 _NORM: set[Callable] = {torch.norm, torch.Tensor.norm, torch.linalg.vector_norm}
-_NORM_SIGNATURE = inspect.signature(lambda input, p="fro", dim=None, keepdim=False, dtype=None: None)
+_NORM_SIGNATURE = inspect.signature(lambda input, p="fro", dim=None, keepdim=False, out=None, dtype=None: None)
 _VECTOR_NORM_SIGNATURE = inspect.signature(lambda x, ord=2, dim=None, keepdim=False, *, dtype=None: None)
 _NORMALIZE_SIGNATURE = inspect.signature(F.normalize)
 _COSINE_SIGNATURE = inspect.signature(lambda x1, x2, dim=1, eps=1e-8: None)
@@ -176,6 +176,8 @@ class DeepLiftMode(TorchFunctionMode):
         rule = self._rules.get(func) if ops.find(self._rules, func) else None
         if rule is not None:
             return rule(func, args, kwargs)
+        if ops.find(ops.CONSTANT_RESULTS, func):
+            return func(*args, **kwargs)
         if ops.find(ops.PRODUCTS, func):
             return self._product(func, args, kwargs)
         if ops.find(ops.LINEAR, func):
@@ -276,7 +278,9 @@ class DeepLiftMode(TorchFunctionMode):
             with torch.enable_grad():
                 zz = z.detach().requires_grad_(True)
                 grad = torch.autograd.grad(func(zz, *rest, **kwargs), zz, torch.ones_like(out))[0]
-            m = torch.where(small, grad, m)
+            # where z = z' the unit contributes nothing itself; an infinite slope there (sqrt at 0) would turn
+            # the zero of the straight-through term into NaN: 0 instead
+            m = torch.where(small, torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad)), m)
         if self.rule == "revealcancel":
             revealed = reveal_cancel(func, z, out, rest, kwargs, m, self._eps(z.dtype))
             if revealed is not None:
@@ -302,7 +306,7 @@ class DeepLiftMode(TorchFunctionMode):
 
     def _product(self, func: Callable, args: tuple, kwargs: dict) -> Any:
         """Linear with at most one activation-dependent factor; the two-player rule with two."""
-        factors = [v for v in tree_leaves((args, kwargs)) if self._dependent(v)]
+        factors = [v for v in tree_leaves((args, kwargs)) if self._dependent(v) and v.requires_grad]  # not a mask
         if len(factors) < 2:
             return func(*args, **kwargs)
         if func not in _BILINEAR or len(args) < 2 or not all(self._dependent(v) for v in args[:2]):
@@ -423,7 +427,7 @@ class DeepLiftMode(TorchFunctionMode):
             return out
         dims = _dims(p["dim"], z.dim())
         order = 2 if order == "fro" else order
-        if p.get("dtype") is not None or not dims or 0 in dims or not isinstance(order, (int, float)) or order == 0:
+        if p.get("dtype") is not None or p.get("out") is not None or not dims or 0 in dims or not isinstance(order, (int, float)) or order == 0:
             self._report(f"{ops.op_name(func)}(p={order!r}, dim={p['dim']!r})")
             return out
         return out.detach() + _straight_through(self._vector_norm(z, float(order), dims, bool(p["keepdim"])))
