@@ -105,9 +105,12 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     Transformers: see :func:`_transformer_layer` (e.g. ViT ``blocks[-1].norm1``).
     Known CNN layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
     the LIFT-CAM authors' code, before the last max-pool); ``features`` for
-    MobileNet, EfficientNet, ConvNeXt, DenseNet and similar. Anything else is
-    probed with one forward pass on zeros of ``input_shape``: the outermost
-    module that finishes last with a 4-D output of spatial size > 1.
+    MobileNet, EfficientNet, ConvNeXt, DenseNet and similar; timm's last
+    ``feature_info`` stage when it outputs one tensor. Anything else (e.g. timm
+    HRNet, whose last stage outputs a list of branches: ``final_layer``, after
+    they are fused) is probed with one forward pass on zeros of ``input_shape``:
+    the outermost module that finishes last with a 4-D tensor output of spatial
+    size > 1. Modules whose output is not a tensor are never chosen.
     """
     model = unwrap_model(model)
     named = dict(model.named_modules())
@@ -131,8 +134,13 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
         return prefix + "features"
     info = getattr(named.get(prefix[:-1], model), "feature_info", None)  # timm: the last feature stage
     if isinstance(info, list) and info and isinstance(info[-1], dict) and prefix + str(info[-1].get("module")) in named:
-        return prefix + str(info[-1]["module"])
-    return _probe_last_spatial_layer(model, input_shape)
+        stage = prefix + str(info[-1]["module"])
+        try:
+            finished = _spatial_outputs(model, input_shape)
+        except (RuntimeError, ValueError, AssertionError):  # e.g. a fixed input size: trust timm's feature_info
+            return stage
+        return stage if stage in finished else _outermost_last(finished, model)
+    return _outermost_last(_spatial_outputs(model, input_shape), model)
 
 
 def _last(named: dict[str, nn.Module], name: str) -> str | None:
@@ -175,14 +183,16 @@ def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
     return None
 
 
-def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
-    finished: list[tuple[str, int]] = []
+def _spatial_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Names of the modules whose output is a (B, K, h, w) tensor with ``h * w > 1``, in the
+    order they finish in one forward pass on zeros of ``input_shape`` (lists, tuples: never)."""
+    finished: list[str] = []
     handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
-                finished.append((name, name.count(".")))
+                finished.append(name)
 
         return hook
 
@@ -201,15 +211,19 @@ def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) ->
             h.remove()
         for m, t in training:
             m.training = t
+    return finished
+
+
+def _outermost_last(finished: list[str], model: nn.Module) -> str:
+    """The outermost module that finished together with the last one of :func:`_spatial_outputs`."""
     if not finished:
         raise ValueError(
             f"Could not find a layer with a spatial (B,K,h,w) output in {type(model).__name__}; "
             "pass target_layer explicitly."
         )
-    last_name = finished[-1][0]
-    # The outermost module that finished at the same time as the last one.
+    last_name = finished[-1]
     outer = last_name
-    for name, _ in reversed(finished):
+    for name in reversed(finished):
         if last_name.startswith(name + ".") or name == last_name:
             outer = name if name.count(".") < outer.count(".") else outer
         else:
