@@ -123,6 +123,20 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     transformer = _transformer_layer(named, prefix)
     if transformer is not None:
         return transformer
+    conventional = _conventional_layer(model, named, prefix)
+    try:
+        outputs = _tensor_outputs(model, input_shape)
+    except (RuntimeError, ValueError, AssertionError):  # e.g. a fixed input size: trust the convention
+        if conventional is None:
+            raise
+        return conventional
+    if conventional is not None and conventional in outputs:
+        return conventional
+    return _outermost_last([name for name, spatial in outputs.items() if spatial], model)
+
+
+def _conventional_layer(model: nn.Module, named: dict[str, nn.Module], prefix: str) -> str | None:
+    """``layer4``; ``features`` (VGG: its last ReLU); timm's last ``feature_info`` stage; else ``None``."""
     if prefix + "layer4" in named:
         return prefix + "layer4"
     features = named.get(prefix + "features")
@@ -134,13 +148,8 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
         return prefix + "features"
     info = getattr(named.get(prefix[:-1], model), "feature_info", None)  # timm: the last feature stage
     if isinstance(info, list) and info and isinstance(info[-1], dict) and prefix + str(info[-1].get("module")) in named:
-        stage = prefix + str(info[-1]["module"])
-        try:
-            finished = _spatial_outputs(model, input_shape)
-        except (RuntimeError, ValueError, AssertionError):  # e.g. a fixed input size: trust timm's feature_info
-            return stage
-        return stage if stage in finished else _outermost_last(finished, model)
-    return _outermost_last(_spatial_outputs(model, input_shape), model)
+        return prefix + str(info[-1]["module"])
+    return None
 
 
 def _last(named: dict[str, nn.Module], name: str) -> str | None:
@@ -183,16 +192,18 @@ def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
     return None
 
 
-def _spatial_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-    """Names of the modules whose output is a (B, K, h, w) tensor with ``h * w > 1``, in the
-    order they finish in one forward pass on zeros of ``input_shape`` (lists, tuples: never)."""
-    finished: list[str] = []
+def _tensor_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, bool]:
+    """``{name: spatial}`` for the modules whose output is one tensor of 3 or more dimensions, in
+    the order they finish in one forward pass on zeros of ``input_shape``; ``spatial``: a
+    (B, K, h, w) output with ``h * w > 1``. Modules returning lists or tuples are left out."""
+    finished: dict[str, bool] = {}
     handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
-                finished.append(name)
+            if isinstance(output, torch.Tensor) and output.dim() >= 3:
+                finished.pop(name, None)  # a module called twice finishes at its last call
+                finished[name] = output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1
 
         return hook
 
@@ -215,7 +226,7 @@ def _spatial_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> list[str
 
 
 def _outermost_last(finished: list[str], model: nn.Module) -> str:
-    """The outermost module that finished together with the last one of :func:`_spatial_outputs`."""
+    """The outermost module that finished together with the last of ``finished`` (in finishing order)."""
     if not finished:
         raise ValueError(
             f"Could not find a layer with a spatial (B,K,h,w) output in {type(model).__name__}; "
