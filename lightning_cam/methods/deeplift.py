@@ -17,7 +17,14 @@ Rules (Shrikumar et al., ICML 2017; captum's conventions):
   Rescale; where ``|z - z'| < eps`` the ordinary gradient ``s'(z)``;
 * max pooling: captum's rule (the difference of the pooled outputs is routed to
   the arg-max of whichever of actual/reference is larger); overlapping windows
-  accumulate, which equals captum's unpooling for non-overlapping ones;
+  accumulate, which equals captum's unpooling for non-overlapping ones. The same
+  rule for ``max`` / ``amax`` / ``min`` / ``amin`` over non-batch dimensions and
+  global ``adaptive_max_pool``;
+* ``pow``, ``c / z``, ``maximum`` / ``minimum`` with one constant argument: Rescale;
+* norms ``(sum_i |z_i|^p)^(1/p)``: Rescale on ``|t|^p`` and ``t^(1/p)``, the sum
+  linear (``p = inf``: ``|z|`` then the max rule); ``F.normalize`` as
+  ``z / max(||z||, eps)`` and ``cosine_similarity`` as the summed product of two
+  unit vectors, by the norm, clamp (Rescale), division and product rules;
 * products of two activation-dependent tensors (squeeze-excitation gates,
   ``matmul``): the exact two-player rule
   ``Δ(ab) = ā Δb + Δa b̄`` with ``ā = (a + a')/2``;
@@ -38,8 +45,12 @@ Rules (Shrikumar et al., ICML 2017; captum's conventions):
 * everything linear (conv, linear, pooling by averaging, eval batch norm,
   dropout, additions, reshapes) keeps its gradient.
 
-Any other nonlinear call is recorded in :attr:`DeepLiftMode.unhandled`; the
-callers warn and report the completeness residual, which exposes the error.
+Default-deny: the head's input is tracked (:meth:`DeepLiftMode.track`) and so is
+everything computed from it; a call on a tracked tensor that is neither linear
+(the allow-lists of :mod:`lightning_cam.methods.deeplift_ops`) nor covered by a
+rule is recorded by name in :attr:`DeepLiftMode.unhandled` (``sort``, a custom
+``autograd.Function``, a comparison, ``.item()``...); LIFT-CAM warns with the
+names and checks the completeness residual against a float tolerance.
 """
 
 from __future__ import annotations
@@ -421,7 +432,8 @@ class DeepLiftMode(TorchFunctionMode):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         p = dict(bound.arguments)
-        z, order = p.pop("x", None) if func is torch.linalg.vector_norm else p.pop("input"), p.pop("ord", p.pop("p", 2))
+        z = p.pop("x") if func is torch.linalg.vector_norm else p.pop("input")
+        order = p.pop("ord") if func is torch.linalg.vector_norm else p.pop("p")
         out = func(*args, **kwargs)
         if self._untracked(func, z):
             return out
