@@ -23,7 +23,9 @@ class LiftCAM(BaseCAM):
     ``phi_k = sum_ij m_kij A_kij`` where ``m`` are DeepLIFT (Rescale) multipliers
     of ``y_c`` w.r.t. ``A`` against the reference ``A' = 0``; the map is
     ``ReLU(sum_k phi_k A_k)``. Completeness holds:
-    ``sum_k phi_k = y_c(A) - y_c(0)``; ``Explanation.delta`` is its residual.
+    ``sum_k phi_k = y_c(A) - y_c(0)``; ``Explanation.delta`` is its residual, checked on
+    every batch against :func:`completeness_tolerance` (a warning above it, and for any
+    operation after ``L`` without a DeepLIFT rule; once per explainer and layer).
     When the head after ``L`` is linear (global average pool + fc) this is
     exact SHAP: ``phi_k = w_ck mean_ij A_kij``.
 
