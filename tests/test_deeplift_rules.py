@@ -168,3 +168,24 @@ def test_tables_name_ops_readably() -> None:
     assert deeplift_ops.op_name(torch.Tensor.data.__get__) == "Tensor.data"
     assert deeplift_ops.op_name(F.cosine_similarity) == "cosine_similarity"
     assert not deeplift_ops.find(deeplift_ops.LINEAR, torch.erf)
+
+
+class Gated(nn.Module):
+    """Products of two activation-dependent tensors: a gate, a batched matmul and an einsum."""
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        flat = a.flatten(2)  # (B, K, hw)
+        gram = torch.einsum("bkn,bjn->bkj", flat, flat) / flat.shape[-1]
+        mixed = torch.bmm(gram, flat) * torch.sigmoid(flat.mean(-1, keepdim=True))
+        return mixed.mean(-1)
+
+
+def test_products_of_activations_are_complete() -> None:
+    model = ChannelwiseHead(Gated()).eval()
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exp = lc.LiftCAM(model, "features").explain(x)
+    scale = float(exp.logits.abs().max().clamp_min(1))
+    # the head's reductions: the gram matrix and the matmul (h*w and K terms), the means, the fc
+    assert exp.delta.abs().max() <= sum_tol(3 * SIZE * SIZE + 2 * CHANNELS, scale)

@@ -320,10 +320,14 @@ class DeepLiftMode(TorchFunctionMode):
         factors = [v for v in tree_leaves((args, kwargs)) if self._dependent(v) and v.requires_grad]  # not a mask
         if len(factors) < 2:
             return func(*args, **kwargs)
-        if func not in _BILINEAR or len(args) < 2 or not all(self._dependent(v) for v in args[:2]):
-            self._report(f"{ops.op_name(func)}(several activation-dependent factors)")
+        name = ops.op_name(func)
+        if func is torch.einsum and _batch_first_einsum(args, kwargs):
+            equation = args[0]
+            func, args = (lambda a, b: torch.einsum(equation, a, b)), args[1:]
+        elif func not in _BILINEAR or len(args) < 2 or not all(self._dependent(v) for v in args[:2]):
+            self._report(f"{name}(several activation-dependent factors)")
             return func(*args, **kwargs)
-        if self._untracked(func, args[0]) or self._untracked(func, args[1]):
+        if self._untracked(name, args[0]) or self._untracked(name, args[1]):
             return func(*args, **kwargs)
         return self._bilinear(func, args, kwargs)
 
@@ -658,6 +662,15 @@ def _dims(dim: int | tuple[int, ...] | list[int] | None, ndim: int) -> tuple[int
         return ()
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     return tuple(d % ndim for d in dims)
+
+
+def _batch_first_einsum(args: tuple, kwargs: dict) -> bool:
+    """``einsum("b...,b...->b...", a, b)``: two operands and the output all start with one batch index."""
+    if kwargs or len(args) != 3 or not isinstance(args[0], str) or "->" not in args[0]:
+        return False
+    inputs, output = args[0].replace(" ", "").split("->")
+    terms = inputs.split(",")
+    return len(terms) == 2 and all(t[:1] == output[:1] and t[:1].isalpha() for t in terms)
 
 
 def _abs_pow(order: float) -> Callable[[torch.Tensor], torch.Tensor]:
