@@ -121,9 +121,12 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     Transformers: see :func:`_transformer_layer` (e.g. ViT ``blocks[-1].norm1``).
     Known CNN layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
     the LIFT-CAM authors' code, before the last max-pool); ``features`` for
-    MobileNet, EfficientNet, ConvNeXt, DenseNet and similar. Anything else is
-    probed with one forward pass on zeros of ``input_shape``: the outermost
-    module that finishes last with a 4-D output of spatial size > 1.
+    MobileNet, EfficientNet, ConvNeXt, DenseNet and similar; timm's last
+    ``feature_info`` stage when it outputs one tensor. Anything else (e.g. timm
+    HRNet, whose last stage outputs a list of branches: ``final_layer``, after
+    they are fused) is probed with one forward pass on zeros of ``input_shape``:
+    the outermost module that finishes last with a 4-D tensor output of spatial
+    size > 1. Modules whose output is not a tensor are never chosen.
     """
     model = unwrap_model(model)
     named = dict(model.named_modules())
@@ -136,6 +139,20 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     transformer = _transformer_layer(named, prefix)
     if transformer is not None:
         return transformer
+    conventional = _conventional_layer(model, named, prefix)
+    try:
+        outputs = _tensor_outputs(model, input_shape)
+    except (RuntimeError, ValueError, AssertionError):  # e.g. a fixed input size: trust the convention
+        if conventional is None:
+            raise
+        return conventional
+    if conventional is not None and conventional in outputs:
+        return conventional
+    return _outermost_last([name for name, spatial in outputs.items() if spatial], model)
+
+
+def _conventional_layer(model: nn.Module, named: dict[str, nn.Module], prefix: str) -> str | None:
+    """``layer4``; ``features`` (VGG: its last ReLU); timm's last ``feature_info`` stage; else ``None``."""
     if prefix + "layer4" in named:
         return prefix + "layer4"
     features = named.get(prefix + "features")
@@ -148,7 +165,7 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     info = getattr(named.get(prefix[:-1], model), "feature_info", None)  # timm: the last feature stage
     if isinstance(info, list) and info and isinstance(info[-1], dict) and prefix + str(info[-1].get("module")) in named:
         return prefix + str(info[-1]["module"])
-    return _probe_last_spatial_layer(model, input_shape)
+    return None
 
 
 def _last(named: dict[str, nn.Module], name: str) -> str | None:
@@ -191,14 +208,18 @@ def _transformer_layer(named: dict[str, nn.Module], prefix: str) -> str | None:
     return None
 
 
-def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) -> str:
-    finished: list[tuple[str, int]] = []
+def _tensor_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, bool]:
+    """``{name: spatial}`` for the modules whose output is one tensor of 3 or more dimensions, in
+    the order they finish in one forward pass on zeros of ``input_shape``; ``spatial``: a
+    (B, K, h, w) output with ``h * w > 1``. Modules returning lists or tuples are left out."""
+    finished: dict[str, bool] = {}
     handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1:
-                finished.append((name, name.count(".")))
+            if isinstance(output, torch.Tensor) and output.dim() >= 3:
+                finished.pop(name, None)  # a module called twice finishes at its last call
+                finished[name] = output.dim() == 4 and output.shape[-2] * output.shape[-1] > 1
 
         return hook
 
@@ -217,15 +238,19 @@ def _probe_last_spatial_layer(model: nn.Module, input_shape: tuple[int, ...]) ->
             h.remove()
         for m, t in training:
             m.training = t
+    return finished
+
+
+def _outermost_last(finished: list[str], model: nn.Module) -> str:
+    """The outermost module that finished together with the last of ``finished`` (in finishing order)."""
     if not finished:
         raise ValueError(
             f"Could not find a layer with a spatial (B,K,h,w) output in {type(model).__name__}; "
             "pass target_layer explicitly."
         )
-    last_name = finished[-1][0]
-    # The outermost module that finished at the same time as the last one.
+    last_name = finished[-1]
     outer = last_name
-    for name, _ in reversed(finished):
+    for name in reversed(finished):
         if last_name.startswith(name + ".") or name == last_name:
             outer = name if name.count(".") < outer.count(".") else outer
         else:

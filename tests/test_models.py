@@ -91,3 +91,24 @@ def test_lit_classifier_rejects_bad_optimizer():
         LitClassifier(SmallCNN(2), 2, optimizer="lbfgs")
     with pytest.raises(ValueError):
         LitClassifier(SmallCNN(2), 2, scheduler="step")
+
+
+def test_timm_hrnet_default_layer_is_after_the_branches_are_fused():
+    """timm's last ``feature_info`` stage of HRNet (``stage4``) outputs a list of branches: the default
+    layer is ``final_layer``, the fused map that feeds the classifier."""
+    timm = pytest.importorskip("timm")
+    import warnings
+
+    from lightning_cam import LiftCAM, evaluate
+    from lightning_cam.layers import default_target_layer
+
+    torch.manual_seed(0)
+    net = timm.create_model("hrnet_w18_small", pretrained=False, num_classes=4).eval()
+    assert default_target_layer(net) == "final_layer"
+    x = torch.randn(2, 3, 64, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every op of the head has a DeepLIFT rule
+        exp = LiftCAM(net).explain(x)
+    assert exp.maps.shape == (2, 2, 2) and torch.isfinite(exp.weights).all()
+    report = evaluate(net, None, x, methods=["liftcam", "gradcam"], n_steps=4)
+    assert set(report.methods) >= {"liftcam", "gradcam"}

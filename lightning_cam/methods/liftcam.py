@@ -14,7 +14,7 @@ from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 from lightning_cam.methods.revealcancel import RULES
 
-__all__ = ["LiftCAM", "deeplift_coefficients", "exact_score_difference"]
+__all__ = ["LiftCAM", "completeness_tolerance", "deeplift_coefficients", "exact_score_difference"]
 
 
 class LiftCAM(BaseCAM):
@@ -23,7 +23,9 @@ class LiftCAM(BaseCAM):
     ``phi_k = sum_ij m_kij A_kij`` where ``m`` are DeepLIFT (Rescale) multipliers
     of ``y_c`` w.r.t. ``A`` against the reference ``A' = 0``; the map is
     ``ReLU(sum_k phi_k A_k)``. Completeness holds:
-    ``sum_k phi_k = y_c(A) - y_c(0)``; ``Explanation.delta`` is its residual.
+    ``sum_k phi_k = y_c(A) - y_c(0)``; ``Explanation.delta`` is its residual, checked on
+    every batch against :func:`completeness_tolerance` (a warning above it, and for any
+    operation after ``L`` without a DeepLIFT rule; once per explainer and layer).
     When the head after ``L`` is linear (global average pool + fc) this is
     exact SHAP: ``phi_k = w_ck mean_ij A_kij``.
 
@@ -48,14 +50,21 @@ class LiftCAM(BaseCAM):
         if rule not in RULES:
             raise ValueError(f"LiftCAM rule must be one of {RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
         self.eps, self.rule = eps, rule
+        self._warned: set = set()  # what this explainer already warned about, per layer
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        weights, delta = deeplift_coefficients(layer_pass, self.eps, self.layer_name, self.rule)
+        weights, delta = deeplift_coefficients(layer_pass, self.eps, layer_pass.split.layer_name, self.rule, self._warned)
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights, delta)
 
 
-def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: str = "", rule: str = "rescale") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(phi, delta)``: per-channel DeepLIFT contributions (B,K) and the completeness residual (B,)."""
+def deeplift_coefficients(
+    layer_pass: LayerPass, eps: float = EPS, layer_name: str = "", rule: str = "rescale", warned: set | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi, delta)``: per-channel DeepLIFT contributions (B,K) and the completeness residual (B,).
+
+    Warns (once per key in ``warned``, e.g. an explainer's own set) when an operation after
+    ``layer_name`` had no rule, or when ``|delta|`` exceeds :func:`completeness_tolerance`.
+    """
     activation = layer_pass.activation
     batch = activation.shape[0]
     leaf = activation.clone().requires_grad_(True)
@@ -63,13 +72,15 @@ def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: s
     index = torch.cat([layer_pass.index, layer_pass.index])
     mode = DeepLiftMode(2 * batch, eps, rule)
     with mode:
-        out = layer_pass.head(stacked, index)
+        out = layer_pass.head(mode.track(stacked), index)
     targets = torch.cat([layer_pass.targets, layer_pass.targets])
     selected = out.gather(1, targets[:, None])[:, 0]
     # Like captum: the sum of the actual and the reference scores is differentiated.
     multipliers = torch.autograd.grad(selected.sum(), leaf)[0]
-    phi = (multipliers * activation).sum(dim=(2, 3)).detach()
-    difference = (selected[:batch] - selected[batch:]).detach()
+    contributions = (multipliers * activation).detach()
+    phi = contributions.sum(dim=(2, 3))
+    scores = selected.detach()
+    difference = scores[:batch] - scores[batch:]
     delta = phi.sum(dim=1) - difference
     # the model's own scores are finite, the DeepLIFT pass's are not: its products (e.g. attention
     # scores, which a fused kernel keeps in range) overflowed the head's dtype
@@ -82,15 +93,46 @@ def deeplift_coefficients(layer_pass: LayerPass, eps: float = EPS, layer_name: s
             "model (e.g. copy.deepcopy(model).float()) for those images.",
             RuntimeWarning, stacklevel=4,
         )
-    if mode.unhandled:
-        warnings.warn(
-            f"LIFT-CAM: no DeepLIFT rule for {sorted(mode.unhandled)} after layer {layer_name!r}; "
-            "those operations were propagated with plain gradients, so the coefficients are "
-            f"approximate (completeness residual up to {delta.abs().max().item():.3g}, "
-            f"score differences up to {difference.abs().max().item():.3g}).",
-            stacklevel=4,
-        )
+    tolerance = completeness_tolerance(contributions, scores[:batch], scores[batch:], layer_pass.split.dtype)
+    _warn_incomplete(delta, difference, tolerance, sorted(mode.unhandled), layer_name, set() if warned is None else warned)
     return phi, delta
+
+
+def completeness_tolerance(
+    contributions: torch.Tensor, actual: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype,
+) -> torch.Tensor:
+    """(B,) float floor of ``|sum_k phi_k - (y(A) - y(A'))|`` for exact rules:
+    ``n * eps * (sum_kij |m_kij A_kij| + |y(A)| + |y(A')|)``.
+
+    ``n`` is the number of terms ``m_kij A_kij`` per image (K*h*w) and ``eps`` the machine
+    epsilon of the head's ``dtype`` (float32: 2**-23): the bound on reordering a sum of ``n``
+    terms (Higham, §3-4) at the magnitude of the contributions and of the two scores, which
+    the head rounds on their own.
+    """
+    flat = contributions.flatten(1)
+    magnitude = flat.abs().sum(1) + actual.abs() + reference.abs()
+    return flat.shape[1] * torch.finfo(dtype).eps * magnitude
+
+
+def _warn_incomplete(
+    delta: torch.Tensor, difference: torch.Tensor, tolerance: torch.Tensor, unhandled: list[str], layer_name: str, warned: set,
+) -> None:
+    """One warning per layer (and set of unhandled ops) and ``warned`` set: ops without a rule, or completeness broken."""
+    over = torch.isfinite(delta) & (delta.abs() > tolerance)
+    key = (layer_name, bool(over.any()), tuple(unhandled))
+    if not (unhandled or bool(over.any())) or key in warned:
+        return
+    warned.add(key)
+    worst = int(torch.where(over, delta.abs() / tolerance, delta.abs()).argmax())
+    figures = (
+        f"completeness residual |sum_k phi_k - (y(A) - y(A'))| = {delta[worst].abs().item():.3g} for a score difference "
+        f"y(A) - y(A') = {difference[worst].item():.3g} (float tolerance {tolerance[worst].item():.3g}; image {worst})"
+    )
+    ops = f"no DeepLIFT rule for {unhandled} after layer {layer_name!r}; those operations were propagated with " \
+        "plain gradients, so the coefficients are approximate" if unhandled else \
+        f"every operation after layer {layer_name!r} had a rule or was linear, yet completeness fails: a rule " \
+        "does not fit this head (e.g. data-dependent control flow); please report it"
+    warnings.warn(f"LIFT-CAM: {ops} ({figures}).", stacklevel=5)
 
 
 def exact_score_difference(layer_pass: LayerPass) -> torch.Tensor:
