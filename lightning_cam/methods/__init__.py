@@ -11,6 +11,7 @@ from torch import nn
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam._checks import check_device, check_images
+from lightning_cam.methods.activation import FEM, KPCACAM
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, layer_list
 from lightning_cam.methods.cam import CAM
 from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
@@ -21,12 +22,15 @@ from lightning_cam.methods.noisy import ISCAM, SSCAM, SmoothGradCAMPlusPlus
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
 from lightning_cam.methods.randomcam import RandomCAM
 from lightning_cam.methods.shapley import ShapCAM
+from lightning_cam.methods.sobel import SobelCAM
+from lightning_cam.methods.targeted import FinerCAM, ShapleyCAM
 from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
-    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "GradCAM", "GradCAMElementWise",
-    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "LayerCAM", "LayerPass", "LiftCAM", "METHODS", "RandomCAM", "SSCAM",
-    "ScoreCAM", "ShapCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "explain_all", "get_method",
+    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "FEM", "FinerCAM", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LayerPass", "LiftCAM",
+    "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "ShapCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "SobelCAM",
+    "XGradCAM", "explain_all", "get_method",
 ]
 
 METHODS: dict[str, type[BaseCAM]] = {
@@ -34,11 +38,13 @@ METHODS: dict[str, type[BaseCAM]] = {
     for cls in (
         LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM,
         EigenCAM, EigenGradCAM, GradCAMElementWise, SmoothGradCAMPlusPlus, SSCAM, ISCAM, RandomCAM,
+        ShapleyCAM, FinerCAM, FEM, KPCACAM, SobelCAM,
     )
 }
 _ALIASES = {
     "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam",
     "smoothgradcampp": "smoothgradcam++", "smoothgradcamplusplus": "smoothgradcam++",
+    "kpca_cam": "kpcacam", "sobel_cam": "sobelcam",
 }
 
 

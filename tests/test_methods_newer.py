@@ -1,0 +1,234 @@
+"""Parity of the peers' newer methods (issue 22) with pytorch-grad-cam 1.5.7, read in site-packages.
+
+ShapleyCAM, FinerCAM, FEM, KPCA-CAM, Sobel-CAM; pytorch-grad-cam's defaults unless a test says
+otherwise. Tolerances (tests/tolerance.py, the peers test's helpers):
+
+* same activations, same formula: ``RTOL`` of the largest entry plus ``_roundoff`` where a
+  sum over channels cancels;
+* a second derivative (ShapleyCAM's Hessian-vector product) and a softmax-weighted score
+  (FinerCAM) run the same kernels on both sides in another order: the same bound;
+* FinerCAM: the peer adds ``1e-9`` to ``sum_j softmax_j`` (we renormalise over the compared
+  classes exactly); with ``sum_j softmax_j >= 1e-3`` here, that moves the score by
+  ``<= 1e-6`` relative, inside ``RTOL``... asserted below;
+* KPCA-CAM: an eigenvector of two float32 eigensolvers differs by ``~ n eps ||G|| / gap``
+  (Davis-Kahan), the projection by ``sqrt(lambda_1)`` times that (``_eig_bound``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_cam import FEM, KPCACAM, FinerCAM, ShapleyCAM, SobelCAM, explain_all
+from lightning_cam.methods.activation import kernel_first_component
+from lightning_cam.methods.targeted import comparison_classes
+from tests.test_methods_peers import RTOL, SALIENCY_ATOL, _assert_close, _pgc_perturbation, _roundoff, _small
+
+pgc = pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget, FinerWeightedTarget  # noqa: E402
+
+F32 = 2.0**-23
+
+
+class SmoothCNN(nn.Module):
+    """conv-ReLU-pool -> ``block`` (conv-BN-SiLU) -> ``top`` (conv-GELU) -> GAP -> fc: a head with curvature."""
+
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.SiLU())
+        self.top = nn.Sequential(nn.Conv2d(12, 16, 3, padding=1), nn.GELU())
+        self.fc = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.top(self.block(self.stem(x))).mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def smooth() -> SmoothCNN:
+    torch.manual_seed(3)
+    return SmoothCNN().eval()
+
+
+def _x(seed: int = 2, size: int = 24) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _top1(model: nn.Module, x: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        return model(x).argmax(1).tolist()
+
+
+def _weights_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    return torch.relu(torch.einsum("bk,bkhw->bhw", weights.float(), activation.float()))
+
+
+# ----------------------------------------------------------------------------- ShapleyCAM
+
+
+@pytest.mark.parametrize("score,peer_target", [("logit", ClassifierOutputTarget), ("rest", ClassifierOutputReST)])
+def test_shapleycam_matches_pytorch_grad_cam(score, peer_target, smooth):
+    """pytorch-grad-cam's default target is the logit (``BaseCAM.forward``: ``ClassifierOutputTarget``
+    of the argmax); the paper's ``ClassifierOutputReST`` is our ``score="rest"``."""
+    x = _x()
+    targets = _top1(smooth, x)
+    ours = ShapleyCAM(smooth, "block", score=score).explain(x, targets)
+    out, act, weights = _pgc_perturbation(pgc.ShapleyCAM, smooth, smooth.block, x, [peer_target(c) for c in targets])
+    act = act.detach()
+    _assert_close(ours.weights, weights, what=f"ShapleyCAM ({score}) weights")
+    _assert_close(ours.maps, _weights_map(weights, act), bound=_roundoff(weights.double()[:, :, None, None] * act), what="map")
+    _assert_close(ours.saliency(x.shape[-2:]), out, bound=SALIENCY_ATOL, rtol=0.0, what="saliency vs cv2 output")
+    grad = explain_all(smooth, "block", x, methods=["gradcam"], targets=targets)["gradcam"].weights
+    if score == "logit":  # the Hessian term is not vacuous on this head
+        assert float((ours.weights - grad).abs().max()) > 100 * RTOL * float(grad.abs().max())
+
+
+def test_shapleycam_is_gradcam_on_a_piecewise_linear_head():
+    """ReLU + max-pool + linear after the layer: ``H = 0`` almost everywhere, ShapleyCAM == Grad-CAM."""
+    model = _small()
+    x = _x(size=32)
+    both = explain_all(model, "block", x, methods=["shapleycam", "gradcam"])
+    _assert_close(both["shapleycam"].weights, both["gradcam"].weights, what="ShapleyCAM vs Grad-CAM (ReLU head)")
+    with pytest.raises(ValueError, match="score"):
+        ShapleyCAM(model, "block", score="softmax")
+
+
+# ----------------------------------------------------------------------------- FinerCAM
+
+
+def _run_finer(model: nn.Module, layer: nn.Module, x: torch.Tensor, **call) -> tuple[torch.Tensor, torch.Tensor]:
+    """pytorch-grad-cam FinerCAM: (output, weights); its base Grad-CAM's weights are recorded as it computes them."""
+    recorded = []
+    with pgc.FinerCAM(model, [layer]) as cam:
+        compute = cam.base_cam.get_cam_weights
+        cam.base_cam.get_cam_weights = lambda *a, **k: recorded.append(compute(*a, **k)) or recorded[-1]
+        out = cam(input_tensor=x, **call)
+    model.zero_grad(set_to_none=True)
+    return torch.from_numpy(out), torch.from_numpy(np.asarray(recorded[0]))
+
+
+def test_finercam_matches_pytorch_grad_cam_defaults(smooth):
+    """Peer defaults (``targets=None``): main class = argmax, comparison ranks (1, 2, 3) by
+    ``|y_j - y_c|``, alpha = 1. Ours with default targets (top-1) and default options."""
+    x = _x(seed=5)
+    ours = explain_all(smooth, "top", x, methods=["finercam", "gradcam"])
+    out, weights = _run_finer(smooth, smooth.top, x)
+    _assert_close(ours["finercam"].weights, weights, what="FinerCAM weights")
+    _assert_close(ours["finercam"].saliency(x.shape[-2:]), out, bound=SALIENCY_ATOL, rtol=0.0, what="FinerCAM saliency")
+    # the score differs from Grad-CAM's; the peer's 1e-9 is negligible next to sum_j softmax_j here
+    assert not torch.allclose(ours["finercam"].weights, ours["gradcam"].weights, rtol=1e-3)
+    logits = ours["finercam"].logits
+    classes = comparison_classes(logits, ours["finercam"].targets, (1, 2, 3))
+    assert float(logits.softmax(1).gather(1, classes).sum(1).min()) >= 1e-3
+
+
+def test_finercam_given_targets_and_alpha(smooth):
+    """Non-top-1 targets and alpha = 0.6: the peer's ``FinerWeightedTarget`` built from our comparison classes,
+    which rank by the same distance as its own sorting."""
+    x = _x(seed=6)
+    targets = [(c + 2) % 6 for c in _top1(smooth, x)]
+    ours = FinerCAM(smooth, "top", alpha=0.6).explain(x, targets)
+    classes = comparison_classes(ours.logits, ours.targets, (1, 2, 3))
+    peer = [FinerWeightedTarget(c, classes[i].tolist(), 0.6) for i, c in enumerate(targets)]
+    out, weights = _run_finer(smooth, smooth.top, x, targets=peer)
+    _assert_close(ours.weights, weights, what="FinerCAM weights (alpha 0.6)")
+    zero = FinerCAM(smooth, "top", alpha=0.0).explain(x, targets)
+    grad = explain_all(smooth, "top", x, methods=["gradcam"], targets=targets)["gradcam"]
+    _assert_close(zero.weights, grad.weights, what="alpha = 0: the shares sum to 1, the score is y_c (Grad-CAM)")
+    with pytest.raises(ValueError, match="comparison rank"):
+        FinerCAM(smooth, "top", comparison_ranks=(0, 9)).explain(x)
+
+
+# ----------------------------------------------------------------------------- FEM, KPCA-CAM
+
+
+def _run_activation_method(cls, model: nn.Module, layer: nn.Module, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, activation, raw map = ReLU(get_cam_image)) of a gradient-free pytorch-grad-cam method."""
+    with cls(model, [layer], **kwargs) as cam:
+        out = cam(input_tensor=x, targets=None)
+        activation = cam.activations_and_grads.activations[0].numpy()
+        raw = np.maximum(cam.get_cam_image(x, layer, None, activation, None, False), 0)
+    return torch.from_numpy(out), torch.from_numpy(activation), torch.from_numpy(np.asarray(raw, dtype=np.float32))
+
+
+@pytest.mark.parametrize("layer", ["block", "top"])
+def test_fem_matches_pytorch_grad_cam(layer, smooth):
+    x = _x(seed=7)
+    ours = FEM(smooth, layer).explain(x)
+    out, act, raw = _run_activation_method(pgc.FEM, smooth, smooth.get_submodule(layer), x)
+    # the threshold test A > mu + 2 sigma is discrete: no activation lies within float32 round-off of it here
+    std, mean = torch.std_mean(act.double(), dim=(2, 3), correction=0, keepdim=True)
+    assert float(((act - (mean + 2 * std)).abs() / (std + 1e-30)).min()) > 1e-4
+    weights = (act > mean + 2 * std).double().mean(dim=(2, 3))
+    positions = act.shape[2] * act.shape[3]  # the same counts above the threshold (float32 vs float64 quotients)
+    assert torch.equal((ours.weights.double() * positions).round(), (weights * positions).round())
+    _assert_close(ours.maps, raw, bound=_roundoff(weights[:, :, None, None] * act), what="FEM map")
+    _assert_close(ours.saliency(x.shape[-2:]), out, bound=SALIENCY_ATOL, rtol=0.0, what="FEM saliency")
+
+
+def _eig_bound(activation: torch.Tensor, kernel: str) -> torch.Tensor:
+    """Per-image bound on two float32 kernel-PCA projections: ``8 n eps ||G||_2 sqrt(l1) / (l1 - l2)``."""
+    x = activation.double().flatten(2).transpose(1, 2)
+    x = x - x.mean(1, keepdim=True)
+    inner = x @ x.transpose(1, 2) / x.shape[2]
+    g = torch.tanh(inner + 1) if kernel == "sigmoid" else torch.exp(-torch.cdist(x, x).pow(2) / x.shape[2])
+    g = g - g.mean(1, keepdim=True) - g.mean(2, keepdim=True) + g.mean((1, 2), keepdim=True)
+    values = torch.linalg.eigvalsh(g)
+    n = g.shape[1]
+    gap = (values[:, -1] - values[:, -2]).clamp_min(1e-30)
+    return (8 * n * F32 * values.abs().amax(1) * values[:, -1].clamp_min(0).sqrt() / gap)[:, None, None]
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf"])
+def test_kpcacam_matches_pytorch_grad_cam(kernel, smooth):
+    """scikit-learn's ``KernelPCA`` (dense ``eigh`` for <= 200 pixels) vs ours (``torch.linalg.eigh``), sign by its
+    ``svd_flip`` rule on both sides."""
+    x = _x(seed=8)
+    ours = KPCACAM(smooth, "block", kernel=kernel).explain(x)
+    out, act, raw = _run_activation_method(pgc.KPCA_CAM, smooth, smooth.block, x, kernel=kernel)
+    _assert_close(ours.maps, raw, bound=_eig_bound(act, kernel), what=f"KPCA-CAM ({kernel}) map")
+    projection = kernel_first_component(act, kernel)
+    peak = projection.flatten(1).abs().argmax(1)
+    assert bool((projection.flatten(1).gather(1, peak[:, None]) > 0).all()), "sklearn's sign: the largest entry is positive"
+    with pytest.raises(ValueError, match="kernel"):
+        KPCACAM(smooth, "block", kernel="cosine")
+
+
+# ----------------------------------------------------------------------------- Sobel-CAM
+
+
+def test_sobelcam_matches_pytorch_grad_cam_on_an_integer_grey_image(smooth):
+    """On an integer grey image (R = G = B, values <= 60) cv2's grey conversion and Sobel sums are exact
+    and no |S * I| <= 240 saturates uint8, so the peer's only rounding is ``addWeighted``'s final
+    round-to-nearest: <= 0.5. Colour images add cv2's fixed-point grey rounding (<= 0.5 per pixel, x 4 per Sobel)."""
+    from pytorch_grad_cam.sobel_cam import sobel_cam
+
+    generator = torch.Generator().manual_seed(9)
+    grey = torch.randint(0, 61, (2, 1, 20, 24), generator=generator).float().expand(2, 3, 20, 24)
+    ours = SobelCAM(smooth, "block").explain(grey)
+    assert ours.maps.shape == (2, 20, 24)
+    for b in range(2):
+        image = grey[b].permute(1, 2, 0).numpy().astype(np.uint8)
+        theirs = torch.from_numpy(sobel_cam(image).astype(np.float32))
+        _assert_close(ours.maps[b], theirs, bound=0.5, rtol=0.0, what="Sobel-CAM grey")
+    colour = torch.randint(0, 61, (1, 3, 20, 24), generator=generator).float()
+    theirs = torch.from_numpy(sobel_cam(colour[0].permute(1, 2, 0).numpy().astype(np.uint8)).astype(np.float32))
+    _assert_close(SobelCAM(smooth, "block").explain(colour).maps[0], theirs, bound=4.5 + 0.5, rtol=0.0, what="Sobel-CAM colour")
+
+
+# ----------------------------------------------------------------------------- all of them
+
+
+def test_newer_methods_batched_and_shared_pass(smooth):
+    """One ``explain_all`` pass equals the methods run alone and image by image (same kernels per image:
+    a batch of 2 vs 1 may pick other blockings, so the round-off bound, not bit equality)."""
+    x = _x(seed=10)
+    names = ["shapleycam", "finercam", "fem", "kpcacam", "sobelcam"]
+    together = explain_all(smooth, "block", x, methods=names)
+    for name in names:
+        for b in range(2):
+            alone = explain_all(smooth, "block", x[b : b + 1], methods=[name])[name]
+            _assert_close(alone.maps[0], together[name].maps[b], rtol=1e-4, what=f"{name} image {b}")
+        assert together[name].seconds > 0
