@@ -266,3 +266,27 @@ def test_gradcampp_on_vit_differs_from_pytorch_grad_cam_only_by_its_eps():
     _assert_close(matched.weights, weights, what="eps=1e-6 = pytorch-grad-cam")
     _assert_close(matched.saliency(), out, bound=SALIENCY_ATOL, rtol=0.0, what="eps=1e-6 saliency vs pytorch-grad-cam")
     assert float((ours.weights - weights).abs().max()) > 0.05 * float(weights.abs().max()), "the deviation is not vacuous"
+
+
+# ----------------------------------------------------------------------------- RefineCAM = fusion="prod"
+
+
+@pytest.mark.parametrize("base,ours_kwargs", [("GradCAMPlusPlus", {"eps": 1e-6}), ("GradCAM", {})], ids=["gradcam++", "gradcam"])
+def test_fusion_prod_matches_pytorch_grad_cam_refinecam(base, ours_kwargs):
+    """pytorch-grad-cam ``RefineCAM`` (default base: Grad-CAM++, with its eps) over two layers = our
+    ``fusion="prod"``. Its per-layer maps are cv2-resized (SALIENCY_ATOL each); a product of two maps
+    in [0, 1] and the final min-max scaling at most double and rescale that (x 4, see _minmax_bound)."""
+    model = _small()
+    x = _x(seed=12, size=32)
+    targets = _top1(model, x)
+    method = "gradcam++" if base == "GradCAMPlusPlus" else "gradcam"
+    ours = explain_all(model, ["block", "top"], x, methods=[method], targets=targets, fusion="prod",
+                       method_kwargs={method: ours_kwargs})[method]
+    refine = pgc.RefineCAM(model, [model.block, model.top], base_method=getattr(pgc, base))
+    theirs = torch.from_numpy(refine(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets]))
+    for cam in refine.base_cam_per_layer:
+        cam.activations_and_grads.release()
+    model.zero_grad(set_to_none=True)
+    _assert_close(ours.maps, theirs, bound=8 * SALIENCY_ATOL, rtol=0.0, what=f"RefineCAM ({base})")
+    mean = explain_all(model, ["block", "top"], x, methods=[method], targets=targets)[method]
+    assert float((mean.maps - ours.maps).abs().max()) > 0.05, "prod is not the mean fusion"

@@ -80,7 +80,8 @@ def explain_all(
     ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
     ``method_kwargs`` passes constructor options by name, e.g.
     ``{"scorecam": {"batch_size": 64}}``. A list ``target_layer`` fuses the
-    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam);
+    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam, ``"prod"`` as
+    pytorch-grad-cam's RefineCAM);
     ``aug_smooth`` / ``eigen_smooth`` as pytorch-grad-cam
     (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
     layer's raw output into (B, K, h, w) (token and channels-last layouts are
