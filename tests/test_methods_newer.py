@@ -290,3 +290,52 @@ def test_fusion_prod_matches_pytorch_grad_cam_refinecam(base, ours_kwargs):
     _assert_close(ours.maps, theirs, bound=8 * SALIENCY_ATOL, rtol=0.0, what=f"RefineCAM ({base})")
     mean = explain_all(model, ["block", "top"], x, methods=[method], targets=targets)[method]
     assert float((mean.maps - ours.maps).abs().max()) > 0.05, "prod is not the mean fusion"
+
+
+# ----------------------------------------------------------------------------- Guided Backprop, Guided Grad-CAM
+
+
+def _pgc_guided(model: nn.Module, x: torch.Tensor, targets: list[int]) -> torch.Tensor:
+    """pytorch-grad-cam ``GuidedBackpropReLUModel``, one image per call (it reads image 0): (B,C,H,W)."""
+    from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+
+    gb = GuidedBackpropReLUModel(model, device="cpu")
+    out = [torch.from_numpy(gb(x[b : b + 1].clone(), c)).permute(2, 0, 1) for b, c in enumerate(targets)]
+    model.zero_grad(set_to_none=True)
+    return torch.stack(out)
+
+
+def _resnet() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=5).eval()
+
+
+@pytest.mark.parametrize("build,layer", [(_small, "block"), (_resnet, "layer3")], ids=["small", "resnet18-inplace-relu"])
+def test_guided_backprop_and_guided_gradcam_match_pytorch_grad_cam(build, layer):
+    """Same gradients through the same modules in the same order on both sides, with the ReLUs swapped
+    by module replacement (theirs, which mutates the model: a fresh copy here) or by a function mode
+    (ours, the model untouched): float32 round-off of the backward's sums (RTOL). Guided Grad-CAM:
+    their usage example ``cam_mask * gb`` (cv2-resized Grad-CAM: SALIENCY_ATOL times |gb|)."""
+    from lightning_cam.methods.guided import guided_gradients
+    from lightning_cam.methods.base import LayerPass
+
+    model = build()
+    x = _x(seed=13, size=32)
+    targets = [(c + 1) % 5 for c in _top1(model, x)]
+    with torch.enable_grad():
+        ours = guided_gradients(LayerPass(model, layer, x, targets))
+    exps = explain_all(model, layer, x, methods=["guidedbackprop", "guidedgradcam"], targets=targets)
+    relus = [(name, m.inplace) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    theirs = _pgc_guided(build(), x, targets)
+    assert relus and relus == [(name, m.inplace) for name, m in model.named_modules() if isinstance(m, nn.ReLU)], "ours left the model as it was"
+    _assert_close(ours, theirs, what="guided gradients")
+    plain = torch.autograd.functional.jacobian(lambda v: model(v)[0, targets[0]], x[:1])[0]
+    assert not torch.allclose(plain, ours[:1], atol=1e-6), "the guided rule changed the gradient"
+    _assert_close(exps["guidedbackprop"].maps, theirs.abs().amax(1), what="guided backprop map")
+    with pgc.GradCAM(model, [model.get_submodule(layer)]) as cam:
+        mask = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets]))
+    model.zero_grad(set_to_none=True)
+    expected = (mask[:, None] * theirs).abs().amax(1)
+    _assert_close(exps["guidedgradcam"].maps, expected, bound=SALIENCY_ATOL * theirs.abs().amax(1), what="guided Grad-CAM")
