@@ -23,7 +23,7 @@ once (rotating order, so machine-load drift hits all entries alike); the table s
     python bench/methods.py                                   # resnet50, 16 x 3x224x224, random weights
     python bench/methods.py --model vgg16                     # target features.29
     python bench/methods.py --batch 2 --size 64 --repeats 2   # quick check
-    python bench/methods.py --model resnet18 --batch 2 --size 64 --repeats 2 --methods gradcam shapleycam finercam fem kpcacam
+    python bench/methods.py --model resnet18 --batch 2 --size 64 --repeats 2 --methods gradcam shapleycam finercam fem kpcacam fullgrad
     python bench/methods.py --perturbation --perturbation-model resnet18 --perturbation-batch 1
     python bench/methods.py --model vit_b_16                  # ViT: tokens (B, 197, 768), pytorch-grad-cam
                                                               # with its reshape_transform as the peer
@@ -56,17 +56,17 @@ from lightning_cam.methods.base import LayerPass
 from lightning_cam.methods.liftcam import exact_score_difference
 
 OURS = ["liftcam", "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
-NEWER = ["shapleycam", "finercam", "fem", "kpcacam"]  # single rows on request (--methods), not in "all"
+NEWER = ["shapleycam", "finercam", "fem", "kpcacam", "fullgrad"]  # single rows on request (--methods), not in "all"
 LABELS = {
     "liftcam": "LIFT-CAM", "cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
     "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM",
     "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM",
-    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA-CAM",
+    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA-CAM", "fullgrad": "FullGrad",
 }
 PGC = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
-    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA_CAM", "fullgrad": "FullGrad",
 }
 LAYERS = {"resnet": "layer4", "vgg": "features.29"}
 TRANSFORMERS = ("vit_", "swin_")

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_cam import FEM, KPCACAM, FinerCAM, ShapleyCAM, SobelCAM, explain_all
+from lightning_cam import FEM, KPCACAM, FinerCAM, FullGrad, ShapleyCAM, SobelCAM, explain_all
 from lightning_cam.methods.activation import kernel_first_component
 from lightning_cam.methods.targeted import comparison_classes
 from tests.test_methods_peers import RTOL, SALIENCY_ATOL, _assert_close, _pgc_perturbation, _roundoff, _small
@@ -30,6 +30,7 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget, FinerWeightedTarget  # noqa: E402
 
 F32 = 2.0**-23
+CV2_BILINEAR = 1e-6  # cv2 vs torch bilinear resizing of one map in [0, 1] (~3e-7 measured, tests/test_methods_peers.py)
 
 
 class SmoothCNN(nn.Module):
@@ -339,3 +340,26 @@ def test_guided_backprop_and_guided_gradcam_match_pytorch_grad_cam(build, layer)
     model.zero_grad(set_to_none=True)
     expected = (mask[:, None] * theirs).abs().amax(1)
     _assert_close(exps["guidedgradcam"].maps, expected, bound=SALIENCY_ATOL * theirs.abs().amax(1), what="guided Grad-CAM")
+
+
+# ----------------------------------------------------------------------------- FullGrad
+
+
+@pytest.mark.parametrize("build", [_small, _resnet], ids=["small", "resnet18-inplace-relu"])
+def test_fullgrad_matches_pytorch_grad_cam(build):
+    """pytorch-grad-cam ``FullGrad``: its per-channel cv2 resizing of every bias layer's terms vs our one
+    bilinear upsampling of the layer's sum (linear, so equal up to cv2 vs torch, ~3e-7 per channel in
+    [0, 1]: ``CV2_BILINEAR``); the final min-max scaling divides by the map's range. Compared after
+    scaling (its output)."""
+    model = build()
+    x = _x(seed=14, size=32)
+    targets = [(c + 1) % 5 for c in _top1(model, x)]
+    ours = FullGrad(model).explain(x, targets)
+    with pgc.FullGrad(model, []) as cam:
+        theirs = torch.from_numpy(cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets]))
+        channels = sum(layer.num_features if isinstance(layer, nn.BatchNorm2d) else layer.out_channels for layer in cam.target_layers) + 3
+    model.zero_grad(set_to_none=True)
+    assert ours.maps.shape == (2, 32, 32)
+    span = (ours.maps.flatten(1).amax(1) - ours.maps.flatten(1).amin(1))[:, None, None]
+    bound = SALIENCY_ATOL + channels * CV2_BILINEAR / span  # each channel's resize error, summed, then scaled
+    _assert_close(ours.saliency(), theirs, bound=bound, rtol=0.0, what="FullGrad")

@@ -16,6 +16,7 @@ from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets,
 from lightning_cam.methods.cam import CAM
 from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
 from lightning_cam.methods.layout import Reshape
+from lightning_cam.methods.fullgrad import FullGrad
 from lightning_cam.methods.guided import GuidedBackprop, GuidedGradCAM
 from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from lightning_cam.methods.liftcam import LiftCAM
@@ -28,7 +29,7 @@ from lightning_cam.methods.targeted import FinerCAM, ShapleyCAM
 from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
-    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "FEM", "FinerCAM", "GradCAM",
+    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "FEM", "FinerCAM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LayerPass", "LiftCAM",
     "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "ShapCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "SobelCAM",
     "XGradCAM", "explain_all", "get_method",
@@ -39,7 +40,7 @@ METHODS: dict[str, type[BaseCAM]] = {
     for cls in (
         LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM,
         EigenCAM, EigenGradCAM, GradCAMElementWise, SmoothGradCAMPlusPlus, SSCAM, ISCAM, RandomCAM,
-        ShapleyCAM, FinerCAM, FEM, KPCACAM, SobelCAM, GuidedBackprop, GuidedGradCAM,
+        ShapleyCAM, FinerCAM, FEM, KPCACAM, SobelCAM, GuidedBackprop, GuidedGradCAM, FullGrad,
     )
 }
 _ALIASES = {
