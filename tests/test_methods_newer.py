@@ -363,3 +363,48 @@ def test_fullgrad_matches_pytorch_grad_cam(build):
     span = (ours.maps.flatten(1).amax(1) - ours.maps.flatten(1).amin(1))[:, None, None]
     bound = SALIENCY_ATOL + channels * CV2_BILINEAR / span  # each channel's resize error, summed, then scaled
     _assert_close(ours.saliency(), theirs, bound=bound, rtol=0.0, what="FullGrad")
+
+
+@pytest.mark.parametrize("class_token", [False, True], ids=["no-prefix", "class-token"])
+def test_shapleycam_on_vit_tokens(class_token):
+    """Token layout: without prefix tokens ours equals pytorch-grad-cam (+ its reshape_transform). With a
+    class token, our Hessian-vector product holds the class token fixed (the layout's convention: the map's
+    players are the patch tokens, as LIFT-CAM's reference), while theirs is ``(H A)`` over ALL tokens,
+    restricted to the patches afterwards, i.e. plus ``H_patch,cls A_cls``: the gradient term agrees, the
+    Hessian term differs, so only the Grad-CAM part is compared there."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    options = {} if class_token else {"class_token": False, "global_pool": "avg"}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=2, **options).eval()
+    nn.init.normal_(model.head.weight, std=1.0)  # curvature visible above round-off
+    x = _x(seed=15, size=32)
+    prefix = 1 if class_token else 0
+
+    def tokens(t: torch.Tensor) -> torch.Tensor:
+        return t[:, prefix:, :].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
+
+    ours = explain_all(model, "blocks.1.norm1", x, methods=["shapleycam", "gradcam"])
+    targets = ours["shapleycam"].targets.tolist()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # pytorch-grad-cam 1.5.7's ShapleyCAM cannot finish with a reshape_transform: with detach=False its
+    # get_cam_image gets the raw (B, N, C) tokens and raises; the weights, computed just before, are read.
+    recorded = []
+    cam = pgc.ShapleyCAM(model, [model.blocks[1].norm1], reshape_transform=tokens)
+    compute = cam.get_cam_weights
+    cam.get_cam_weights = lambda *a, **k: recorded.append(compute(*a, **k)) or recorded[-1]
+    with sdpa_kernel([SDPBackend.MATH]), pytest.raises(ValueError, match="Invalid activation shape"):  # the fused
+        cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in targets])  # CPU kernel has no double backward
+    their_grad = tokens(cam.activations_and_grads.gradients[-1].detach()).mean(dim=(2, 3))  # [0]: its HVP fired the hook too
+    cam.activations_and_grads.activations.clear()  # its clear() cannot detach_ the view gradients
+    cam.activations_and_grads.gradients.clear()
+    cam.activations_and_grads.release()
+    model.zero_grad(set_to_none=True)
+    weights = torch.from_numpy(np.asarray(recorded[0]))
+    _assert_close(ours["gradcam"].weights, their_grad, what="the gradient term")
+    hessian_ours = ours["shapleycam"].weights - ours["gradcam"].weights
+    assert float(hessian_ours.abs().max()) > 10 * RTOL * float(weights.abs().max()), "the Hessian term is not vacuous"
+    if not class_token:
+        _assert_close(ours["shapleycam"].weights, weights, rtol=1e-4, what="ShapleyCAM on tokens (no prefix)")
+        return
+    assert float((ours["shapleycam"].weights - weights).abs().max()) > 10 * RTOL * float(weights.abs().max())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
@@ -103,10 +105,13 @@ class LayerPass:
         """``(A, d score/dA)`` for another ``score`` of the logits, from one more pass through the head.
 
         ``A`` is a fresh leaf holding the activations; ``create_graph=True`` keeps the graph
-        of the gradient for a second derivative (a Hessian-vector product w.r.t. ``A``).
+        of the gradient for a second derivative (a Hessian-vector product w.r.t. ``A``), with
+        attention in its math kernel (the fused kernels have no double backward).
         """
         leaf = self.activation.clone().requires_grad_(True)
-        total = score(self.head(leaf, self.index), self.targets).sum()
+        kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext()
+        with kernels:
+            total = score(self.head(leaf, self.index), self.targets).sum()
         return leaf, torch.autograd.grad(total, leaf, create_graph=create_graph)[0]
 
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

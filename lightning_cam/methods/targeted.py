@@ -43,6 +43,11 @@ class ShapleyCAM(BaseCAM):
     term vanishes for piecewise-linear heads (ReLU, max-pool, linear), where ShapleyCAM is
     Grad-CAM. ``score="logit"`` (default, as pytorch-grad-cam's default target) or
     ``"rest"`` (logit minus cross-entropy, the paper's ``ClassifierOutputReST``).
+
+    Token layouts: ``H·A`` is taken over the map's entries (patch tokens) with the prefix
+    tokens held at their values, the layout's convention; pytorch-grad-cam differentiates
+    w.r.t. all tokens (``+ H_patch,cls A_cls``). Attention runs in its math kernel for
+    the double backward.
     """
 
     name = "shapleycam"
