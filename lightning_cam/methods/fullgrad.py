@@ -15,6 +15,7 @@ from torch import nn
 from lightning_cam.maps import upsample_maps
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass
 from lightning_cam.methods.compose import _scale
+from lightning_cam.outputs import accumulation_dtype
 
 __all__ = ["FullGrad", "bias_layers"]
 
@@ -63,10 +64,10 @@ class FullGrad(BaseCAM):
                 handle.remove()
         score = scores.gather(1, layer_pass.targets[:, None]).sum()
         grads = torch.autograd.grad(score, [x, *(out for _, out in calls)], allow_unused=True)
-        size = tuple(x.shape[-2:])
-        total = _channel_sum((x.detach() * grads[0]).abs().float())
+        size, dtype = tuple(x.shape[-2:]), accumulation_dtype(x.dtype)
+        total = _channel_sum((x.detach() * grads[0]).abs().to(dtype))
         for (layer, output), grad in zip(calls, grads[1:]):
             grad = torch.zeros_like(output) if grad is None else grad
-            terms = (effective_bias(layer).detach()[None, :, None, None] * grad).abs().float()
+            terms = (effective_bias(layer).detach()[None, :, None, None] * grad).abs().to(dtype)
             total = total + upsample_maps(_channel_sum(terms), size)
         return self._explanation(layer_pass, total, None)

@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+from lightning_cam.outputs import accumulation_dtype
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM", "guided_gradients"]
 
@@ -52,12 +53,13 @@ class _GuidedMode(TorchFunctionMode):
 
 
 def guided_gradients(layer_pass: LayerPass) -> torch.Tensor:
-    """(B,C,H,W) guided-backpropagation gradient of each image's target score w.r.t. its input."""
+    """(B,C,H,W) guided-backpropagation gradient of each image's target score w.r.t. its input
+    (at least float32, as every map)."""
     x = layer_pass.x.detach().clone().requires_grad_(True)
     with _GuidedMode():
         scores = layer_pass.model_scores(x)
     score = scores.gather(1, layer_pass.targets[:, None]).sum()
-    return torch.autograd.grad(score, x)[0].detach()
+    return torch.autograd.grad(score, x)[0].detach().to(accumulation_dtype(x.dtype))
 
 
 def _magnitude(gradients: torch.Tensor) -> torch.Tensor:
