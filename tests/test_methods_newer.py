@@ -408,3 +408,44 @@ def test_shapleycam_on_vit_tokens(class_token):
         _assert_close(ours["shapleycam"].weights, weights, rtol=1e-4, what="ShapleyCAM on tokens (no prefix)")
         return
     assert float((ours["shapleycam"].weights - weights).abs().max()) > 10 * RTOL * float(weights.abs().max())
+
+
+# ----------------------------------------------------------------------------- layouts and devices
+
+NEWER = ["shapleycam", "finercam", "fem", "kpcacam", "sobelcam", "guidedbackprop", "guidedgradcam", "fullgrad"]
+
+
+@pytest.mark.parametrize("case", ["timm-deit-distilled", "timm-swin", "tv-vit"])
+def test_newer_methods_on_transformer_layouts(case):
+    """Token (2 prefix tokens), channels-last and torchvision ViT layouts: right shapes, finite, not all zero
+    (FEM may be: of n values none exceeds mean + k std when sqrt(n - 1) <= k, the 2x2 Swin grid, and its
+    positive weights can meet LayerNorm outputs that sum to < 0 everywhere)."""
+    from tests.test_transformers import CASES, _setup
+
+    model, x, layer = _setup(case)
+    grid = CASES[case][3]
+    exps = explain_all(model, layer, x[:2], methods=NEWER)
+    for name, exp in exps.items():
+        at_input = name in ("sobelcam", "guidedbackprop", "guidedgradcam", "fullgrad")
+        assert exp.maps.shape == (2, *(x.shape[-2:] if at_input else grid)), name
+        assert torch.isfinite(exp.maps).all(), name
+        if name == "fem" and grid[0] * grid[1] - 1 <= 2**2:
+            assert not bool(exp.maps.any()), name
+        elif name != "fem":
+            assert bool((exp.maps > 0).any()), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_newer_methods_on_cuda_match_cpu(smooth):
+    """The same methods on CUDA (TF32 convolutions: the half-precision bound of tests/tolerance.py)."""
+    import copy
+
+    from tolerance import FP16_EPS, assert_within, half_tol
+
+    x = _x(seed=16)
+    cpu = explain_all(smooth, "block", x, methods=NEWER)
+    gpu = explain_all(copy.deepcopy(smooth).cuda(), "block", x.cuda(), methods=NEWER)
+    for name in NEWER:
+        assert gpu[name].maps.device.type == "cuda", name
+        if name != "fem":  # a threshold: a TF32 rounding may move one position across it
+            assert_within(gpu[name].maps.cpu(), cpu[name].maps, 16 * half_tol(smooth, FP16_EPS), what=name)

@@ -26,7 +26,8 @@ class FEM(BaseCAM):
     """FEM (Fuad et al., IPTA 2020): ``w_k = mean_ij [A_kij > mu_k + k sigma_k]``, map ``ReLU(sum_k w_k A_k)``.
 
     ``mu_k``, ``sigma_k``: mean and population standard deviation of ``A_k`` over space;
-    ``k = 2`` as pytorch-grad-cam's ``FEM``.
+    ``k = 2`` as pytorch-grad-cam's ``FEM``. Of ``n`` values none lies above ``mu + k sigma``
+    when ``sqrt(n - 1) <= k``: the map is 0 on grids of 5 positions or fewer (k = 2).
     """
 
     name = "fem"
