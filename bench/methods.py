@@ -23,6 +23,7 @@ once (rotating order, so machine-load drift hits all entries alike); the table s
     python bench/methods.py                                   # resnet50, 16 x 3x224x224, random weights
     python bench/methods.py --model vgg16                     # target features.29
     python bench/methods.py --batch 2 --size 64 --repeats 2   # quick check
+    python bench/methods.py --model resnet18 --batch 2 --size 64 --repeats 2 --methods gradcam shapleycam finercam fem kpcacam fullgrad
     python bench/methods.py --perturbation --perturbation-model resnet18 --perturbation-batch 1
     python bench/methods.py --model vit_b_16                  # ViT: tokens (B, 197, 768), pytorch-grad-cam
                                                               # with its reshape_transform as the peer
@@ -55,14 +56,17 @@ from lightning_cam.methods.base import LayerPass
 from lightning_cam.methods.liftcam import exact_score_difference
 
 OURS = ["liftcam", "cam", "gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
+NEWER = ["shapleycam", "finercam", "fem", "kpcacam", "fullgrad"]  # single rows on request (--methods), not in "all"
 LABELS = {
     "liftcam": "LIFT-CAM", "cam": "CAM", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
     "xgradcam": "XGrad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM",
     "scorecam": "Score-CAM", "ablationcam": "Ablation-CAM",
+    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA-CAM", "fullgrad": "FullGrad",
 }
 PGC = {
     "gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM",
     "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM", "ablationcam": "AblationCAM",
+    "shapleycam": "ShapleyCAM", "finercam": "FinerCAM", "fem": "FEM", "kpcacam": "KPCA_CAM", "fullgrad": "FullGrad",
 }
 LAYERS = {"resnet": "layer4", "vgg": "features.29"}
 TRANSFORMERS = ("vit_", "swin_")
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--methods", nargs="+", default=OURS, choices=OURS, help="single-method rows to time")
+    parser.add_argument("--methods", nargs="+", default=OURS, choices=OURS + NEWER,
+                        help=f"single-method rows to time (also: {' '.join(NEWER)})")
     parser.add_argument("--no-peers", action="store_true", help="time only lightning-cam")
     parser.add_argument("--perturbation", action="store_true", help="also time Score-CAM and Ablation-CAM (expensive)")
     parser.add_argument("--perturbation-model", default="resnet18")
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     entries["ours:all"] = ours_all(model, layer_name, all_methods, x)
     authors = None
     if not args.no_peers:
-        for method in all_methods:
+        for method in dict.fromkeys(all_methods + methods):
             if method == "liftcam":
                 authors = None if transformer else peer_authors_liftcam(model, layer, authors_head(model, args.model), x)
                 peer = authors

@@ -13,22 +13,28 @@ from torch import nn
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam._checks import check_device, check_images
+from lightning_cam.methods.activation import FEM, KPCACAM
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, layer_list
 from lightning_cam.methods.cam import CAM
 from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
 from lightning_cam.methods.layout import Reshape
+from lightning_cam.methods.fullgrad import FullGrad
+from lightning_cam.methods.guided import GuidedBackprop, GuidedGradCAM
 from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from lightning_cam.methods.liftcam import LiftCAM
 from lightning_cam.methods.noisy import ISCAM, SSCAM, SmoothGradCAMPlusPlus
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
 from lightning_cam.methods.randomcam import RandomCAM
 from lightning_cam.methods.shapley import ShapCAM
+from lightning_cam.methods.sobel import SobelCAM
+from lightning_cam.methods.targeted import FinerCAM, ShapleyCAM
 from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
-    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "GradCAM", "GradCAMElementWise",
-    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "LayerCAM", "LayerPass", "LiftCAM", "METHODS", "RandomCAM", "SSCAM",
-    "ScoreCAM", "ShapCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "explain_all", "get_method",
+    "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "FEM", "FinerCAM", "FullGrad", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LayerPass", "LiftCAM",
+    "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "ShapCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "SobelCAM",
+    "XGradCAM", "explain_all", "get_method",
 ]
 
 METHODS: dict[str, type[BaseCAM]] = {
@@ -36,11 +42,14 @@ METHODS: dict[str, type[BaseCAM]] = {
     for cls in (
         LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM,
         EigenCAM, EigenGradCAM, GradCAMElementWise, SmoothGradCAMPlusPlus, SSCAM, ISCAM, RandomCAM,
+        ShapleyCAM, FinerCAM, FEM, KPCACAM, SobelCAM, GuidedBackprop, GuidedGradCAM, FullGrad,
     )
 }
 _ALIASES = {
     "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam",
     "smoothgradcampp": "smoothgradcam++", "smoothgradcamplusplus": "smoothgradcam++",
+    "kpca_cam": "kpcacam", "sobel_cam": "sobelcam", "guidedbackpropagation": "guidedbackprop",
+    "guided-gradcam": "guidedgradcam",
 }
 
 
@@ -83,7 +92,8 @@ def explain_all(
     ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
     ``method_kwargs`` passes constructor options by name, e.g.
     ``{"scorecam": {"batch_size": 64}}``. A list ``target_layer`` fuses the
-    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam);
+    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam, ``"prod"`` as
+    pytorch-grad-cam's RefineCAM);
     ``aug_smooth`` / ``eigen_smooth`` as pytorch-grad-cam
     (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
     layer's raw output into (B, K, h, w) (token and channels-last layouts are

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
@@ -17,9 +19,11 @@ from lightning_cam.methods.layout import Layout, Reshape, infer_layout
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
 from lightning_cam.outputs import OutputTransform, accumulation_dtype, check_output_transform, float_logits
 
-__all__ = ["Explanation", "LayerPass", "BaseCAM", "Targets", "weighted_map"]
+__all__ = ["Explanation", "LayerPass", "BaseCAM", "Score", "Targets", "weighted_map"]
 
 Targets = int | Sequence[int] | torch.Tensor | None
+#: a differentiable score of the head: (logits (B, C), targets (B,)) -> (B,)
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -96,6 +100,19 @@ class LayerPass:
             self._grad = torch.autograd.grad(score, self._leaf)[0].detach()
             self._head_out = None  # free the head graph
         return self._grad
+
+    def score_gradient(self, score: Score, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, d score/dA)`` for another ``score`` of the logits, from one more pass through the head.
+
+        ``A`` is a fresh leaf holding the activations; ``create_graph=True`` keeps the graph
+        of the gradient for a second derivative (a Hessian-vector product w.r.t. ``A``), with
+        attention in its math kernel (the fused kernels have no double backward).
+        """
+        leaf = self.activation.clone().requires_grad_(True)
+        kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext()
+        with kernels:
+            total = score(self.head(leaf, self.index), self.targets).sum()
+        return leaf, torch.autograd.grad(total, leaf, create_graph=create_graph)[0]
 
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Logits of the head on ``activations`` (B', K, h, w maps of images ``index``)."""

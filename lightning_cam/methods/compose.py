@@ -11,7 +11,10 @@ Rules (pytorch-grad-cam 1.5's ``BaseCAM``, so results equal it):
   its resolution (``(m - min) / (max - min + 1e-7)``, pytorch-grad-cam's
   ``scale_cam_image``), upsampled bilinearly to the input, then combined
   pixel-wise: ``fusion="mean"`` (pytorch-grad-cam) or ``fusion="max"``
-  (torchcam's ``fuse_cams``), and min-max scaled again.
+  (torchcam's ``fuse_cams``), and min-max scaled again. ``fusion="prod"``:
+  pytorch-grad-cam's ``RefineCAM`` (Grad-CAM++ by default there), the product of
+  the layers' maps, each min-max scaled once more after upsampling (its per-layer
+  call scales its output again), then scaled.
 * ``aug_smooth``: the 6 test-time augmentations of pytorch-grad-cam (ttach
   ``HorizontalFlip`` x ``Multiply([0.9, 1, 1.1])``) run as ONE batch of
   ``6B`` images; each augmentation's (fused) map is flipped back where the
@@ -41,7 +44,7 @@ __all__ = ["explain_composed", "AUGMENTATIONS", "FUSIONS"]
 
 #: (horizontal flip, multiply) in ttach's product order, as pytorch-grad-cam's default ``tta_transforms``
 AUGMENTATIONS: tuple[tuple[bool, float], ...] = tuple((flip, f) for flip in (False, True) for f in (0.9, 1.0, 1.1))
-FUSIONS = ("mean", "max")
+FUSIONS = ("mean", "max", "prod")
 _PGC_EPS = 1e-7
 
 
@@ -50,6 +53,14 @@ def _scale(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(1)
     flat = flat - flat.min(dim=1, keepdim=True).values
     return (flat / (flat.max(dim=1, keepdim=True).values + _PGC_EPS)).view_as(maps)
+
+
+def _fuse(maps: list[torch.Tensor], fusion: str) -> torch.Tensor:
+    """Scaled (B,H,W) maps of the layers, combined pixel-wise by ``fusion`` and scaled (see module doc)."""
+    if fusion == "prod":
+        return _scale(torch.stack([_scale(m) for m in maps]).prod(dim=0))
+    stacked = torch.stack(maps)
+    return _scale(stacked.mean(dim=0) if fusion == "mean" else stacked.amax(dim=0))
 
 
 def _method_maps(explainer: BaseCAM, layer_pass: LayerPass, eigen_smooth: bool) -> Explanation:
@@ -104,8 +115,7 @@ def explain_composed(
             first.seconds = seconds
             results[name] = first
             continue
-        maps = torch.stack([upsample_maps(_scale(e.maps), size) for e in explanations])
-        fused = _scale(maps.mean(dim=0) if fusion == "mean" else maps.amax(dim=0))
+        fused = _fuse([upsample_maps(_scale(e.maps), size) for e in explanations], fusion)
         if aug_smooth:
             views = fused.view(copies, batch, *size)
             fused = torch.stack([v.flip(-1) if flip else v for v, (flip, _) in zip(views, AUGMENTATIONS)]).mean(dim=0)

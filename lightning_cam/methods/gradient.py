@@ -7,8 +7,11 @@ pass plus one backward through the layers after the target layer.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
+from lightning_cam.methods.layout import Reshape
+from lightning_cam.outputs import OutputTransform
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"]
 
@@ -26,18 +29,32 @@ class GradCAM(BaseCAM):
 class GradCAMPlusPlus(BaseCAM):
     """Grad-CAM++ (Chattopadhay et al., WACV 2018).
 
-    ``alpha_k = sum_ij a_kij ReLU(g_kij)``, ``a = g^2 / (2 g^2 + (sum_ab A_kab) g^3)``
-    (0 where the denominator is 0), the paper's closed form for exponential
+    ``alpha_k = sum_ij a_kij ReLU(g_kij)``, ``a = g^2 / (2 g^2 + (sum_ab A_kab) g^3 + eps)``
+    (0 where ``g`` or the denominator is 0), the paper's closed form for exponential
     scores applied to the logit gradient, as in its reference code.
+
+    ``eps = 0`` (default) is the paper's formula. pytorch-grad-cam adds ``eps = 1e-6``: an
+    absolute constant next to ``2 g^2``, so it changes the weights wherever ``|g| <~ 1e-3``
+    (ViT tokens with a random or std-0.02 head: every ``2 g^2`` is below it and its ``a``
+    becomes ``~ g^2 / 1e-6`` instead of ``~ 1/2``). ``eps=1e-6`` reproduces pytorch-grad-cam.
     """
 
     name = "gradcam++"
 
+    def __init__(
+        self, model: nn.Module, target_layer: str | nn.Module | None = None, eps: float = 0.0, *,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
+    ) -> None:
+        super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps!r}.")
+        self.eps = float(eps)
+
     def compute(self, layer_pass: LayerPass) -> Explanation:
         g, activation = layer_pass.gradient, layer_pass.activation
         g2 = g.pow(2)
-        denominator = 2 * g2 + activation.sum(dim=(2, 3), keepdim=True) * g.pow(3)
-        nonzero = denominator != 0
+        denominator = 2 * g2 + activation.sum(dim=(2, 3), keepdim=True) * g.pow(3) + self.eps
+        nonzero = (denominator != 0) & (g != 0)
         a = torch.where(nonzero, g2 / torch.where(nonzero, denominator, torch.ones_like(denominator)), torch.zeros_like(g2))
         weights = (a * torch.relu(g)).sum(dim=(2, 3))
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)
