@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -15,6 +16,9 @@ from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 from lightning_cam.methods.revealcancel import RULES
 
 __all__ = ["LiftCAM", "completeness_tolerance", "deeplift_coefficients", "exact_score_difference"]
+
+
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class LiftCAM(BaseCAM):
@@ -50,7 +54,9 @@ class LiftCAM(BaseCAM):
         if rule not in RULES:
             raise ValueError(f"LiftCAM rule must be one of {RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
         self.eps, self.rule = eps, rule
-        self._warned: set = set()  # what this explainer already warned about, per layer
+        # what was already said about this model, per layer: once per model, not per explainer (the
+        # callback builds explainers per batch and evaluation)
+        self._warned: set = _WARNED.setdefault(self.model, set())
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
         weights, delta = deeplift_coefficients(layer_pass, self.eps, layer_pass.split.layer_name, self.rule, self._warned)
