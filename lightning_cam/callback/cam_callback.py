@@ -21,7 +21,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -35,7 +35,16 @@ from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.options import CallbackOptions, callback_signature
 from lightning_cam.callback.sinks.media import STAGE_WORDS
 from lightning_cam.callback.stability import StabilityTracker
-from lightning_cam.evaluation import EvaluationReport, add_curves, curve_subset, evaluate, layer_names, summarise
+from lightning_cam.evaluation import (
+    EvaluationReport,
+    add_curves,
+    add_randomization,
+    curve_subset,
+    evaluate,
+    layer_names,
+    report_layers,
+    summarise,
+)
 from lightning_cam.evaluation.keys import STAGE_PREFIX, callback_key
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
@@ -49,6 +58,23 @@ def _logging_step(trainer: Any) -> int:
         return int(trainer.fit_loop.epoch_loop._batches_that_stepped)
     except Exception:  # private attribute: fall back to the public counter
         return int(trainer.global_step)
+
+
+@dataclass
+class _Run:
+    """One evaluation in progress: its Trainer, module and stage, and what each step hands on."""
+
+    trainer: Any
+    pl_module: Any
+    stage: str
+    start: float
+    sanity: bool
+    train_seconds: float
+    held: heldout.HeldOut | None = None
+    rows: list[int] = field(default_factory=list)
+    count: int = 0
+    local: EvaluationReport | None = None
+    curve_start: float = 0.0
 
 
 class CAMCallbackMixin:
@@ -271,11 +297,9 @@ class CAMCallbackMixin:
         last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
         return last or bool(trainer.should_stop) or (every > 0 and (trainer.current_epoch + 1) % every == 0)
 
-    def _evaluate_share(self, pl_module: Any, held: heldout.HeldOut, rows: list[int], sanity: bool) -> EvaluationReport:
-        """Explain and score (all but the curves) the held-out rows ``rows``; with ``sanity``, the
-        randomisation check too."""
-        idx = torch.tensor(rows)
-        opts = self.options
+    def _evaluate_share(self, run: _Run) -> EvaluationReport:
+        """Explain and score (all but the curves and the randomisation check) this rank's held-out rows."""
+        held, idx, opts = run.held, torch.tensor(run.rows), self.options
         targets = None
         if opts.target == "label":
             if held.labels is None:
@@ -285,86 +309,137 @@ class CAMCallbackMixin:
                 )
             targets = torch.as_tensor(held.labels)[idx]
         report = evaluate(
-            pl_module, self.options.target_layers, held.images[idx],
+            run.pl_module, self.options.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
             masks=None if held.masks is None else held.masks[idx],
             targets=targets, shap_on=(idx < opts.shap_samples) if opts.shap_samples else None,
             regions=None if held.regions is None else {k: v[idx] for k, v in held.regions.items()},
-            options=opts.evaluation_for_run(sanity, curve_rows=False),
+            options=opts.evaluation_for_run(False, curve_rows=False),
         )
         return replace(report, index=idx.to(report.predictions.device))
 
-    def _add_curves(self, pl_module: Any, local: EvaluationReport, held: heldout.HeldOut, subset: torch.Tensor) -> EvaluationReport:
+    def _randomization(self, run: _Run, local: EvaluationReport) -> EvaluationReport:
+        """The model-randomisation check of this rank's rows (when due)."""
+        images = run.held.images[local.index.cpu()]
+        layers = report_layers(run.pl_module, self.options.target_layers, images[:1], self.options.fusion)
+        return add_randomization(local, run.pl_module, layers, images, self.options.evaluation_for_run(True))
+
+    def _add_curves(self, run: _Run, local: EvaluationReport, subset: torch.Tensor) -> EvaluationReport:
         """Curves for this rank's rows of the held-out ``subset`` ((N,) bool, global positions)."""
         positions = local.index.cpu()
         opts = self.options.evaluation_for_run(False)
-        return add_curves(local, pl_module, held.images[positions], opts, rows=subset[positions])
+        return add_curves(local, run.pl_module, run.held.images[positions], opts, rows=subset[positions])
 
-    def _curves(self, trainer: Any, pl_module: Any, stage: str, local: EvaluationReport, held: heldout.HeldOut,
-                count: int, start: float, train_seconds: float) -> EvaluationReport:
-        """The curves on the seeded subset: its size is fixed (the budget's choice) or, at the first
-        evaluation of fit, chosen after measuring the first ``min(8, N)`` images (rank zero decides)."""
-        n = len(held)
-        k = n if stage != "val" or self.options.max_overhead is None else self.budget.curve_images
+    def _curve_subset_size(self, run: _Run) -> int | None:
+        """The size of the curve subset: every image for validate / test and without a budget, else the
+        budget's choice (None at the first evaluation of fit, before it is made)."""
         if self.budget.curve_images is None:  # the first evaluation of this run: its seed names the subset
             self.budget.curve_seed = self.options.seed
-        seed = self.budget.curve_seed
-        if k is not None:
-            return self._add_curves(pl_module, local, held, curve_subset(n, k, seed))
-        low = curve_subset(n, self.budget.floor(n), seed)
-        t0 = time.perf_counter()
-        local = self._add_curves(pl_module, local, held, low)
-        per_image = (time.perf_counter() - t0) / max(1, int(low[local.index.cpu()][:count].sum()))
-        k, msg = self.budget.choose(n, train_seconds, t0 - start, per_image)
+        n = len(run.held)
+        return n if run.stage != "val" or self.options.max_overhead is None else self.budget.curve_images
+
+    def _choose_curve_subset(self, run: _Run, seconds_per_image: float) -> int:
+        """The budget's choice from this evaluation's measurements (rank zero's, broadcast)."""
+        trainer = run.trainer
+        k, msg = self.budget.choose(len(run.held), run.train_seconds, run.curve_start - run.start, seconds_per_image)
         if trainer.world_size > 1:  # rank zero's choice everywhere (timings differ per rank)
             k = int(trainer.strategy.broadcast(k, src=0))
             self.budget.curve_images = k
         if trainer.is_global_zero:
             log.info(msg)
-        extra = curve_subset(n, k, seed) & ~low
-        return self._add_curves(pl_module, local, held, extra) if bool(extra.any()) else local
+        return k
+
+    def _agreed(self, run: _Run, during: str, work: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``work`` on this rank; then every rank learns whether any rank failed (a collective every
+        rank reaches, failed or not), and a failure is reported on every rank. Returns (ok, result)."""
+        result = error = exc = None
+        try:
+            result = work()
+        except Exception as e:  # reported below, after every rank agrees
+            error, exc = traceback.format_exc(), e
+        if distributed.any_rank(run.trainer.strategy, exc is not None, run.trainer.world_size):
+            self._report_error(run.trainer, run.stage, error or "another rank failed (see its log)", exc, during=during)
+            return False, None
+        return True, result
 
     def _run(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        start = time.perf_counter()
-        rank, world, strategy, device = trainer.global_rank, trainer.world_size, trainer.strategy, pl_module.device
-        prefix = STAGE_PREFIX[stage]
-        sanity = self._sanity_due(trainer, stage)
-        train_seconds = self.budget.take_training_time() if stage == "val" else 0.0
+        """One evaluation: held-out set -> explain and score -> randomisation check -> curves -> gather ->
+        scalars -> media. Each step's failure is agreed by every rank before the next collective."""
+        run = _Run(trainer, pl_module, stage, start=time.perf_counter(), sanity=self._sanity_due(trainer, stage),
+                   train_seconds=self.budget.take_training_time() if stage == "val" else 0.0)
         if stage == "val":
             self.fit_evaluations += 1
-            self.fit_sanity_runs += int(sanity)
-        local = error = exc = None
-        with heldout.preserved_rng(self.options.seed, devices=[device]), torch.inference_mode(False):
-            try:
-                held = self._ensure_heldout(trainer, stage)
-                rows, count = distributed.shard_rows(len(held), rank, world)
-                local = self._evaluate_share(pl_module, held, rows, sanity)
-                local = self._curves(trainer, pl_module, stage, local, held, count, start, train_seconds)
-                if count == 0:  # the dummy row explains nothing: zero seconds
-                    local = distributed.zero_seconds(local)
-            except Exception as e:  # reported below, after every rank agrees
-                error, exc = traceback.format_exc(), e
-            # every rank takes part in these collectives, failed or not
-            if distributed.any_rank(strategy, local is None, world):
-                self._report_error(trainer, stage, error or "another rank failed (see its log)", exc)
-                return
-            try:
-                report = distributed.gather_report(strategy, local, count, len(held), world).to("cpu")
-                if stage == "val":  # the series follows training; validate/test runs do not advance it
-                    self.stability.update(report)
-                scalars = summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope)
-            except Exception as e:
-                self._report_error(trainer, stage, traceback.format_exc(), e)
-                return
+            self.fit_sanity_runs += int(run.sanity)
+        with heldout.preserved_rng(self.options.seed, devices=[pl_module.device]), torch.inference_mode(False):
+            report = self._compute(run)
+        if report is None:
+            return
+        prefix = STAGE_PREFIX[stage]
+        ok, scalars = self._agreed(run, "summarising the scores", lambda: self._summarise(run, report, prefix))
+        if not ok:
+            return
         self.last_report = report
         self._warn_nonfinite(trainer, stage, prefix, report)
         media_start = time.perf_counter()
-        self._write_media(trainer, stage, prefix, report, held)
+        errors = self._write_media(run, prefix, report)
         media = time.perf_counter() - media_start
-        scalars.update(self._seconds(prefix, local.timing, media, time.perf_counter() - start))
+        scalars.update(self._seconds(prefix, run.local.timing, media, time.perf_counter() - run.start))
         for key, value in scalars.items():  # identical on every rank (from the gathered report) but the seconds
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self.last_scalars = scalars
+        # a sink failed on rank zero: every rank learns it before anyone raises (on_error="raise")
+        if distributed.any_rank(trainer.strategy, bool(errors), trainer.world_size):
+            for during, error, exc in errors or [("logging media", "rank zero failed (see its log)", None)]:
+                self._report_error(trainer, stage, error, exc, during=during)
+
+    def _compute(self, run: _Run) -> EvaluationReport | None:
+        """This rank's share, explained and scored, then the gathered report (CPU); None after a failure."""
+        trainer = run.trainer
+        ok, _ = self._agreed(run, "reading the held-out set", lambda: self._read_heldout(run))
+        ok = ok and self._step(run, "explaining the held-out set", lambda: self._evaluate_share(run))
+        if ok and run.sanity:
+            ok = self._step(run, "running the randomisation check", lambda: self._randomization(run, run.local))
+        if not ok:
+            return None
+        run.curve_start = time.perf_counter()
+        k = self._curve_subset_size(run)
+        n, seed = len(run.held), self.budget.curve_seed
+        low = curve_subset(n, self.budget.floor(n) if k is None else k, seed)
+        if not self._step(run, "scoring the insertion/deletion curves", lambda: self._add_curves(run, run.local, low)):
+            return None
+        if k is None:  # the first evaluation of fit: time the smallest subset, then choose
+            scored = int(low[run.local.index.cpu()][: run.count].sum())
+            k = self._choose_curve_subset(run, (time.perf_counter() - run.curve_start) / max(1, scored))
+            extra = curve_subset(n, k, seed) & ~low
+            if bool(extra.any()) and not self._step(
+                run, "scoring the insertion/deletion curves", lambda: self._add_curves(run, run.local, extra)
+            ):
+                return None
+        ok, padded = self._agreed(run, "gathering the ranks' results", lambda: self._share(run))
+        if not ok:
+            return None
+        return distributed.gather_padded(trainer.strategy, padded, run.local, len(run.held), trainer.world_size).to("cpu")
+
+    def _step(self, run: _Run, during: str, work: Callable[[], EvaluationReport]) -> bool:
+        """An agreed step that updates this rank's report."""
+        ok, local = self._agreed(run, during, work)
+        if ok:
+            run.local = local
+        return ok
+
+    def _read_heldout(self, run: _Run) -> None:
+        run.held = self._ensure_heldout(run.trainer, run.stage)
+        run.rows, run.count = distributed.shard_rows(len(run.held), run.trainer.global_rank, run.trainer.world_size)
+
+    def _share(self, run: _Run) -> EvaluationReport:
+        """This rank's report padded to the gathered shape (a dummy row explains nothing: zero seconds)."""
+        local = run.local if run.count else distributed.zero_seconds(run.local)
+        return distributed.pad_share(local, len(run.held), run.trainer.world_size)
+
+    def _summarise(self, run: _Run, report: EvaluationReport, prefix: str) -> dict[str, float]:
+        if run.stage == "val":  # the series follows training; validate/test runs do not advance it
+            self.stability.update(report)
+        return summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope)
 
     def _seconds(self, prefix: str, timing: dict[str, float], media: float, total: float) -> dict[str, float]:
         """The evaluation's seconds per part (this process's) and the image passes it ran."""
@@ -377,24 +452,32 @@ class CAMCallbackMixin:
         out[key("backwards")] = float(timing.get("backwards", 0.0))
         return out
 
-    def _write_media(self, trainer: Any, stage: str, prefix: str, report: EvaluationReport, held: heldout.HeldOut) -> None:
-        if not self.options.log_images or trainer.fast_dev_run:
-            return
+    def _sinks(self, trainer: Any) -> list[Any]:
+        """The sinks of this Trainer's loggers (and PNG/CSV files); call on every rank (``log_dir`` broadcasts)."""
         loggers = list(getattr(trainer, "loggers", []) or [])
-        png_dir = sinks.png_dir(trainer, self.options.save_png)  # every rank: trainer.log_dir broadcasts
+        return sinks.sinks_for(loggers, sinks.png_dir(trainer, self.options.save_png))
+
+    def _write_media(self, run: _Run, prefix: str, report: EvaluationReport) -> list[tuple[str, str, Exception]]:
+        """Pictures and tables through every sink (rank zero); the failures as (what, traceback, error)."""
+        trainer = run.trainer
+        if not self.options.log_images or trainer.fast_dev_run:
+            return []
+        targets = self._sinks(trainer)
         if not trainer.is_global_zero:
-            return
+            return []
         media = sinks.Media(
-            report=report, held=held, stage=stage, prefix=prefix, epoch=trainer.current_epoch,
+            report=report, held=run.held, stage=run.stage, prefix=prefix, epoch=trainer.current_epoch,
             step=_logging_step(trainer), display=self.options.display(*self._datamodule_stats),
             class_names=self.class_names, layer_in_key=self.layer_in_key, target=self.options.target,
             scope=self.key_scope,
         )
-        for sink in sinks.sinks_for(loggers, png_dir):
+        errors = []
+        for sink in targets:
             try:
                 sink.write(media)
             except Exception as e:
-                self._report_error(trainer, stage, traceback.format_exc(), e, during=f"logging media ({type(sink).__name__})")
+                errors.append((f"logging media ({type(sink).__name__})", traceback.format_exc(), e))
+        return errors
 
     def _warn_nonfinite(self, trainer: Any, stage: str, prefix: str, report: EvaluationReport) -> None:
         """One warning per evaluation when images were left out for non-finite logits, maps or scores."""

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lightning_cam.evaluation.report import EvaluationReport, map_tensors
 
-__all__ = ["any_rank", "gather_report", "pad_rows", "shard_rows", "zero_seconds"]
+__all__ = ["any_rank", "gather_padded", "gather_report", "pad_rows", "pad_share", "shard_rows", "zero_seconds"]
 
 
 def shard_rows(n: int, rank: int, world: int) -> tuple[list[int], int]:
@@ -45,16 +45,16 @@ def _seconds(report: EvaluationReport) -> Tensor:
     return torch.tensor([r.seconds for _, _, r in report.items()], dtype=torch.float64)
 
 
-def gather_report(strategy: Any, local: EvaluationReport, count: int, n: int, world: int) -> EvaluationReport:
-    """The full report (N images, global order) on every rank from each rank's ``local`` share.
+def pad_share(local: EvaluationReport, n: int, world: int) -> EvaluationReport:
+    """This rank's share padded to ``ceil(N / W)`` rows, the shape every rank gathers (itself on one process)."""
+    return local if world <= 1 else pad_rows(local, max(1, math.ceil(n / world)))
 
-    ``local`` holds this rank's ``count`` real rows (images ``rank::world``);
-    per-method ``seconds`` are summed over ranks.
-    """
+
+def gather_padded(strategy: Any, padded: EvaluationReport, local: EvaluationReport, n: int, world: int) -> EvaluationReport:
+    """The full report (N images, global order) on every rank from each rank's padded share (a
+    collective: every rank calls it); per-method ``seconds`` are summed over ranks."""
     if world <= 1:
-        return local
-    m_pad = max(1, math.ceil(n / world))
-    padded = pad_rows(local, m_pad)
+        return padded
     device = padded.predictions.device
 
     def gather(t: Tensor) -> Tensor:
@@ -72,6 +72,12 @@ def gather_report(strategy: Any, local: EvaluationReport, count: int, n: int, wo
     for name, lrep in full.layers.items():
         layers[name] = replace(lrep, methods={m: replace(r, seconds=float(next(it))) for m, r in lrep.methods.items()})
     return replace(full, layers=layers)
+
+
+def gather_report(strategy: Any, local: EvaluationReport, count: int, n: int, world: int) -> EvaluationReport:
+    """The full report on every rank from each rank's ``local`` share (``count`` real rows, images
+    ``rank::world``): :func:`pad_share` then :func:`gather_padded`."""
+    return gather_padded(strategy, pad_share(local, n, world), local, n, world)
 
 
 def any_rank(strategy: Any, flag: bool, world: int) -> bool:

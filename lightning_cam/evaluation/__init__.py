@@ -8,7 +8,7 @@
 * :mod:`.core` - :func:`evaluate`, the pipeline.
 """
 
-from lightning_cam.evaluation.core import evaluate, layer_names
+from lightning_cam.evaluation.core import add_randomization, evaluate, layer_names, report_layers
 from lightning_cam.evaluation.curves import add_curves, curve_forwards, curve_subset
 from lightning_cam.evaluation.keys import METRIC_TABLE, METRICS, STAGE_PREFIX, metric_key
 from lightning_cam.evaluation.options import EvaluationOptions
@@ -23,11 +23,13 @@ __all__ = [
     "MethodReport",
     "STAGE_PREFIX",
     "add_curves",
+    "add_randomization",
     "curve_forwards",
     "curve_subset",
     "evaluate",
     "layer_names",
     "map_tensors",
     "metric_key",
+    "report_layers",
     "summarise",
 ]

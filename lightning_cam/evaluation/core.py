@@ -49,7 +49,7 @@ from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.report import EvaluationReport
 from lightning_cam.evaluation.scoring import Inputs, explain_and_score
 
-__all__ = ["evaluate", "layer_names"]
+__all__ = ["add_randomization", "evaluate", "layer_names", "report_layers"]
 
 LayerLike = str | nn.Module | None
 
@@ -65,13 +65,23 @@ def layer_names(model: nn.Module, target_layer: LayerLike | Sequence[LayerLike],
     out: dict[str, str] = {}
     for layer in layers:
         if layer is None:
-            layer = default_target_layer(model, None if example is None else tuple(example.shape))
+            layer = default_target_layer(model) if example is None else default_target_layer(model, tuple(example.shape))
         qualified, _ = resolve_layer(model, layer)
         name = layer if isinstance(layer, str) else qualified
         if name in out:
             raise ValueError(f"target_layer lists {name!r} twice; give each layer once")
         out[name] = qualified
     return out
+
+
+def report_layers(model: nn.Module, target_layer: LayerLike | Sequence[LayerLike], example: Tensor | None = None,
+                  fusion: str | None = None) -> dict[str, Any]:
+    """The report's layers: ``{name: qualified module name}``, or with ``fusion`` and several layers one
+    fused entry ``{"<name>+<name>...": [qualified names]}``."""
+    names: dict[str, Any] = layer_names(model, target_layer, example)
+    if fusion is not None and len(names) > 1:
+        return {"+".join(names): list(names.values())}
+    return names
 
 
 def _check_inputs(
@@ -111,11 +121,13 @@ def _check_inputs(
                   image_ok=image_ok.cpu())
 
 
-def _add_randomization(
+def add_randomization(
     report: EvaluationReport, net: nn.Module, layers: Mapping[str, Any], images: Tensor, opts: EvaluationOptions
 ) -> EvaluationReport:
-    """Each method's Spearman with its maps on the randomised copies (same targets, same batches):
-    ``randomization_spearman`` (fully random), and per cascading step ``randomization_cascade``."""
+    """``report`` with the model-parameter randomisation check (``opts.randomization``: ``"full"`` or
+    ``"cascading"``): each method's Spearman with its maps on the randomised copies of ``net`` (same
+    targets, same batches; ``layers`` as :func:`report_layers`): ``randomization_spearman`` (fully
+    random), and per cascading step ``randomization_cascade``. NaN for a non-finite map."""
     from lightning_cam.methods import explain_all
     from lightning_cam.metrics.monitoring import model_randomization
 
@@ -214,14 +226,13 @@ def evaluate(
     net = unwrap_model(model)
     param = next(net.parameters(), None)
     device = param.device if param is not None else images.device
-    layers: dict[str, Any] = layer_names(net, target_layer, images[:1])
-    if opts.fusion is not None and len(layers) > 1:  # one fused "layer"; no channel weights to compare with ShapCAM
-        layers = {"+".join(layers): list(layers.values())}
+    layers = report_layers(net, target_layer, images[:1], opts.fusion)
+    if any(isinstance(q, list) for q in layers.values()):  # one fused "layer": no channel weights to compare
         opts = replace(opts, shap_samples=0)
         inputs = replace(inputs, shap_on=torch.zeros_like(inputs.shap_on))
     report = explain_and_score(net, layers, inputs, opts, device)
     if opts.randomization is not None:
-        report = _add_randomization(report, net, layers, inputs.images, opts)
+        report = add_randomization(report, net, layers, inputs.images, opts)
     if opts.curves:
         if curve_rows is None and opts.curve_images is not None:
             from lightning_cam.evaluation.curves import curve_subset
