@@ -106,8 +106,9 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
     # the table: one row per held-out image
     table = run.table("cam/table")
     cols = table["columns"]
-    assert cols[:5] == ["index", "image", "label", "prediction", "confidence"]
-    assert {"liftcam", "liftcam_insertion", "liftcam_deletion", "gradcam", "gradcam_deletion"} <= set(cols)
+    # one picture per row: the image, then its overlays side by side, in the order the column names
+    assert cols[:5] == ["index", "image | liftcam | gradcam", "label", "prediction", "confidence"]
+    assert {"liftcam_insertion", "liftcam_deletion", "gradcam_deletion"} <= set(cols)
     assert len(table["data"]) == 6
     row = dict(zip(cols, table["data"][0]))
     assert row["index"] == cb.heldout.indices[0]
@@ -115,8 +116,10 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
     v = float(cb.last_report["liftcam"].insertion[0])
     assert row["liftcam_insertion"] == pytest.approx(v, rel=EPS32, abs=0.0)  # the same float32, serialised
     if "_artifact" in table:  # image cells resolvable in the artifact staging area
-        assert row["image"]["_type"] == "image-file"
-        _png_is_rgb_uint8(run.artifact_file(table, row["liftcam"]["path"]))
+        cell = row["image | liftcam | gradcam"]
+        assert cell["_type"] == "image-file"
+        strip = _png_is_rgb_uint8(run.artifact_file(table, cell["path"]))
+        assert strip.shape[1] == 3 * strip.shape[0]  # three square tiles
 
     # monitoring (issue 9): per-image stability in the table, the agreement heatmap and its table
     assert {"liftcam_stability", "liftcam_stability_first", "gradcam_sparseness", "gradcam_energy_object"} <= set(cols)

@@ -179,13 +179,16 @@ def test_labelled_grid_colour_bar_and_marked_columns():
 
 
 @pytest.mark.parametrize("k", [2, 3, 8])
-def test_agreement_title_stays_inside_the_figure(k):
-    import matplotlib.pyplot as plt
-
+def test_agreement_heatmap_holds_its_title_cells_and_colour_bar(k):
     title = "method agreement (mean Spearman) · trainer.validate · epoch 12 · layer features.denseblock4"
-    fig = viz.agreement_figure([f"method{i}" for i in range(k)], torch.eye(k), title)
-    fig.canvas.draw()
-    box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
-    assert 0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
-    assert fig.axes[0].get_title().replace("\n", " ") == title
-    plt.close(fig)
+    m = torch.eye(k) * 2 - 1  # 1 on the diagonal, -1 elsewhere
+    m[0, -1] = float("nan")
+    arr = viz.agreement_heatmap([f"method{i}" for i in range(k)], m, title)
+    h, w, _ = arr.shape
+    assert arr.dtype == np.uint8 and w >= 160 and h > k * 44
+    top_band = arr[: h - k * 44 - 6]
+    assert (top_band < 100).any()  # the title (and column numbers) are drawn
+    # the diagonal cells are red (1), the others blue (-1): both colours fill whole cells
+    reds = ((arr[..., 0] > 150) & (arr[..., 2] < 90)).sum()
+    blues = ((arr[..., 2] > 150) & (arr[..., 0] < 90)).sum()
+    assert reds > k * 30 and (k == 1 or blues > 30)

@@ -94,7 +94,7 @@ class CAMCallbackMixin:
             ``N`` is larger). Default: drawn from the validation dataset.
         seed: seed of the held-out selection.
         step, n_steps: insertion/deletion granularity; default ``n_steps=16``.
-        metric_batch_size: forward batch size of the metrics.
+        metric_batch_size: forward batch size of the metrics (None: 32 on a CPU, 256 on a GPU).
         shap_samples: compare each method's channel weights with ShapCAM's on
             this many held-out images (Pearson / Spearman); 0 = off.
         log_images: log pictures through the sinks (W&B, TensorBoard, PNG/CSV, ``log_image``).

@@ -157,7 +157,7 @@ def add_curves(
                 idx = need[s : s + opts.batch_size]
                 res = insertion_deletion(
                     net, images[idx.cpu()].to(device), r.saliency[idx], targets=report.explained[idx],
-                    batch_size=opts.metric_batch_size, clean_logits=report.logits[idx],
+                    batch_size=opts.forward_batch(device), clean_logits=report.logits[idx],
                     output_transform=opts.output_transform, **opts.curve_steps,
                 )
                 fractions = res.fractions

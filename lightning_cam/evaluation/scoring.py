@@ -97,7 +97,7 @@ def score_batch(
     # methods go through the model in batches of metric_batch_size (larger batches, fewer calls)
     c = confidence_change(
         model, xb.repeat(len(exps), 1, 1, 1), torch.cat(list(sals.values())),
-        targets=torch.cat([e.targets for e in exps.values()]), batch_size=opts.metric_batch_size,
+        targets=torch.cat([e.targets for e in exps.values()]), batch_size=opts.forward_batch(device),
         clean_logits=torch.cat([e.logits for e in exps.values()]), deletion=False,
         output_transform=opts.output_transform,
     )

@@ -83,12 +83,12 @@ class WandbSink:
 
     @staticmethod
     def table(media: Media, tmp: Path) -> Any:
-        """One row per held-out image: image, label, prediction, confidence, then per method its overlay and scores
-        (the pictures encoded with fast PNG compression into ``tmp``, which W&B copies from)."""
-        import wandb
+        """One row per held-out image: index, the image and its overlays side by side in one picture
+        (column ``"image | <method> | ..."``), label, prediction, confidence, then the per-image scores.
 
-        def image(array: Any, name: str) -> Any:
-            return wandb.Image(str(viz.save_png(viz.to_uint8_hwc(array), tmp / f"{name}.png", compress_level=1)))
+        One picture per row (not one per method) and fast PNG compression into ``tmp``, which W&B
+        copies from: a W&B image costs about a millisecond of bookkeeping, whatever its size."""
+        import wandb
 
         held, d = media.held, media.display
         images = held.images.float()
@@ -101,14 +101,14 @@ class WandbSink:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             return viz.upscale(x, min(64, d.table_image_size))
 
-        rgb = small(viz.denormalize(images, d.mean, d.std))
-        score_cols, score_rows = media.table_rows()
-        overlays = {}
+        tiles = {"image": small(viz.denormalize(images, d.mean, d.std))}
         for layer, m, r in media.report.items():
-            overlays[row_label(layer if media.multi_layer else None, m)] = small(viz.overlay(images, r.saliency.detach().float().cpu(), d.alpha, d.colormap, d.mean, d.std))
-        cols = score_cols[:1] + ["image"] + score_cols[1:] + list(overlays)
-        table = wandb.Table(columns=cols)
+            overlay = viz.overlay(images, r.saliency.detach().float().cpu(), d.alpha, d.colormap, d.mean, d.std)
+            tiles[row_label(layer if media.multi_layer else None, m)] = small(overlay)
+        strips = torch.cat(list(tiles.values()), dim=-1)  # (N, 3, h, w * (1 + methods))
+        score_cols, score_rows = media.table_rows()
+        table = wandb.Table(columns=score_cols[:1] + [" | ".join(tiles)] + score_cols[1:])
         for i, row in enumerate(score_rows):
-            pics = [image(ov[i], f"table_{i}_{j}") for j, ov in enumerate(overlays.values())]
-            table.add_data(row[0], image(rgb[i], f"table_{i}"), *row[1:], *pics)
+            png = viz.save_png(viz.to_uint8_hwc(strips[i]), tmp / f"table_{i}.png", compress_level=1)
+            table.add_data(row[0], wandb.Image(str(png)), *row[1:])
         return table
