@@ -240,3 +240,52 @@ def test_cifar10_without_network_says_what_to_do(tmp_path):
     assert "Dataset not available" in out and "CIFAR-10 is not available" in flat, out[-3000:]
     assert str(data_dir) in flat.replace(" ", "") or str(data_dir) in flat
     assert "Traceback" not in out and "data=shapes" in flat
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_the_same_wandb_run(tmp_path):
+    """SIGKILL after the first checkpoint, then ``ckpt_path=.../last.ckpt``: the same W&B run id
+    (resume allowed), no step logged twice, the same held-out set and the stability series and
+    curve subset continue."""
+    import signal
+    import time
+
+    import torch
+
+    first_dir = tmp_path / "first"
+    e = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1",
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = [a for a in TINY if not a.startswith("trainer.max_epochs")]
+    proc = subprocess.Popen([sys.executable, TRAIN, *args, "trainer.max_epochs=40", f"hydra.run.dir={first_dir}"],
+                            cwd=tmp_path, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = first_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint file be complete
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last.exists(), "no checkpoint before the kill"
+    ckpt = torch.load(last, weights_only=False, map_location="cpu")
+    epoch = int(ckpt["epoch"])
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("CAMCallback"))
+    first_run = find_run_files(first_dir)
+    assert len(first_run) == 1
+    before = read_run_file(first_run[0])
+    first_id = run_info(first_run[0])["id"]
+
+    second_dir = tmp_path / "second"
+    p = run_train([*args, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}", f"hydra.run.dir={second_dir}"],
+                  cwd=tmp_path)
+    assert p.returncode == 0, _out(p)[-4000:]
+    second_run = find_run_files(second_dir)
+    assert len(second_run) == 1 and run_info(second_run[0])["id"] == first_id, "a new W&B run was opened"
+    after = read_run_file(second_run[0])
+    steps_before = {r["trainer/global_step"] for r in before.rows_with("cam/liftcam/insertion")}
+    steps_after = {r["trainer/global_step"] for r in after.rows_with("cam/liftcam/insertion")}
+    assert steps_after and not steps_before & steps_after and min(steps_after) > max(steps_before, default=-1)
+    # the callback's state came back: its first resumed evaluation already has a stability series
+    assert "cam/liftcam/stability_first" in after.rows_with("cam/liftcam/insertion")[0]
+    resumed = torch.load(second_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    state2 = next(v for k, v in resumed["callbacks"].items() if k.startswith("CAMCallback"))
+    assert state2["indices"] == state["indices"] and state2["budget"] == state["budget"]
