@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 import warnings
@@ -69,6 +70,41 @@ def instantiate_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     if cam is not None:
         out.append(cam)
     return out
+
+
+_WANDB_RUN_DIR = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-([A-Za-z0-9]+)$")
+
+
+def wandb_run_id_of(ckpt_path: str | Path) -> str | None:
+    """The W&B run id of the run that wrote ``ckpt_path``: the app keeps checkpoints in
+    ``<run dir>/checkpoints/`` and W&B runs in ``<run dir>/wandb/[offline-]run-<date>_<time>-<id>``
+    (the newest one); None when there is none."""
+    run_dir = Path(ckpt_path).resolve().parent.parent
+    found = [
+        (d.stat().st_mtime, m.group(1))
+        for d in (run_dir / "wandb").glob("*run-*")
+        if d.is_dir() and (m := _WANDB_RUN_DIR.match(d.name))
+    ]
+    return max(found)[1] if found else None
+
+
+def resume_wandb_run(cfg: DictConfig) -> None:
+    """Training resumed from ``ckpt_path`` logs into the W&B run that wrote the checkpoint (same id,
+    ``resume="allow"``), so one training stays one W&B run; says so, or why it cannot."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not cfg.get("train", True):
+        return
+    for node in (cfg.get("logger") or {}).values():
+        if not isinstance(node, DictConfig) or "WandbLogger" not in str(node.get("_target_", "")) or node.get("id"):
+            continue
+        run_id = wandb_run_id_of(ckpt)
+        if run_id is None:
+            log.warning("ckpt_path=%s: no W&B run next to it (<run dir>/wandb/*run-*); a new W&B run is opened. "
+                        "To continue a run, pass its id: logger.wandb.id=<id>", ckpt)
+            return
+        with open_dict(node):
+            node.id, node.resume = run_id, "allow"
+        log.info("Resuming W&B run %s (the run that wrote %s)", run_id, ckpt)
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Any]:
@@ -310,6 +346,7 @@ def run(cfg: DictConfig) -> float | None:
         # lets Lightning's model summary compute FLOPs and sizes instead of printing "Total FLOPs: 0"
         model.example_input_array = torch.zeros(1, 3, size, size)
     callbacks = instantiate_callbacks(cfg)
+    resume_wandb_run(cfg)
     loggers = instantiate_loggers(cfg)
     for lg in loggers:  # WandbLogger always passes the deprecated anonymous=None, which W&B warns about
         init = getattr(lg, "_wandb_init", None)
