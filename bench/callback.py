@@ -219,10 +219,14 @@ def app_run(overrides: list[str], out: Path) -> dict[str, Any]:
 PARTS = ("explain", "scores", "curves", "randomization", "media", "other")
 
 
-def pass_seconds(model: str, image_size: int, metric_batch: int = 256, explain_batch: int = 64) -> tuple[float, float]:
-    """Seconds per image of a plain forward pass (batches of ``metric_batch``, as the metrics run them)
-    and of a backward pass (forward + backward w.r.t. the input at ``explain_batch`` minus the forward),
-    on a fresh model of the app's architecture (the cost does not depend on the weights)."""
+def pass_seconds(model: str, image_size: int, metric_batch: int | None = None, explain_batch: int = 64) -> tuple[float, float]:
+    """Seconds per image of a plain forward pass (batches of ``metric_batch``, default the metrics'
+    batch on this device) and of a backward pass (forward + backward w.r.t. the input at
+    ``explain_batch`` minus the forward), on a fresh model of the app's architecture (the cost does not
+    depend on the weights)."""
+    from lightning_cam.evaluation.options import forward_batch_size
+
+    metric_batch = metric_batch or forward_batch_size(torch.device("cpu"))
     net = build_model(model, num_classes=6).eval()
     x = torch.randn(metric_batch, 3, image_size, image_size)
 

@@ -19,8 +19,8 @@ from _callback_helpers import LitTiny, ToyShapes, one_torch_thread  # noqa: F401
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"methods": ["liftcam", "nope"]}, r"unknown method 'nope'; allowed: \[.*'gradcam'"),
-        ({"methods": ["liftcma"]}, r"unknown method 'liftcma' \(did you mean 'liftcam'\?\)"),
+        ({"methods": ["liftcam", "nope"]}, r"CAMCallback: Unknown CAM method 'nope'\. Allowed: .*gradcam"),
+        ({"methods": ["liftcma"]}, r"Unknown CAM method 'liftcma'\. Did you mean 'liftcam'\?"),
         ({"methods": []}, "methods is empty"),
         ({"methods": ["gradcam", "GradCAM"]}, "duplicate"),
         ({"on_error": "ignore"}, r"on_error must be one of \('warn', 'raise'\)"),

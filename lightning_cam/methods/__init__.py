@@ -1,23 +1,13 @@
-"""Explanation methods over one engine, and the registry that names them."""
+"""Explanation methods over one engine: the registry (:mod:`.registry`) and the shared pass
+(:func:`~lightning_cam.methods.explain.explain_all`)."""
 
 from __future__ import annotations
 
-import difflib
-
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import torch
-from torch import nn
-
-from lightning_cam._state import as_float_input, explaining
-from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
-from lightning_cam._checks import check_device, check_images
 from lightning_cam.methods.activation import FEM, KPCACAM
-from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, layer_list
+from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass
 from lightning_cam.methods.cam import CAM
 from lightning_cam.methods.eigen import EigenCAM, EigenGradCAM, GradCAMElementWise
-from lightning_cam.methods.layout import Reshape
+from lightning_cam.methods.explain import explain_all
 from lightning_cam.methods.fullgrad import FullGrad
 from lightning_cam.methods.guided import GuidedBackprop, GuidedGradCAM
 from lightning_cam.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
@@ -25,10 +15,10 @@ from lightning_cam.methods.liftcam import LiftCAM
 from lightning_cam.methods.noisy import ISCAM, SSCAM, SmoothGradCAMPlusPlus
 from lightning_cam.methods.perturbation import AblationCAM, ScoreCAM
 from lightning_cam.methods.randomcam import RandomCAM
+from lightning_cam.methods.registry import METHODS, get_method
 from lightning_cam.methods.shapley import ShapCAM
 from lightning_cam.methods.sobel import SobelCAM
 from lightning_cam.methods.targeted import FinerCAM, ShapleyCAM
-from lightning_cam.outputs import OutputTransform, check_output_transform
 
 __all__ = [
     "AblationCAM", "BaseCAM", "CAM", "EigenCAM", "EigenGradCAM", "Explanation", "FEM", "FinerCAM", "FullGrad", "GradCAM",
@@ -36,95 +26,3 @@ __all__ = [
     "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "ShapCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "SobelCAM",
     "XGradCAM", "explain_all", "get_method",
 ]
-
-METHODS: dict[str, type[BaseCAM]] = {
-    cls.name: cls
-    for cls in (
-        LiftCAM, CAM, GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, ScoreCAM, AblationCAM, ShapCAM,
-        EigenCAM, EigenGradCAM, GradCAMElementWise, SmoothGradCAMPlusPlus, SSCAM, ISCAM, RandomCAM,
-        ShapleyCAM, FinerCAM, FEM, KPCACAM, SobelCAM, GuidedBackprop, GuidedGradCAM, FullGrad,
-    )
-}
-_ALIASES = {
-    "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "shapcam": "shap", "lift-cam": "liftcam",
-    "smoothgradcampp": "smoothgradcam++", "smoothgradcamplusplus": "smoothgradcam++",
-    "kpca_cam": "kpcacam", "sobel_cam": "sobelcam", "guidedbackpropagation": "guidedbackprop",
-    "guided-gradcam": "guidedgradcam",
-}
-
-
-def get_method(name: str) -> type[BaseCAM]:
-    """The method class registered under ``name`` (e.g. ``"liftcam"``, ``"gradcam++"``)."""
-    if not isinstance(name, str):
-        raise TypeError(f"A method name must be a string, got {name!r}.")
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in METHODS:
-        raise ValueError(f"Unknown CAM method {name!r}.{_did_you_mean(key)} Allowed: {', '.join(METHODS)}.")
-    return METHODS[key]
-
-
-def _did_you_mean(key: str) -> str:
-    """`` Did you mean 'gradcam++'?`` for the registered names (and aliases) close to ``key``, else empty."""
-    close = difflib.get_close_matches(key, [*METHODS, *_ALIASES], n=3, cutoff=0.6)
-    names = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
-    return f" Did you mean {' or '.join(map(repr, names))}?" if names else ""
-
-
-def explain_all(
-    model: nn.Module,
-    target_layer: str | nn.Module | None,
-    x: torch.Tensor,
-    methods: Sequence[str | BaseCAM] = ("liftcam",),
-    targets: Targets = None,
-    method_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    aug_smooth: bool = False,
-    eigen_smooth: bool = False,
-    fusion: str = "mean",
-    reshape: Reshape | None = None,
-    output_transform: OutputTransform | None = None,
-) -> dict[str, Explanation]:
-    """Explain ``x`` with several methods from ONE shared forward pass.
-
-    The layers up to ``target_layer`` run once; gradient methods share one
-    backward through the head; LIFT-CAM, Ablation-CAM and ShapCAM rerun only
-    the head. Returns ``{method name: Explanation}`` in the order given;
-    ``Explanation.seconds`` includes the shared pass (the method's standalone cost).
-    ``method_kwargs`` passes constructor options by name, e.g.
-    ``{"scorecam": {"batch_size": 64}}``. A list ``target_layer`` fuses the
-    layers' maps (``fusion="mean"`` as pytorch-grad-cam, ``"max"`` as torchcam, ``"prod"`` as
-    pytorch-grad-cam's RefineCAM);
-    ``aug_smooth`` / ``eigen_smooth`` as pytorch-grad-cam
-    (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
-    layer's raw output into (B, K, h, w) (token and channels-last layouts are
-    recognised without it; see :mod:`lightning_cam.methods.layout`).
-    ``output_transform`` reads the class scores from the model's output when it is
-    not understood by default (see :func:`lightning_cam.outputs.logits_of`).
-    """
-    output_transform = check_output_transform(output_transform)
-    model = unwrap_model(model)
-    x = check_images(x)
-    check_device(model, x)
-    if target_layer is None:
-        target_layer = default_target_layer(model, tuple(x.shape[:1]) + tuple(x.shape[1:]))
-    layer_names = [resolve_layer(model, layer)[0] for layer in layer_list(target_layer)]
-    layer_name = layer_names[0]
-    method_kwargs = dict(method_kwargs or {})
-    explainers: dict[str, BaseCAM] = {}
-    for method in methods:
-        if isinstance(method, BaseCAM):
-            explainers[method.name] = method
-        else:
-            cls = get_method(method)
-            explainers[cls.name] = cls(model, layer_names, **dict(method_kwargs.get(cls.name, method_kwargs.get(method, {}))))
-    if len(layer_names) > 1 or aug_smooth or eigen_smooth or fusion != "mean":
-        from lightning_cam.methods.compose import explain_composed
-
-        options = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth, "fusion": fusion, "reshape": reshape,
-                   "output_transform": output_transform}
-        return explain_composed(model, layer_names, x, explainers, targets, **options)
-    with explaining(model):
-        layer_pass = LayerPass(
-            model, layer_name, as_float_input(x, model), targets, reshape, output_transform=output_transform
-        )
-        return {name: explainer.timed_compute(layer_pass) for name, explainer in explainers.items()}

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_cam._targets import resolve_targets as normalise_targets
 from lightning_cam.layers import default_target_layer, resolve_layer, unwrap_model
 from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.layout import Layout, Reshape, infer_layout
@@ -88,7 +87,7 @@ class LayerPass:
         self.index = torch.arange(x.shape[0], device=x.device)
         self._head_out = self.head(self._leaf, self.index)
         self.logits = self._head_out.detach()
-        self.targets = resolve_targets(targets, self.logits)
+        self.targets = targets_or_top1(targets, self.logits)
         self._grad: torch.Tensor | None = None
         self.seconds = time.perf_counter() - start
 
@@ -133,7 +132,7 @@ class LayerPass:
         return torch.cat(scores) if scores else activations.new_zeros(0)
 
 
-from lightning_cam._targets import targets_or_top1 as resolve_targets  # noqa: E402 - one copy, shared with the metrics
+from lightning_cam._targets import targets_or_top1  # noqa: E402 - one copy, shared with the metrics
 
 
 def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
@@ -199,7 +198,7 @@ class BaseCAM:
         ``aug_smooth``, ``eigen_smooth`` and the ``fusion`` of several target
         layers follow pytorch-grad-cam (see :mod:`lightning_cam.methods.compose`).
         """
-        from lightning_cam.methods import explain_all  # the one shared pass (and its compositions)
+        from lightning_cam.methods.explain import explain_all  # the one shared pass (imports this module)
 
         return explain_all(
             self.model, self.layer_names, x, methods=[self], targets=targets, aug_smooth=aug_smooth,

@@ -35,7 +35,8 @@ import torch
 
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.maps import upsample_maps
-from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets, resolve_targets
+from lightning_cam._targets import targets_or_top1
+from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets
 from lightning_cam.methods.eigen import first_component
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.outputs import OutputTransform
@@ -102,7 +103,7 @@ def explain_composed(
         for layer_name in layer_names:
             layer_pass = LayerPass(model, layer_name, images, None, reshape, output_transform=output_transform)
             if resolved is None:  # the original image's class, for every augmentation and layer
-                resolved = resolve_targets(targets, layer_pass.logits[clean * batch : (clean + 1) * batch])
+                resolved = targets_or_top1(targets, layer_pass.logits[clean * batch : (clean + 1) * batch])
             layer_pass.targets = resolved.repeat(copies)
             for name, explainer in explainers.items():
                 per_layer[name].append(_method_maps(explainer, layer_pass, eigen_smooth))
