@@ -265,6 +265,13 @@ def test_killed_run_resumes_the_same_wandb_run(tmp_path):
     time.sleep(0.5)  # let the checkpoint file be complete
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # W&B's service process notices its parent's death by itself and releases the run id; a user
+    # resuming seconds later finds it gone (under load it takes a moment: wait for it, as they would)
+    for _ in range(300):
+        alive = subprocess.run(["pgrep", "-f", f"wandb-core.*--pid {proc.pid}"], capture_output=True).returncode == 0
+        if not alive:
+            break
+        time.sleep(0.1)
     assert last.exists(), "no checkpoint before the kill"
     ckpt = torch.load(last, weights_only=False, map_location="cpu")
     epoch = int(ckpt["epoch"])

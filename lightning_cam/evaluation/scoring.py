@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.evaluation.curves import same_maps
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.report import EvaluationReport, LayerReport, MethodReport
 
@@ -76,8 +77,9 @@ def _shap_weights(net: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, 
 @torch.no_grad()
 def score_batch(
     model: nn.Module, batch: Inputs, exps: Mapping[str, Any], shap_weights: Tensor | None, opts: EvaluationOptions
-) -> dict[str, MethodReport]:
-    """Every per-image score of one batch, per method (the curves and the randomisation excepted)."""
+) -> tuple[dict[str, MethodReport], int]:
+    """Every per-image score of one batch, per method (the curves and the randomisation excepted),
+    and the number of forward passes they took."""
     from lightning_cam.metrics import confidence_change, pointing_game
     from lightning_cam.metrics.monitoring import complexity, region_energy, row_pearson, row_spearman, sparseness
 
@@ -94,20 +96,25 @@ def score_batch(
         sals[m] = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
         finites[m] = finite
     # Average Drop / Increase in Confidence of every method in one call: the masked images of all
-    # methods go through the model in batches of metric_batch_size (larger batches, fewer calls)
+    # methods go through the model in batches of metric_batch_size (larger batches, fewer calls);
+    # an image whose map equals an earlier method's (to float32 rounding) is scored once
+    source = _first_same_map(list(sals.values()), next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None))
+    run = (source == torch.arange(source.numel(), device=device)).nonzero().flatten()
     c = confidence_change(
-        model, xb.repeat(len(exps), 1, 1, 1), torch.cat(list(sals.values())),
-        targets=torch.cat([e.targets for e in exps.values()]), batch_size=opts.forward_batch(device),
-        clean_logits=torch.cat([e.logits for e in exps.values()]), deletion=False,
+        model, xb.repeat(len(exps), 1, 1, 1)[run], torch.cat(list(sals.values()))[run],
+        targets=torch.cat([e.targets for e in exps.values()])[run], batch_size=opts.forward_batch(device),
+        clean_logits=torch.cat([e.logits for e in exps.values()])[run], deletion=False,
         output_transform=opts.output_transform,
     )
+    drop = torch.empty(source.numel(), dtype=c.drop.dtype, device=device).index_put_((run,), c.drop)[source]
+    increase = torch.empty(source.numel(), dtype=c.increase.dtype, device=device).index_put_((run,), c.increase)[source]
     out: dict[str, MethodReport] = {}
     for i, (m, e) in enumerate(exps.items()):
         sal = sals[m]
         rows = slice(i * b, (i + 1) * b)
         values: dict[str, Tensor] = {
-            "average_drop": c.drop[rows] * 100.0,
-            "increase_in_confidence": c.increase[rows].float() * 100.0,
+            "average_drop": drop[rows] * 100.0,
+            "increase_in_confidence": increase[rows].float() * 100.0,
         }
         if batch.masks is not None:
             p = pointing_game(sal, batch.masks)
@@ -132,7 +139,20 @@ def score_batch(
                            region_energy=energy, seconds=float(e.seconds))
         rep.update_finite()
         out[m] = rep
-    return out
+    return out, int(run.numel())
+
+
+def _first_same_map(sals: list[Tensor], channels: int | None) -> Tensor:
+    """(M * B,) for the rows of the methods' maps stacked: the row whose scores each row reuses (itself,
+    or the same image's row of the first earlier method whose map is the same, :func:`same_maps`)."""
+    b = sals[0].shape[0]
+    source = torch.arange(len(sals) * b, device=sals[0].device)
+    for i in range(1, len(sals)):
+        own = source[i * b : (i + 1) * b]
+        for j in range(i):
+            same = same_maps(sals[i], sals[j], channels) & (own == torch.arange(i * b, (i + 1) * b, device=own.device))
+            own[same] = source[j * b : (j + 1) * b][same]
+    return source
 
 
 def _concat(parts: list[MethodReport]) -> MethodReport:
@@ -175,10 +195,10 @@ def explain_and_score(
             shap_weights = _shap_weights(net, qualified, batch, exps, opts) if opts.shap_samples > 0 else None
             channels[name] = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
             t1 = time.perf_counter()
-            scored = score_batch(net, batch, exps, shap_weights, opts)
+            scored, forwards = score_batch(net, batch, exps, shap_weights, opts)
             timing["explain"] += t1 - t0
             timing["scores"] += time.perf_counter() - t1
-            timing["forwards"] += b * (1 + len(exps))  # the shared pass, then x * E per method
+            timing["forwards"] += b + forwards  # the shared pass, then x * E per distinct map
             timing["backwards"] += b * _backward_passes(opts.methods)
             for m, rep in scored.items():
                 parts[name][m].append(rep)
