@@ -330,3 +330,34 @@ def test_localisation_by_hand():
     assert torch.isnan(relevance_rank_accuracy(sal, empty)).all() and torch.isnan(localisation_auc(sal, ~empty)).all()
     with pytest.raises(ValueError, match="k must be an int"):
         top_k_intersection(sal, mask, k=5)
+
+
+def test_evaluator_extra_metrics_follow_the_table(setup, masks):
+    from lightning_cam.evaluation import evaluate, summarise
+    from lightning_cam.evaluation.keys import EXTRA_METRICS, METRIC_TABLE
+
+    model, x, _, _ = setup
+    names = tuple(EXTRA_METRICS)
+    report = evaluate(model, "features", x, masks=masks, methods=["gradcam", "liftcam"], curves=False, extra_metrics=names)
+    scalars = summarise(report)
+    fields = [f for n in names for f in EXTRA_METRICS[n]]
+    for method in ("gradcam", "liftcam"):
+        for f in fields:
+            assert f"cam/{method}/{f}" in scalars, f
+    assert all(m.option is None or m.option in EXTRA_METRICS for m in METRIC_TABLE)
+    # the evaluator's ROAD is the metric's on the same maps (seeded noise, one batch)
+    rep = report.layers["features"].methods["gradcam"]
+    direct = road(model, x, rep.saliency, report.targets, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rep.values["road"], direct.combined)
+    plain = summarise(evaluate(model, "features", x, methods=["gradcam"], curves=False))
+    assert not any(k.endswith(f"/{f}") for k in plain for f in fields)
+
+
+def test_extra_metrics_option_errors():
+    from lightning_cam.evaluation import EvaluationOptions
+
+    with pytest.raises(ValueError, match=r"unknown extra_metrics entry 'raod' \(did you mean 'road'\?\).*e.g. extra_metrics="):
+        EvaluationOptions(extra_metrics=["raod"])
+    with pytest.raises(ValueError, match="duplicate"):
+        EvaluationOptions(extra_metrics=["road", "road"])
+    assert EvaluationOptions(extra_metrics="road").extra_metrics == ("road",)
