@@ -361,3 +361,15 @@ def test_extra_metrics_option_errors():
     with pytest.raises(ValueError, match="duplicate"):
         EvaluationOptions(extra_metrics=["road", "road"])
     assert EvaluationOptions(extra_metrics="road").extra_metrics == ("road",)
+
+
+def test_prediction_changes_give_nan_with_a_model(setup):
+    model, x, _, targets = setup
+    explain = _gradcam(model)
+    noise = torch.randn(2, *x.shape) * 50  # far enough to move some top-1 predictions
+    moved = torch.stack([model(x + n).argmax(1) != model(x).argmax(1) for n in noise]).any(0)
+    assert bool(moved.any())
+    ris = relative_input_stability(explain, x, targets, noise=noise, model=model)
+    sens = sensitivity(explain, x, targets, noise=noise, model=model)
+    assert torch.equal(torch.isnan(ris), moved) and torch.equal(torch.isnan(sens.max), moved)
+    assert not bool(torch.isnan(sensitivity(explain, x, targets, noise=noise).max).any())  # no model: no check

@@ -60,12 +60,21 @@ def _perturbed(
         yield images + u
 
 
-def _changed(model: nn.Module | None, images: Tensor, xs: Tensor, output_transform: OutputTransform | None) -> Tensor:
-    """(B,) bool: the top-1 prediction on ``xs`` differs from the one on ``images`` (False without a model)."""
+def _top1(model: nn.Module | None, x: Tensor, output_transform: OutputTransform | None) -> Tensor | None:
+    """(B,) top-1 prediction of ``model`` on ``x`` (None without a model)."""
     if model is None:
-        return torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-    with evaluating(model, images.device):
-        return model_scores(model, images, output_transform).argmax(1) != model_scores(model, xs, output_transform).argmax(1)
+        return None
+    with evaluating(model, x.device):
+        return model_scores(model, x, output_transform).argmax(1)
+
+
+def _nan_where_changed(values: Tensor, clean_top1: Tensor | None, model: nn.Module | None, xs: Tensor,
+                       output_transform: OutputTransform | None) -> Tensor:
+    """``values`` with NaN where the top-1 prediction on ``xs`` differs from ``clean_top1`` (unchanged without a model)."""
+    if clean_top1 is None:
+        return values
+    changed = _top1(model, xs, output_transform) != clean_top1
+    return torch.where(changed, torch.full_like(values, float("nan")), values)
 
 
 def _setup(explain: Explain, images: Tensor, targets: Tensor, saliency: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -105,10 +114,11 @@ def sensitivity(
     images, targets, a = _setup(explain, images, targets, saliency)
     samples = _check_samples(nr_samples, noise, images)
     den = a.norm(dim=1)
+    clean = _top1(model, images, output_transform)
     ratios = []
     for xs in _perturbed(images, noise, samples, -radius, radius, generator):
         r = (explain_maps(explain, xs, targets).flatten(1).double() - a).norm(dim=1) / den
-        ratios.append(torch.where(_changed(model, images, xs, output_transform), torch.full_like(r, float("nan")), r))
+        ratios.append(_nan_where_changed(r, clean, model, xs, output_transform))
     ratio = torch.stack(ratios, dim=1)
     return SensitivityResult(ratio.amax(dim=1).float(), ratio.mean(dim=1).float(), ratio.float())
 
@@ -139,10 +149,11 @@ def relative_input_stability(
     x = images.flatten(1).double()
     safe_a = a + (a == 0) * eps_min
     safe_x = x + (x == 0) * eps_min
+    clean = _top1(model, images, output_transform)
     values = []
     for xs in _perturbed(images, noise, samples, bounds[0], bounds[1], generator):
         num = ((a - explain_maps(explain, xs, targets).flatten(1).double()) / safe_a).norm(dim=1)
         den = ((x - xs.flatten(1).double()) / safe_x).norm(dim=1)
         ris = num / (den + (den == 0) * eps_min)
-        values.append(torch.where(_changed(model, images, xs, output_transform), torch.full_like(ris, float("nan")), ris))
+        values.append(_nan_where_changed(ris, clean, model, xs, output_transform))
     return torch.stack(values, dim=1).amax(dim=1).float()
