@@ -39,7 +39,7 @@ from lightning_cam.metrics import (
     sensitivity,
     top_k_intersection,
 )
-from lightning_cam.metrics.road import removal_masks
+from lightning_cam.metrics.faithfulness import removal_masks
 
 pytest.importorskip("pytorch_grad_cam")
 quantus = pytest.importorskip("quantus")

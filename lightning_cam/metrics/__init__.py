@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lightning_cam.metrics._common import Explain
-from lightning_cam.metrics.coherency import ArccResult, arcc, coherency
+from lightning_cam.metrics.self_consistency import ArccResult, arcc, coherency
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
 from lightning_cam.metrics.rise import (
     InsertionDeletionResult,
@@ -52,7 +52,7 @@ from lightning_cam.metrics.localisation import (
 )
 from lightning_cam.metrics.pointing import PointingResult, energy_share, pointing_game
 from lightning_cam.metrics.randomisation import random_logit
-from lightning_cam.metrics.road import RoadResult, noisy_linear_imputation, road
+from lightning_cam.metrics.faithfulness import RoadResult, noisy_linear_imputation, road
 from lightning_cam.metrics.robustness import SensitivityResult, relative_input_stability, sensitivity
 
 if TYPE_CHECKING:

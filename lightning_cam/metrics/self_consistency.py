@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.metrics._common import Explain, check_images, explain_maps, saliency_to_size
-from lightning_cam.metrics.road import RoadScore, road
+from lightning_cam.metrics.faithfulness import RoadScore, road
 
 __all__ = ["ARCC_PERCENTAGES", "ArccResult", "arcc", "coherency", "l1_complexity"]
 
@@ -78,7 +78,7 @@ def arcc(
 ) -> ArccResult:
     """ARCC (pytorch-grad-cam 1.5.7 ``ARCC``): ``3 / (1/(Coh + 1e-8) + 1/(1 - Cx + 1e-8) + 1/(R + 1e-8))``
     with Coh = :func:`coherency`, Cx = :func:`l1_complexity` of the [0, 1] map at input size and
-    ``R = clip(2 * ROAD combined, 0, 1)`` (:func:`~lightning_cam.metrics.road`, percentages 20/40/60/80).
+    ``R = clip(2 * ROAD combined, 0, 1)`` (:func:`~lightning_cam.metrics.faithfulness.road`, percentages 20/40/60/80).
     Higher is better."""
     images = check_images(images)
     b, _, h, w = images.shape
