@@ -146,16 +146,18 @@ def removal_masks(saliency: Tensor, percentages: Sequence[float], order: Order, 
     """(P, B, H, W) bool: the pixels that ROAD removes at each percentage ``p`` of (B, H, W) ``saliency``.
 
     ``removal="threshold"`` (pytorch-grad-cam): key ``k = s`` (MoRF) or ``1 - s`` (LeRF); removed
-    where ``k >= quantile(k, 1 - p/100)`` (linear interpolation, as ``np.percentile``; ties are removed
-    together). ``removal="count"`` (Quantus, MoRF only there): exactly ``floor(H*W*p/100)`` pixels,
+    where ``k >= quantile(k, (100 - p)/100)`` (linear interpolation computed in float64 and rounded to
+    the key's dtype, as ``np.percentile``, so that a threshold that falls on a value of the map picks
+    the same pixels; ties are removed together). ``removal="count"`` (Quantus, MoRF only there): exactly ``floor(H*W*p/100)`` pixels,
     the first in a stable descending (MoRF) or ascending (LeRF) sort of ``s``.
     """
     flat = saliency.flatten(1)
     b, n = flat.shape
-    q = torch.as_tensor([float(p) / 100.0 for p in percentages], dtype=flat.dtype, device=flat.device)
     if removal == "threshold":
         key = flat if order == "morf" else 1.0 - flat
-        thresholds = torch.quantile(key, 1.0 - q, dim=1)  # (P, B)
+        wide = torch.float32 if key.device.type == "mps" else torch.float64  # MPS has no float64
+        q = torch.as_tensor([(100.0 - float(p)) / 100.0 for p in percentages], dtype=wide, device=flat.device)
+        thresholds = torch.quantile(key.to(wide), q, dim=1).to(key.dtype)  # (P, B)
         out = key[None] >= thresholds[:, :, None]
     else:
         order_idx = flat.argsort(dim=1, descending=(order == "morf"), stable=True)
