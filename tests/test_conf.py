@@ -328,3 +328,11 @@ def test_sweep_comparison_callback_is_configured(tmp_path):
     from hydra.utils import instantiate
 
     assert type(instantiate(node)).__name__ == "SweepComparison"
+
+
+def test_cam_extra_metrics_override(tmp_path):
+    cfg = make_cfg(tmp_path, *TINY, "cam.extra_metrics=[road,max_sensitivity]")
+    validate_config(cfg)
+    assert app.instantiate_cam_callback(cfg).options.extra_metrics == ("road", "max_sensitivity")
+    with pytest.raises(Exception, match="unknown extra_metrics entry 'raod'"):
+        app.instantiate_cam_callback(make_cfg(tmp_path, *TINY, "cam.extra_metrics=[raod]"))

@@ -97,6 +97,9 @@ class CAMCallbackMixin:
         metric_batch_size: forward batch size of the metrics (None: 32 on a CPU, 256 on a GPU).
         shap_samples: compare each method's channel weights with ShapCAM's on
             this many held-out images (Pearson / Spearman); 0 = off.
+        extra_metrics: opt-in metrics, e.g. ``("road", "max_sensitivity")`` (names of
+            :data:`~lightning_cam.evaluation.keys.EXTRA_METRICS`; docs/metrics.md), logged as
+            ``cam/<method>/<metric>``.
         log_images: log pictures through the sinks (W&B, TensorBoard, PNG/CSV, ``log_image``).
         max_images: images per grid.
         mean, std: the input normalisation, undone for display; default: the

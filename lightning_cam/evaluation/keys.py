@@ -32,6 +32,7 @@ __all__ = [
     "CURVE_FIELDS",
     "CURVE_METRICS",
     "ENERGY_PREFIX",
+    "EXTRA_METRICS",
     "FINITE_FIELDS",
     "METRICS",
     "METRIC_NAMES",
@@ -63,6 +64,7 @@ class MetricSpec:
     ``finite``: a finite model gives a finite value on every image, so a non-finite value marks the
     image as broken (left out of every mean); False where NaN is a value by design (no mask, not
     compared, no previous evaluation).
+    ``option``: the name in ``extra_metrics`` that turns an opt-in metric on (None: always computed).
     """
 
     name: str
@@ -71,6 +73,7 @@ class MetricSpec:
     description: str
     source: Source = "scores"
     finite: bool = True
+    option: str | None = None
 
     @property
     def arrow(self) -> str:
@@ -92,6 +95,20 @@ METRIC_TABLE: tuple[MetricSpec, ...] = (
     MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean absolute gap between sum_k phi_k and y_c(A) - y_c(0) (0 = complete)"),
     MetricSpec("shap_pearson", "higher", "ρ shap", "Pearson correlation of the channel weights with ShapCAM's exact Shapley values", finite=False),
     MetricSpec("shap_spearman", "higher", "ρs shap", "Spearman correlation (average ranks) of the channel weights with ShapCAM's", finite=False),
+    # opt-in (extra_metrics=[...]): lightning_cam.evaluation.extra, docs/metrics.md
+    MetricSpec("road", "higher", "ROAD", "ROAD combined (Rong et al. 2022): (LeRF - MoRF) / 2 of the target logit, noisy linear imputation, 10..90 %", option="road"),
+    MetricSpec("road_morf", "lower", "MoRF", "ROAD: mean change of the target logit when the most relevant 10..90 % are imputed", option="road"),
+    MetricSpec("road_lerf", "higher", "LeRF", "ROAD: mean change of the target logit when the least relevant 10..90 % are imputed", option="road"),
+    MetricSpec("max_sensitivity", "lower", "MaxSens", "Max-Sensitivity (Yeh et al. 2019, Quantus): max over noisy inputs of ||E(x+u) - E(x)|| / ||E(x)||", finite=False, option="max_sensitivity"),
+    MetricSpec("avg_sensitivity", "lower", "AvgSens", "Avg-Sensitivity (Yeh et al. 2019, Quantus): mean over noisy inputs of ||E(x+u) - E(x)|| / ||E(x)||", finite=False, option="avg_sensitivity"),
+    MetricSpec("relative_input_stability", "lower", "RIS", "Relative Input Stability (Agarwal et al. 2022, Quantus): max relative map change / relative input change", option="relative_input_stability"),
+    MetricSpec("random_logit", "lower", "RandLogit", "Random Logit (Sixt et al. 2020, Quantus): SSIM of the maps of the target and of a random other class", finite=False, option="random_logit"),
+    MetricSpec("coherency", "higher", "Coh", "Coherency (Poppi et al. 2021, pytorch-grad-cam): (Pearson(E(x), E(x * E(x))) + 1) / 2", option="coherency"),
+    MetricSpec("arcc", "higher", "ARCC", "ARCC (pytorch-grad-cam): harmonic mean of coherency, 1 - mean|E| and clip(2 ROAD, 0, 1)", option="arcc"),
+    MetricSpec("relevance_rank_accuracy", "higher", "RRA", "Relevance Rank Accuracy (Arras et al. 2022, Quantus): share of the top-|mask| pixels in the mask", finite=False, option="relevance_rank_accuracy"),
+    MetricSpec("top_k_intersection", "higher", "TopK", "Top-K Intersection (Theiner et al. 2022, Quantus): share of the top 2 % pixels in the mask", finite=False, option="top_k_intersection"),
+    MetricSpec("attribution_localisation", "higher", "AttrLoc", "Attribution Localisation (Kohlbrenner et al. 2020, Quantus): share of sum|E| inside the mask", finite=False, option="attribution_localisation"),
+    MetricSpec("localisation_auc", "higher", "AUC", "ROC AUC of the map as a detector of the mask's pixels (Quantus AUC)", finite=False, option="localisation_auc"),
     MetricSpec("seconds", "lower", "s/img", "explanation wall time per image (shared forward pass included)", "timing"),
     MetricSpec("stability", "higher", "stab", "Spearman correlation of each map with the previous evaluation's map (1 = settled; absent at the first)", "monitoring", False),
     MetricSpec("stability_first", "none", "stab₀", "Spearman correlation of each map with the first evaluation's map (how far it moved since)", "monitoring", False),
@@ -104,6 +121,10 @@ ALL_METRICS = METRIC_TABLE
 METRICS: tuple[MetricSpec, ...] = tuple(m for m in METRIC_TABLE if m.source in ("scores", "curves", "timing"))
 MONITORING_METRICS: tuple[MetricSpec, ...] = tuple(m for m in METRIC_TABLE if m.source == "monitoring")
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE)
+#: The opt-in metrics: ``extra_metrics`` name -> the fields it computes.
+EXTRA_METRICS: dict[str, tuple[str, ...]] = {
+    o: tuple(m.name for m in METRIC_TABLE if m.option == o) for o in dict.fromkeys(m.option for m in METRIC_TABLE if m.option)
+}
 #: Metrics that come from the insertion / deletion curves.
 CURVE_METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE if m.source == "curves")
 #: The per-image fields of the curves: the AUCs and the curves themselves.

@@ -81,6 +81,11 @@ class EvaluationOptions:
             a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
         fusion: with a list of layers: None (each layer reported on its own), ``"mean"``
             (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``): one fused map per method.
+        extra_metrics: opt-in metrics, names of :data:`~lightning_cam.evaluation.keys.EXTRA_METRICS`
+            (``road``, ``max_sensitivity``, ``avg_sensitivity``, ``relative_input_stability``,
+            ``random_logit``, ``coherency``, ``arcc``, the mask-based ``relevance_rank_accuracy``,
+            ``top_k_intersection``, ``attribution_localisation``, ``localisation_auc``), e.g.
+            ``("road", "max_sensitivity")``; see :mod:`lightning_cam.evaluation.extra`.
     """
 
     methods: tuple[str, ...] = ("liftcam",)
@@ -97,13 +102,16 @@ class EvaluationOptions:
     randomization_seed: int = 42
     output_transform: OutputTransform | None = None
     fusion: str | None = None
+    extra_metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from lightning_cam.evaluation.extra import check_extra_metrics
         from lightning_cam.methods import get_method
 
         owner = self._owner()
         set_ = object.__setattr__
         set_(self, "methods", check_methods(self.methods, owner))
+        set_(self, "extra_metrics", check_extra_metrics(self.extra_metrics, owner))
         if self.step is not None and self.n_steps is not None:
             raise ValueError(f"{owner}give step or n_steps, not both; e.g. n_steps=16")
         for name, minimum in (("step", 1), ("n_steps", 1), ("curve_images", 1), ("metric_batch_size", 1)):

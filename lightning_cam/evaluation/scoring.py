@@ -3,7 +3,8 @@
 For each batch of ``batch_size`` images and each layer, every method is explained from one shared
 forward pass (:func:`lightning_cam.explain_all`), then scored (:func:`score_batch`): Average Drop /
 Increase in Confidence of all methods in one call, pointing games, region energies, sparseness,
-complexity, LIFT-CAM's completeness residual and the comparison with ShapCAM.
+complexity, LIFT-CAM's completeness residual, the comparison with ShapCAM and the opt-in
+``extra_metrics`` (:mod:`lightning_cam.evaluation.extra`).
 """
 
 from __future__ import annotations
@@ -76,10 +77,13 @@ def _shap_weights(net: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, 
 
 @torch.no_grad()
 def score_batch(
-    model: nn.Module, batch: Inputs, exps: Mapping[str, Any], shap_weights: Tensor | None, opts: EvaluationOptions
+    model: nn.Module, batch: Inputs, exps: Mapping[str, Any], shap_weights: Tensor | None, opts: EvaluationOptions,
+    layer: Any = None,
 ) -> tuple[dict[str, MethodReport], int]:
     """Every per-image score of one batch, per method (the curves and the randomisation excepted),
-    and the number of forward passes they took."""
+    and the number of forward passes they took; ``layer``: the explained layer(s), needed by the
+    ``extra_metrics`` that re-explain."""
+    from lightning_cam.evaluation.extra import extra_scores
     from lightning_cam.metrics import confidence_change, pointing_game
     from lightning_cam.metrics.monitoring import complexity, region_energy, row_pearson, row_spearman, sparseness
 
@@ -108,6 +112,7 @@ def score_batch(
     )
     drop = torch.empty(source.numel(), dtype=c.drop.dtype, device=device).index_put_((run,), c.drop)[source]
     increase = torch.empty(source.numel(), dtype=c.increase.dtype, device=device).index_put_((run,), c.increase)[source]
+    extra = extra_scores(model, layer, batch, exps, sals, opts)
     out: dict[str, MethodReport] = {}
     for i, (m, e) in enumerate(exps.items()):
         sal = sals[m]
@@ -135,6 +140,7 @@ def score_batch(
                 pear, spear = row_pearson(e.weights, shap_weights), row_spearman(e.weights, shap_weights)
             values["shap_pearson"] = torch.where(batch.shap_on, pear, _nan(b, device))
             values["shap_spearman"] = torch.where(batch.shap_on, spear, _nan(b, device))
+        values.update(extra[m])
         rep = MethodReport(method=m, saliency=sal, maps=e.maps.detach().float(), finite=finites[m], values=values,
                            region_energy=energy, seconds=float(e.seconds))
         rep.update_finite()
@@ -195,7 +201,7 @@ def explain_and_score(
             shap_weights = _shap_weights(net, qualified, batch, exps, opts) if opts.shap_samples > 0 else None
             channels[name] = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
             t1 = time.perf_counter()
-            scored, forwards = score_batch(net, batch, exps, shap_weights, opts)
+            scored, forwards = score_batch(net, batch, exps, shap_weights, opts, qualified)
             timing["explain"] += t1 - t0
             timing["scores"] += time.perf_counter() - t1
             timing["forwards"] += b + forwards  # the shared pass, then x * E per distinct map

@@ -15,7 +15,12 @@ from lightning_cam.methods.layout import Reshape
 from lightning_cam.methods.deeplift import EPS, DeepLiftMode
 from lightning_cam.methods.revealcancel import RULES
 
-__all__ = ["LiftCAM", "completeness_tolerance", "deeplift_coefficients", "exact_score_difference"]
+__all__ = ["LIFT_RULES", "LiftCAM", "coalition_path_coefficients", "completeness_tolerance", "deeplift_coefficients",
+           "exact_score_difference", "second_order_coefficients"]
+
+#: LIFT-CAM's estimators of the channel Shapley values: the DeepLIFT rules, the second-order one
+#: and the coalition paths (the closest on bench/fidelity.py's heads, docs/more-methods.md).
+LIFT_RULES = (*RULES, "hessian", "coalition")
 
 
 _WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -42,39 +47,57 @@ class LiftCAM(BaseCAM):
     completeness still holds. Rescale stays the default: on the fidelity
     benchmark (``bench/fidelity.py``, docs/more-methods.md) it is the closer of
     the two to the exact Shapley values.
+
+    ``rule="hessian"``: the second-order estimator :func:`second_order_coefficients`,
+    ``phi_k = sum_ij (g - H·A / 2)_kij A_kij`` (ShapleyCAM's correction element-wise; exact for a
+    head that is quadratic in ``A``), from one Hessian-vector product; ``delta`` is its residual
+    against ``y_c(A) - y_c(0)``, which it does not force to 0.
+
+    ``rule="coalition"``: :func:`coalition_path_coefficients`, integrated gradients along the two
+    paths ``0 -> A_S -> A`` and ``0 -> A_(not S) -> A`` through a random coalition ``S`` of channels
+    and its complement (seeded: ``seed``), two midpoints per segment: 8 head passes and one backward,
+    batched. The closest of the estimators on every head of ``bench/fidelity.py``.
     """
 
     name = "liftcam"
 
     def __init__(
         self, model: nn.Module, target_layer=None, eps: float = EPS, rule: str = "rescale", *,
-        reshape: Reshape | None = None, output_transform: OutputTransform | None = None,
+        reshape: Reshape | None = None, output_transform: OutputTransform | None = None, seed: int = 0,
     ) -> None:
         super().__init__(model, target_layer, reshape=reshape, output_transform=output_transform)
-        if rule not in RULES:
-            raise ValueError(f"LiftCAM rule must be one of {RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
-        self.eps, self.rule = eps, rule
+        if rule not in LIFT_RULES:
+            raise ValueError(f"LiftCAM rule must be one of {LIFT_RULES}, got {rule!r}; e.g. LiftCAM(model, rule='rescale').")
+        self.eps, self.rule, self.seed = eps, rule, seed
         # what was already said about this model, per layer: once per model, not per explainer (the
         # callback builds explainers per batch and evaluation)
         self._warned: set = _WARNED.setdefault(self.model, set())
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
+        if self.rule in ("hessian", "coalition"):
+            weights, delta = (second_order_coefficients(layer_pass) if self.rule == "hessian"
+                              else coalition_path_coefficients(layer_pass, seed=self.seed))
+            return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights, delta)
         weights, delta = deeplift_coefficients(layer_pass, self.eps, layer_pass.split.layer_name, self.rule, self._warned)
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights, delta)
 
 
 def deeplift_coefficients(
     layer_pass: LayerPass, eps: float = EPS, layer_name: str = "", rule: str = "rescale", warned: set | None = None,
+    actual: torch.Tensor | None = None, reference: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(phi, delta)``: per-channel DeepLIFT contributions (B,K) and the completeness residual (B,).
 
-    Warns (once per key in ``warned``, e.g. an explainer's own set) when an operation after
-    ``layer_name`` had no rule, or when ``|delta|`` exceeds :func:`completeness_tolerance`.
+    ``actual`` / ``reference``: the two activations compared (default: the pass's ``A`` and 0), so
+    that ``sum_k phi_k = y(actual) - y(reference)``. Warns (once per key in ``warned``, e.g. an
+    explainer's own set) when an operation after ``layer_name`` had no rule, or when ``|delta|``
+    exceeds :func:`completeness_tolerance`.
     """
-    activation = layer_pass.activation
+    activation = layer_pass.activation if actual is None else actual
+    reference = torch.zeros_like(activation) if reference is None else reference
     batch = activation.shape[0]
     leaf = activation.clone().requires_grad_(True)
-    stacked = torch.cat([leaf, torch.zeros_like(activation)])
+    stacked = torch.cat([leaf, reference])
     index = torch.cat([layer_pass.index, layer_pass.index])
     mode = DeepLiftMode(2 * batch, eps, rule)
     with mode:
@@ -83,7 +106,7 @@ def deeplift_coefficients(
     selected = out.gather(1, targets[:, None])[:, 0]
     # Like captum: the sum of the actual and the reference scores is differentiated.
     multipliers = torch.autograd.grad(selected.sum(), leaf)[0]
-    contributions = (multipliers * activation).detach()
+    contributions = (multipliers * (activation - reference)).detach()
     phi = contributions.sum(dim=(2, 3))
     scores = selected.detach()
     difference = scores[:batch] - scores[batch:]
@@ -102,6 +125,68 @@ def deeplift_coefficients(
     tolerance = completeness_tolerance(contributions, scores[:batch], scores[batch:], layer_pass.split.dtype)
     _warn_incomplete(delta, difference, tolerance, sorted(mode.unhandled), layer_name, set() if warned is None else warned)
     return phi, delta
+
+
+def second_order_coefficients(layer_pass: LayerPass) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi, delta)``: the second-order Shapley estimate of the channels (B, K) and its completeness gap (B,).
+
+    Expanding ``y`` about ``A`` to second order, ``y(A_S) = y(A) - g·(A - A_S) + (A - A_S)^T H (A - A_S) / 2``;
+    the Shapley values of that quadratic game (absent channel = 0) give each channel its linear term,
+    its own curvature term and half of every pairwise one:
+    ``phi_k = sum_ij (g - H·A / 2)_kij A_kij`` (the element-wise form of ShapleyCAM's weights, Cai et al.
+    2025, arXiv 2501.06261; Shapley 1953). Exact for a quadratic head; equal to gradient x activation
+    for a piecewise-linear one (H = 0). ``delta = sum_k phi_k - (y_c(A) - y_c(0))``.
+    """
+    from lightning_cam.methods.targeted import gradient_and_hvp, logit_score
+
+    g, hvp = gradient_and_hvp(layer_pass, logit_score)
+    phi = ((g - 0.5 * hvp) * layer_pass.activation).sum(dim=(2, 3))
+    return phi, phi.sum(dim=1) - _score_difference(layer_pass)
+
+
+def _score_difference(layer_pass: LayerPass) -> torch.Tensor:
+    """``y_c(A) - y_c(0)`` from one more head pass (on 0)."""
+    from lightning_cam.methods.targeted import logit_score
+
+    with torch.no_grad():
+        zero = layer_pass.head(torch.zeros_like(layer_pass.activation), layer_pass.index)
+    return logit_score(layer_pass.logits, layer_pass.targets) - logit_score(zero.float(), layer_pass.targets)
+
+
+def coalition_path_coefficients(layer_pass: LayerPass, steps: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(phi, delta)``: channel Shapley estimate along two coalition paths, and its completeness gap.
+
+    The Shapley value averages a channel's marginal contribution over coalitions; a path method
+    (integrated gradients, Sundararajan et al. 2017; DeepLIFT) measures it along ``0 -> A`` only,
+    with every other channel switched on at the same rate (the Aumann-Shapley value, which differs
+    from Shapley's beyond second order). Going through a coalition instead, ``0 -> A_S -> A`` with
+    ``S`` a random half of the channels (``A_S``: the others set to 0), a channel of ``S`` is measured
+    without those outside ``S`` and one outside ``S`` with all of ``S`` present; the antithetic
+    path through the complement swaps the roles (DeepSHAP's multi-reference idea, Lundberg & Lee
+    2017, with gradients instead of DeepLIFT's rules). Per path, each segment is integrated with
+    ``steps`` midpoints: ``phi_k = 1/2 sum_paths sum_segments sum_ij (end - start)_kij
+    mean_t dy_c/dA_kij(start + t (end - start))``; all ``4 * steps`` points go through the head in
+    one batch. Exact for a linear head; ``delta = sum_k phi_k - (y_c(A) - y_c(0))`` is the
+    quadrature's residual. ``seed`` draws ``S`` (each channel in with probability 1/2, per image).
+    """
+    a = layer_pass.activation
+    b, k = a.shape[:2]
+    generator = torch.Generator(device=a.device).manual_seed(seed)
+    inside = (torch.rand((b, k) + (1,) * (a.dim() - 2), generator=generator, device=a.device) < 0.5).to(a.dtype)
+    zeros = torch.zeros_like(a)
+    parts = [a * inside, a * (1 - inside)]
+    start = torch.stack([zeros, parts[0], zeros, parts[1]])  # (4, B, K, ...): two paths of two segments
+    end = torch.stack([parts[0], a, parts[1], a])
+    t = (torch.arange(steps, device=a.device, dtype=a.dtype) + 0.5) / steps
+    points = start[None] + (end - start)[None] * t.view(-1, *([1] * start.dim()))
+    n = points.shape[0] * points.shape[1]
+    leaf = points.reshape(n * b, *a.shape[1:]).requires_grad_(True)
+    with torch.enable_grad():
+        out = layer_pass.head(leaf, layer_pass.index.repeat(n))
+        score = out.gather(1, layer_pass.targets.repeat(n)[:, None]).sum()
+        grads = torch.autograd.grad(score, leaf)[0].reshape(points.shape).mean(dim=0)
+    phi = (grads * (end - start)).sum(dim=0).flatten(2).sum(dim=2).detach() / 2
+    return phi, phi.sum(dim=1) - _score_difference(layer_pass)
 
 
 def completeness_tolerance(

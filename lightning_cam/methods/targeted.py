@@ -20,7 +20,7 @@ from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Score, w
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.outputs import OutputTransform
 
-__all__ = ["FinerCAM", "ShapleyCAM", "finer_score", "logit_score", "rest_score"]
+__all__ = ["FinerCAM", "ShapleyCAM", "finer_score", "gradient_and_hvp", "logit_score", "rest_score"]
 
 
 def logit_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -34,6 +34,18 @@ def rest_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 SCORES: dict[str, Score] = {"logit": logit_score, "rest": rest_score}
+
+
+def gradient_and_hvp(layer_pass: LayerPass, score: Score = logit_score) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, H·A)``: ``g = d score/dA`` and the Hessian-vector product ``H·A = d<g, A>/dA`` through the
+    head (one more head pass, its backward and one double backward); ``H·A = 0`` for a head that is
+    linear in ``A`` after the first derivative (ReLU, max-pool, linear)."""
+    leaf, g = layer_pass.score_gradient(score, create_graph=True)
+    hvp = torch.zeros_like(g)
+    if g.requires_grad:  # a linear head leaves g constant in A: H = 0
+        found = torch.autograd.grad(g, leaf, grad_outputs=layer_pass.activation, allow_unused=True)[0]
+        hvp = hvp if found is None else found
+    return g.detach(), hvp.detach()
 
 
 class ShapleyCAM(BaseCAM):
@@ -62,12 +74,8 @@ class ShapleyCAM(BaseCAM):
         self.score = score
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        leaf, g = layer_pass.score_gradient(SCORES[self.score], create_graph=True)
-        hvp = torch.zeros_like(g)
-        if g.requires_grad:  # a linear head leaves g constant in A: H = 0
-            found = torch.autograd.grad(g, leaf, grad_outputs=layer_pass.activation, allow_unused=True)[0]
-            hvp = hvp if found is None else found
-        weights = (g.detach() - 0.5 * hvp.detach()).mean(dim=(2, 3))
+        g, hvp = gradient_and_hvp(layer_pass, SCORES[self.score])
+        weights = (g - 0.5 * hvp).mean(dim=(2, 3))
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
 
 

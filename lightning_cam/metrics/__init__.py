@@ -8,6 +8,13 @@
 * :mod:`lightning_cam.metrics.monitoring` - monitoring over training: :func:`spearman`
   (stability), :func:`method_agreement`, :func:`region_energy`, :func:`sparseness`,
   :func:`complexity`, :func:`model_randomization` (Adebayo et al., NeurIPS 2018).
+* :func:`road` - ROAD MoRF / LeRF / combined with noisy linear imputation (Rong et al., ICML 2022).
+* :func:`coherency`, :func:`arcc` - Coherency and ARCC (Poppi et al., CVPR-W 2021; pytorch-grad-cam).
+* :func:`sensitivity` (Max/Avg-Sensitivity, Yeh et al. 2019), :func:`relative_input_stability`
+  (Agarwal et al. 2022), :func:`random_logit` (Sixt et al., ICML 2020): Quantus' robustness and
+  randomisation metrics, given an explanation function.
+* :func:`relevance_rank_accuracy`, :func:`top_k_intersection`, :func:`attribution_localisation`,
+  :func:`localisation_auc`: Quantus' localisation metrics against masks.
 * torchmetrics classes :class:`InsertionDeletion`, :class:`ConfidenceChange`,
   :class:`PointingGame` (imported lazily, so the functions do not import torchmetrics).
 """
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lightning_cam.metrics._common import Explain
+from lightning_cam.metrics.self_consistency import ArccResult, arcc, coherency
 from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
 from lightning_cam.metrics.rise import (
     InsertionDeletionResult,
@@ -35,12 +44,36 @@ from lightning_cam.metrics.monitoring import (
     sparseness,
     spearman,
 )
+from lightning_cam.metrics.localisation import (
+    attribution_localisation,
+    localisation_auc,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from lightning_cam.metrics.pointing import PointingResult, energy_share, pointing_game
+from lightning_cam.metrics.randomisation import random_logit
+from lightning_cam.metrics.faithfulness import RoadResult, noisy_linear_imputation, road
+from lightning_cam.metrics.robustness import SensitivityResult, relative_input_stability, sensitivity
 
 if TYPE_CHECKING:
     from lightning_cam.metrics.metric_classes import ConfidenceChange, InsertionDeletion, PointingGame
 
 __all__ = [
+    "ArccResult",
+    "Explain",
+    "RoadResult",
+    "SensitivityResult",
+    "arcc",
+    "attribution_localisation",
+    "coherency",
+    "localisation_auc",
+    "noisy_linear_imputation",
+    "random_logit",
+    "relative_input_stability",
+    "relevance_rank_accuracy",
+    "road",
+    "sensitivity",
+    "top_k_intersection",
     "ConfidenceChange",
     "ConfidenceResult",
     "InsertionDeletion",

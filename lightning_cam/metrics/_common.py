@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -119,3 +119,22 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return batch_size
+
+
+#: An explanation function of the robustness / randomisation metrics: (B, C, H, W) images and (B,)
+#: classes -> (B, h, w) maps, e.g. ``lambda x, t: explain_all(model, "layer4", x, ["gradcam"], t)["gradcam"].saliency(x.shape[-2:])``.
+Explain = Callable[[Tensor, Tensor], Tensor]
+
+
+def explain_maps(explain: Explain, images: Tensor, targets: Tensor, name: str = "explain") -> Tensor:
+    """``explain(images, targets)`` checked: a (B, h, w) floating-point tensor (a (B, 1, h, w) one is squeezed)."""
+    if not callable(explain):
+        raise ValueError(f"{name} must be a callable (images, targets) -> (B, h, w) maps, got {type(explain).__name__}; "
+                         "e.g. explain=lambda x, t: explain_all(model, 'layer4', x, ['gradcam'], t)['gradcam'].saliency(x.shape[-2:])")
+    maps = explain(images, targets)
+    if isinstance(maps, Tensor) and maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if not isinstance(maps, Tensor) or maps.ndim != 3 or maps.shape[0] != images.shape[0] or not maps.is_floating_point():
+        got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise ValueError(f"{name} must return floating-point (B, h, w) maps for B = {images.shape[0]} images, got {got}")
+    return maps.detach()
