@@ -289,8 +289,30 @@ def app_bench(args: argparse.Namespace) -> None:
               + f"{r['cam/forwards']:7.0f}{r['cam/backwards']:6.0f}{floor:7.2f}{r['cam/callback_seconds'] / floor:7.2f}"
               + f"{r.get('cam/curve_images', float('nan')):7.0f}{r.get('cam/liftcam/insertion', float('nan')):12.4f}")
     inside = sum(r["cam/callback_seconds"] for r in evals)
-    print(f"time outside the evaluations (wall difference minus their seconds, last repeat): "
-          f"{rows[-1][1] - rows[-1][0] - inside:+.1f} s")
+    outside = rows[-1][1] - rows[-1][0] - inside
+    print(f"time outside the evaluations (wall difference minus their seconds, last repeat): {outside:+.1f} s")
+    if args.json:  # the figures the docs quote (tests/test_docs.py checks them against the page)
+        ratios = [b / a for a, b in zip(off_t, on_t)]
+        record = {
+            "command": "python bench/callback.py --repeats " + str(args.repeats)
+            + (" -- " + " ".join(args.overrides) if args.overrides else ""),
+            "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+            "wall_none": [round(t, 1) for t in off_t], "wall_default": [round(t, 1) for t in on_t],
+            "ratio_median": round(statistics.median(ratios), 3), "ratios": [round(r, 3) for r in ratios],
+            "forward_ms": round(1000 * fwd, 3), "backward_ms": round(1000 * bwd, 3),
+            "evaluations": [
+                {"epoch": int(r.get("epoch", -1)), "seconds": round(r["cam/callback_seconds"], 2),
+                 **{p: round(r.get(f"cam/seconds/{p}", 0.0), 3) for p in PARTS},
+                 "forwards": int(r["cam/forwards"]), "backwards": int(r["cam/backwards"]),
+                 "floor_ratio": round(r["cam/callback_seconds"] / (r["cam/forwards"] * fwd + r["cam/backwards"] * bwd), 2),
+                 "curve_images": int(r.get("cam/curve_images", 0)),
+                 "liftcam_insertion": round(r.get("cam/liftcam/insertion", float("nan")), 4)}
+                for r in evals
+            ],
+            "outside_seconds": round(outside, 1),
+        }
+        Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 def main() -> None:
@@ -312,6 +334,7 @@ def main() -> None:
     p.add_argument("--max-overhead", type=float, default=None, help="--inprocess: the callback's budget (default none)")
     p.add_argument("--figure", default=None, help="write the README's dashboard figure here instead of benchmarking")
     p.add_argument("--inprocess", action="store_true", help="per-epoch timing in this process instead of train.py runs")
+    p.add_argument("--json", default=None, help="also write the figures of the train.py comparison to this JSON file")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for both train.py runs (after --)")
     args = p.parse_args()
     if args.threads:

@@ -45,7 +45,7 @@ from lightning_cam.evaluation import (
     report_layers,
     summarise,
 )
-from lightning_cam.evaluation.keys import STAGE_PREFIX, callback_key
+from lightning_cam.evaluation.keys import STAGE_PREFIX, callback_key, row_label
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
 
@@ -488,7 +488,7 @@ class CAMCallbackMixin:
         if not bool(bad.any()) or not trainer.is_global_zero:
             return
         per = {
-            (f"{layer}/{m}" if len(report.layers) > 1 else m): int((~r.finite.bool()).sum())
+            row_label(layer if len(report.layers) > 1 else None, m): int((~r.finite.bool()).sum())
             for layer, m, r in report.items() if r.finite is not None and not bool(r.finite.all())
         }
         where = [int(i) for i in bad.nonzero().flatten()[:10]]
