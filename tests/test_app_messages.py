@@ -101,3 +101,24 @@ def test_failed_config_leaves_no_run_folder(tmp_path):
     other = tmp_path / "outputs" / "train" / "runs" / "b"
     (other / "checkpoints").mkdir(parents=True)
     assert not remove_run_dir_of_failed_config(other, "train", stop_at=tmp_path) and other.is_dir()
+
+
+def test_metrics_json_takes_the_cam_keys_of_one_evaluation():
+    """A key the last evaluation did not log (say its images were all non-finite) must not pair an
+    older epoch's value with the newer ones: the CAM keys come from the callback's last evaluation."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lightning_cam import CAMCallback
+    from lightning_cam.app.runner import _scalar_metrics
+
+    cb = CAMCallback()
+    cb.last_scalars, cb.last_epoch = {"cam/liftcam/average_drop": 3.0, "cam/nonfinite_images": 0.0}, 4
+    trainer = SimpleNamespace(callbacks=[cb], callback_metrics={
+        "val/acc": torch.tensor(0.9), "cam/liftcam/insertion": torch.tensor(0.7),  # from epoch 3
+        "cam/liftcam/average_drop": torch.tensor(3.0), "cam/nonfinite_images": torch.tensor(0.0),
+    })
+    got = _scalar_metrics(trainer)
+    assert got == pytest.approx({"val/acc": 0.9, "cam/liftcam/average_drop": 3.0, "cam/nonfinite_images": 0.0,
+                                 "cam/epoch": 4.0})

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelSummary
 from pytorch_lightning.utilities import rank_zero_only
 
+from lightning_cam.callback.cam_callback import CAMCallbackMixin
 from lightning_cam.app import rich_utils
 from lightning_cam.app.validation import ConfigError, cam_enabled, validate_config
 
@@ -295,12 +296,25 @@ def _log_file(output_dir: Path, cfg: DictConfig) -> str | None:
 
 
 def _scalar_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """``trainer.callback_metrics`` as floats, the CAM keys from one evaluation only: Lightning keeps
+    a key's last value, so a key that a later evaluation did not log (its images were all
+    non-finite, it failed) would pair an older epoch with newer ones. The keys of the stage prefix
+    of each CAM callback's last evaluation are replaced by that evaluation's, and
+    ``<prefix>/epoch`` says which epoch it was."""
     out = {}
     for k, v in trainer.callback_metrics.items():
         try:
             out[k] = float(v)
         except (TypeError, ValueError):
             continue
+    cams = [cb for cb in trainer.callbacks if isinstance(cb, CAMCallbackMixin) and cb.last_scalars]
+    for prefix in {k.split("/", 1)[0] for cb in cams for k in cb.last_scalars}:
+        out = {k: v for k, v in out.items() if not k.startswith(prefix + "/")}
+        for cb in cams:
+            last = {k: v for k, v in cb.last_scalars.items() if k.startswith(prefix + "/")}
+            if last:
+                out.update(last)
+                out[f"{prefix}/epoch"] = float(cb.last_epoch)
     return out
 
 

@@ -173,6 +173,8 @@ class CAMCallbackMixin:
         #: the report of the last run (all images, CPU) and its logged scalars
         self.last_report: EvaluationReport | None = None
         self.last_scalars: dict[str, float] = {}
+        #: the epoch of the last evaluation whose scalars were logged
+        self.last_epoch: int | None = None
         #: number of failed runs (errors reported with on_error="warn")
         self.num_errors = 0
 
@@ -389,7 +391,7 @@ class CAMCallbackMixin:
         scalars.update(self._seconds(prefix, run.local.timing, media, time.perf_counter() - run.start))
         for key, value in scalars.items():  # identical on every rank (from the gathered report) but the seconds
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.last_scalars = scalars
+        self.last_scalars, self.last_epoch = scalars, trainer.current_epoch
         # a sink failed on rank zero: every rank learns it before anyone raises (on_error="raise")
         if distributed.any_rank(trainer.strategy, bool(errors), trainer.world_size):
             for during, error, exc in errors or [("logging media", "rank zero failed (see its log)", None)]:
