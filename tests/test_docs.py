@@ -146,15 +146,15 @@ def test_readme_is_short_and_links_resolve():
 
 def test_quoted_numbers_equal_the_benchmark_records():
     """Every `<!-- numbers:NAME -->` block of the docs is the rendering of docs/numbers/NAME.json,
-    the file the benchmark command named in the block wrote (bench/numbers.py)."""
+    the file the benchmark command named in the block wrote (bench/docs_numbers.py)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_numbers", ROOT / "bench" / "numbers.py")
+    spec = importlib.util.spec_from_file_location("bench_numbers", ROOT / "bench" / "docs_numbers.py")
     numbers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(numbers)
     found = 0
     for page in PAGES:
         for name, body in numbers.blocks(page.read_text()):
-            assert body == numbers.render(name), f"{_id(page)}: the numbers:{name} block is stale; run python bench/numbers.py"
+            assert body == numbers.render(name), f"{_id(page)}: the numbers:{name} block is stale; run python bench/docs_numbers.py"
             found += 1
     assert found >= 1

@@ -2,10 +2,10 @@
 
 A page quotes them in a block between ``<!-- numbers:NAME -->`` and ``<!-- /numbers -->``; this
 module renders that block from ``docs/numbers/NAME.json``, ``tests/test_docs.py`` checks that each
-block equals its rendering, and ``python bench/numbers.py`` rewrites the blocks after a rerun:
+block equals its rendering, and ``python bench/docs_numbers.py`` rewrites the blocks after a rerun:
 
     python bench/callback.py --repeats 2 --json docs/numbers/callback_cost_5epochs.json
-    python bench/numbers.py          # updates every block in docs/ and README.md
+    python bench/docs_numbers.py          # updates every block in docs/ and README.md
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def callback_cost(d: dict) -> str:
         f"| `python train.py` | {', '.join(f'{t:.1f}' for t in d['wall_default'])} | "
         f"{d['ratio_median']:.3f} (per repeat: {', '.join(f'{r:.3f}' for r in d['ratios'])}) |",
         "",
-        f"Each evaluation of the last run, seconds per part (floor = its forward passes x {d['forward_ms']:.3f} ms "
-        f"+ its backward passes x {d['backward_ms']:.3f} ms, the model passes alone):",
+        f"Each evaluation of the last run, seconds per part (floor ratio = its seconds over its forward passes x "
+        f"{d['forward_ms']:.3f} ms, the model passes alone; its backward passes go through the head only, "
+        f"not priced; one through the whole model costs {d['backward_ms']:.3f} ms):",
         "",
         "| epoch | total | " + " | ".join(PARTS) + " | forwards | backwards | floor ratio | curve images | `cam/liftcam/insertion` |",
         "|---:|---:|" + "---:|" * len(PARTS) + "---:|---:|---:|---:|---:|",
