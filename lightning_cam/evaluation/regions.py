@@ -63,7 +63,7 @@ def check_regions(regions: Mapping[str, Any] | None, owner: str = "") -> dict[st
     out: dict[str, Region | None] = dict(MASK_FREE_REGIONS)
     for name, value in dict(regions).items():
         if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"{owner}region names must be non-empty strings without '/', got {name!r}; {_EXAMPLE}")
+            raise ValueError(f"{owner}regions: names must be non-empty strings without '/', got {name!r}; {_EXAMPLE}")
         out[name] = None if value is None else _region(name, value, owner)
     return out
 
