@@ -143,7 +143,7 @@ def area_spec(region: str) -> MetricSpec:
     """The spec of the callback-wide ``area/<region>``: the region's share of the image, ``sum(R) / (H * W)``."""
     return MetricSpec(
         f"{AREA_PREFIX}/{region}", "none", f"A {region}",
-        f"share of the image's area inside the {region!r} region (the energy of a uniform map there)", "monitoring", False,
+        f"share of the image's area inside the {region!r} region: the energy of evenly spread saliency, the baseline of energy/{region}", "monitoring", False,
     )
 
 

@@ -10,7 +10,8 @@ A region is named and is either
 
 Their energy is the same quantity as for a named mask, ``sum(S * R) / sum(S)`` for the
 non-negative map ``S`` at input resolution (:func:`lightning_cam.metrics.region_energy`), and the
-region's area share ``sum(R) / (H * W)`` is reported beside it: a uniform map scores its area.
+region's area share ``sum(R) / (H * W)`` is reported beside it: evenly spread saliency scores
+the area share, the baseline to compare the energy with.
 """
 
 from __future__ import annotations
