@@ -76,9 +76,11 @@ def test_evaluate_logs_border_center_and_boxes_with_their_area():
     assert s["cam/cam/energy/center"] == pytest.approx(1.75 / 3, abs=1e-7)
     assert (s["cam/area/border"], s["cam/area/center"], s["cam/area/top_left"]) == (0.4375, 0.25, 0.0625)
     assert parse_key("cam/cam/energy/top_left").metric == "energy/top_left" and parse_key("cam/area/border") is None
-    # switched off: as a value, or the whole option
+    # switched off one by one; None: the defaults
     assert evaluate(_identity_cam_model(), "1", x, methods=["cam"], curves=False, regions={"border": None}).regions == ("center",)
-    assert evaluate(_identity_cam_model(), "1", x, methods=["cam"], curves=False, options=EvaluationOptions(regions=None)).regions == ()
+    off = EvaluationOptions(regions={"border": None, "center": None})
+    assert evaluate(_identity_cam_model(), "1", x, methods=["cam"], curves=False, options=off).regions == ()
+    assert EvaluationOptions(regions=None).regions == MASK_FREE_REGIONS
 
 
 def test_region_option_merges_defaults_stays_put_and_names_the_option_in_errors():

@@ -140,7 +140,7 @@ class CAMCallbackMixin:
         regions: mask-free regions scored on every held-out set, masks or not: ``{name: box}``
             with a box ``(x0, y0, x1, y1)`` in relative coordinates or a border width, added to the
             default ``border`` band (1/8 of the side) and ``center`` (the middle half of each side);
-            ``None`` switches one off. Logged as ``cam/<method>/energy/<name>``, the area share as
+            None: just those; a ``None`` value switches one off. Logged as ``cam/<method>/energy/<name>``, the area share as
             ``cam/area/<name>`` (see :mod:`lightning_cam.evaluation.regions`).
         per_class: classes (names or indices) whose means of the region energies, pointing game
             and insertion / deletion are logged as ``cam/<method>/class/<name>/<metric>``, or

@@ -227,7 +227,7 @@ def evaluate(
             is the default of ``masks``), and static regions in relative coordinates,
             ``{"top_left": (0, 0, 0.2, 0.2), "border": 0.1}``, which update ``options.regions``
             (default: the ``border`` band and the ``center``, :mod:`~lightning_cam.evaluation.regions`;
-            ``None`` switches one off). Each method's ``region_energy`` holds ``sum(S * R) / sum(S)``
+            a ``None`` value switches one off). Each method's ``region_energy`` holds ``sum(S * R) / sum(S)``
             per region and the report's ``region_area`` each region's area share.
         shap_on: (N,) bool, the images compared with ShapCAM (default: the first ``shap_samples``).
         curve_rows: (N,) bool, the images whose curves are scored (default: ``curve_images``

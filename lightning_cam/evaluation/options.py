@@ -89,8 +89,8 @@ class EvaluationOptions:
             (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``): one fused map per method.
         regions: mask-free regions scored on every image (:mod:`~lightning_cam.evaluation.regions`):
             ``{name: border width | (x0, y0, x1, y1)}`` in relative coordinates, added to the default
-            ``border`` band (1/8 of the side) and ``center`` box; ``None`` switches one (or, as the
-            whole option, all) off. Logged as ``energy/<name>`` with the area share ``area/<name>``.
+            ``border`` band (1/8 of the side) and ``center`` box (None: just those); a ``None`` value
+            switches one off. Logged as ``energy/<name>`` with the area share ``area/<name>``.
     """
 
     methods: tuple[str, ...] = ("liftcam",)

@@ -27,7 +27,7 @@ __all__ = ["MASK_FREE_REGIONS", "Region", "active", "check_regions", "region_mas
 
 Region = Union[float, tuple[float, float, float, float]]
 #: The regions scored by default: the border band (1/8 of the side) and the centre (the middle half
-#: of each side, a quarter of the image). ``regions={...}`` adds to them; ``None`` removes one.
+#: of each side, a quarter of the image). ``regions={...}`` adds to them; a ``None`` value removes one.
 MASK_FREE_REGIONS: dict[str, Region] = {"border": 0.125, "center": (0.25, 0.25, 0.75, 0.75)}
 _EXAMPLE = "e.g. regions={'top_left': (0, 0, 0.2, 0.2), 'border': 0.1} (a box x0, y0, x1, y1 or a border width)"
 
@@ -52,13 +52,13 @@ def _region(name: str, value: Any, owner: str) -> Region:
 
 
 def check_regions(regions: Mapping[str, Any] | None, owner: str = "") -> dict[str, Region | None]:
-    """:data:`MASK_FREE_REGIONS` updated with ``regions``, checked; ``None`` (a value, or the whole
-    option) switches a region (every region) off and stays in the result, so that checking the
-    result again gives the same regions. :func:`active` drops the ``None`` entries.
+    """:data:`MASK_FREE_REGIONS` updated with ``regions`` (None: the defaults as they are), checked.
+    A ``None`` value switches a region off and stays in the result, so that checking the result
+    again gives the same regions; :func:`active` drops the ``None`` entries.
 
     Accepts dicts and OmegaConf DictConfigs; names must be non-empty and contain no ``/``."""
     if regions is None:
-        return dict.fromkeys(MASK_FREE_REGIONS)
+        return dict(MASK_FREE_REGIONS)
     if not isinstance(regions, Mapping) and type(regions).__name__ != "DictConfig":
         raise ValueError(f"{owner}regions must be a dict of named regions, got {regions!r}; {_EXAMPLE}")
     out: dict[str, Region | None] = dict(MASK_FREE_REGIONS)
