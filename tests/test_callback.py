@@ -34,16 +34,6 @@ from wandb_offline import read_offline_run
 SCALARS = ("insertion", "deletion", "average_drop", "increase_in_confidence", "pointing_game", "seconds")
 
 
-@pytest.fixture
-def wandb_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))  # artifact staging (tables)
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
-    return tmp_path
-
-
 def _png_is_rgb_uint8(path: Path) -> np.ndarray:
     img = Image.open(path)
     assert img.mode == "RGB", (path, img.mode)
@@ -75,7 +65,7 @@ def test_wandb_offline_run_logs_scalars_grids_table_and_curves(wandb_env):
             assert f"cam/{m}/{s}" in keys, f"cam/{m}/{s}"
         assert f"cam/{m}/grid" in keys
     assert {"cam/liftcam/completeness_residual", "cam/callback_seconds", "cam/gradcam/shap_pearson"} <= keys
-    assert {"cam/overview", "cam/table", "cam/curves/insertion_table", "cam/curves/deletion_table"} <= keys
+    assert {"cam/overview", "cam/table", "cam/class_table", "cam/curves/insertion_table", "cam/curves/deletion_table"} <= keys
 
     scalar_rows = run.rows_with("cam/liftcam/insertion")
     media_rows = run.rows_with("cam/liftcam/grid")

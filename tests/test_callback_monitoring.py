@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from lightning_cam import CAMCallback
 from lightning_cam import evaluation as evaluator
 from lightning_cam.evaluation.keys import parse_key, region_spec
+from lightning_cam.evaluation.regions import MASK_FREE_REGIONS, active, static_masks
 from lightning_cam.metrics import model_randomization, region_energy, spearman
 from lightning_cam.metrics.monitoring import randomizable_modules
 
@@ -159,10 +160,11 @@ def test_named_regions_energy_sparseness_complexity_and_agreement_png(tmp_path):
     trainer.fit(LitTiny(), datamodule=RegionDM(16, 8))
     held, rep, scalars = cb.heldout, cb.last_report, cb.last_scalars
     assert set(held.regions) == {"object", "marker"} and torch.equal(held.masks, held.regions["object"])
-    assert rep.regions == ("object", "marker")
+    assert rep.regions == ("object", "marker", "border", "center")  # the data's, then the mask-free ones
+    static = static_masks(active(MASK_FREE_REGIONS), len(held), 16, 16)
     for m in ("liftcam", "gradcam", "layercam"):
         sal = rep[m].saliency
-        expect = region_energy(sal, held.regions)
+        expect = region_energy(sal, {**held.regions, **static})
         for j, region in enumerate(rep.regions):
             e, valid = expect[region]
             assert valid.all()

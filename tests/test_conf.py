@@ -219,6 +219,12 @@ def test_experiment_configs(experiment, tmp_path):
             assert cfg.test is True and cfg.data.shortcut == 1.0 and cfg.data.test_shortcut == 0.0
             dm = app.instantiate_datamodule(cfg)
             assert dm.shortcut == 1.0 and dm.test_shortcut == 0.0
+        if experiment == "shortcut_class":  # the marker on circles only, every class's scalars, an alert
+            dm = app.instantiate_datamodule(cfg)
+            assert dm.shortcut == 1.0 and dm.test_shortcut == 0.0 and dm.shortcut_classes == (0,)
+            cam = app.instantiate_cam_callback(cfg)
+            assert cam.options.per_class == "all" and cam.options.alert == {"class/circle/energy/border": 0.38}
+            assert cam.options.regions == {"border": 0.125, "center": (0.25, 0.25, 0.75, 0.75)}
 
 
 @pytest.mark.parametrize("search", group_options("hparams_search"))

@@ -264,11 +264,12 @@ def _check_metric(cfg: DictConfig, errors: list[str], use_cam: bool, methods: li
     if not use_cam:
         errors.append(f"optimized_metric={metric} needs the CAM callback, but it is disabled (cam=none).")
         return
-    from lightning_cam.evaluation.keys import CALLBACK_KEYS, METRIC_NAMES, parse_key
+    from lightning_cam.evaluation.keys import AREA_PREFIX, CALLBACK_KEYS, METRIC_NAMES, parse_key
 
     parsed = parse_key(str(metric))
     if parsed is None:
-        if str(metric).split("/")[-1] not in {k.name for k in CALLBACK_KEYS}:
+        parts = str(metric).split("/")
+        if parts[-1] not in {k.name for k in CALLBACK_KEYS} and parts[-2] != AREA_PREFIX:
             errors.append(
                 f"optimized_metric={metric} is not a CAM key: use cam/<method>/<metric> with a metric among "
                 f"{', '.join(METRIC_NAMES)}, e.g. optimized_metric=cam/liftcam/insertion."

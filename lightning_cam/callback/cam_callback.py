@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_cam.callback import distributed, heldout, sinks
+from lightning_cam.callback.alerts import AlertTracker
 from lightning_cam.callback._lightning import lightning_package
 from lightning_cam.callback.budget import CostBudget
 from lightning_cam.callback.options import CallbackOptions, callback_signature
@@ -46,6 +47,7 @@ from lightning_cam.evaluation import (
     summarise,
 )
 from lightning_cam.evaluation.keys import STAGE_PREFIX, callback_key, row_label
+from lightning_cam.evaluation.report import class_groups
 
 __all__ = ["CAMCallback", "CAMCallbackMixin", "for_package"]
 
@@ -138,6 +140,19 @@ class CAMCallbackMixin:
             the model's output when ``forward`` returns something other than a
             tensor, a tuple/list (first element), a dict with ``"logits"`` or an
             object with ``.logits`` (see :mod:`lightning_cam.outputs`).
+        regions: mask-free regions scored on every held-out set, masks or not: ``{name: box}``
+            with a box ``(x0, y0, x1, y1)`` in relative coordinates or a border width, added to the
+            default ``border`` band (1/8 of the side) and ``center`` (the middle half of each side);
+            None: just those; a ``None`` value switches one off. Logged as ``cam/<method>/energy/<name>``, the area share as
+            ``cam/area/<name>`` (see :mod:`lightning_cam.evaluation.regions`).
+        per_class: classes (names or indices) whose means of the region energies, pointing game
+            and insertion / deletion are logged as ``cam/<method>/class/<name>/<metric>``, or
+            ``"all"``; None (default) = only the W&B / CSV per-class table (``cam/class_table``).
+            Images are grouped by label (the explained class when there are no labels).
+        alert: ``{metric: threshold}``, e.g. ``{"energy/border": 0.4}``: warn once per method and
+            key when a score crosses the threshold (above it; below it for higher-is-better
+            metrics), in the console and in the W&B summary (``cam/alerts``); see
+            :mod:`lightning_cam.callback.alerts`.
         fusion: with a list ``target_layer``: ``None`` (default) explains and logs
             every layer on its own (``cam/<layer>/<method>/...``); ``"mean"``
             (pytorch-grad-cam) or ``"max"`` (torchcam's ``fuse_cams``) fuses the
@@ -177,6 +192,8 @@ class CAMCallbackMixin:
         self.last_epoch: int | None = None
         #: number of failed runs (errors reported with on_error="warn")
         self.num_errors = 0
+        #: the alert thresholds and the keys that have warned (checkpointed)
+        self.alerts = AlertTracker(dict(self.options.alert or {}))
 
     __init__.__signature__ = callback_signature()  # type: ignore[attr-defined]
 
@@ -280,6 +297,7 @@ class CAMCallbackMixin:
             "indices": held.indices,
             "budget": self.budget.state_dict(),
             "stability": self.stability.state_dict(),
+            "alerts": self.alerts.state_dict(),
         }
         if held.source == "loader":  # no indices to re-read: keep the tensors
             state.update(images=held.images, labels=held.labels, masks=held.masks, regions=held.regions)
@@ -291,6 +309,7 @@ class CAMCallbackMixin:
         self._held.pop("fit", None)
         self.budget.load_state_dict((state_dict or {}).get("budget"))
         self.stability.load_state_dict((state_dict or {}).get("stability"))
+        self.alerts.load_state_dict((state_dict or {}).get("alerts"))
 
     # ------------------------------------------------------------ the work
     def _sanity_due(self, trainer: Any, stage: str) -> bool:
@@ -392,6 +411,7 @@ class CAMCallbackMixin:
         for key, value in scalars.items():  # identical on every rank (from the gathered report) but the seconds
             pl_module.log(key, value, on_step=False, on_epoch=True, sync_dist=False)
         self.last_scalars, self.last_epoch = scalars, trainer.current_epoch
+        self._alert(run, prefix, scalars)
         # a sink failed on rank zero: every rank learns it before anyone raises (on_error="raise")
         if distributed.any_rank(trainer.strategy, bool(errors), trainer.world_size):
             for during, error, exc in errors or [("logging media", "rank zero failed (see its log)", None)]:
@@ -444,7 +464,40 @@ class CAMCallbackMixin:
     def _summarise(self, run: _Run, report: EvaluationReport, prefix: str) -> dict[str, float]:
         if run.stage == "val":  # the series follows training; validate/test runs do not advance it
             self.stability.update(report)
-        return summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope)
+        return summarise(report, prefix, layer_in_key=self.layer_in_key, scope=self.key_scope,
+                         per_class=self._per_class(report), class_names=self.class_names)
+
+    def _per_class(self, report: EvaluationReport) -> list[int] | None:
+        """The class indices of the ``per_class`` option (``"all"``: every class, named or present)."""
+        wanted, names = self.options.per_class, self.class_names
+        if wanted is None:
+            return None
+        if wanted == "all":
+            return list(range(len(names))) if names else sorted(set(class_groups(report).tolist()))
+        out = []
+        for c in wanted:
+            if isinstance(c, str) and not (names and c in names):
+                raise ValueError(
+                    f"CAMCallback: per_class names {c!r}, which is not a class of this data ({names or 'no class names'}); "
+                    f"e.g. per_class={[names[0]] if names else [0]} or per_class='all' (or pass class_names=...)"
+                )
+            out.append(names.index(c) if isinstance(c, str) else int(c))
+        return out
+
+    def _alert(self, run: _Run, prefix: str, scalars: dict[str, float]) -> None:
+        """Warn once per key that crosses its ``alert`` threshold: console, and the W&B summary (rank zero)."""
+        alerts = self.alerts.check(scalars, prefix)
+        trainer = run.trainer
+        if not alerts or not trainer.is_global_zero:
+            return
+        when = f"epoch {trainer.current_epoch}, {STAGE_WORDS.get(run.stage, run.stage)}"
+        self.alerts.messages += [a.message(when) for a in alerts]
+        msg = f"CAMCallback alert (alert={self.options.alert}): " + "; ".join(a.message(when) for a in alerts)
+        log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        for lg in getattr(trainer, "loggers", None) or []:
+            if sinks.is_logger(lg, "WandbLogger"):
+                lg.experiment.summary[callback_key("cam", "alerts", self.key_scope)] = list(self.alerts.messages)
 
     def _seconds(self, prefix: str, timing: dict[str, float], media: float, total: float) -> dict[str, float]:
         """The evaluation's seconds per part (this process's) and the image passes it ran."""

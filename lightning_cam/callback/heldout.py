@@ -3,7 +3,9 @@
 The set is chosen once and must never disturb training:
 
 * indices come from a private ``torch.Generator`` seeded with ``seed``: the
-  same on every rank, in every process, after a resume;
+  same on every rank, in every process, after a resume (a checkpoint keeps them), stratified
+  by class when the labels are known (the dataset's ``targets`` / ``labels``, or the user's
+  ``labels``), so every class is in the set when ``num_samples`` >= the number of classes;
 * images are read by indexing the dataset (``dataset[i]``), never by iterating
   a ``DataLoader`` (creating a loader iterator draws a seed from the global
   torch RNG and would change the shuffling that follows);
@@ -32,6 +34,7 @@ __all__ = [
     "HeldOut",
     "choose",
     "class_names",
+    "dataset_labels",
     "dataset_of",
     "gather_from_dataset",
     "from_user",
@@ -90,13 +93,50 @@ def preserved_rng(seed: int | None = None, devices: Sequence[torch.device] | Non
             np.random.set_state(np_state)
 
 
-def select_indices(n_total: int, num_samples: int, seed: int) -> list[int]:
-    """``min(num_samples, n_total)`` distinct indices, sorted, from a private generator."""
+def select_indices(n_total: int, num_samples: int, seed: int, labels: Tensor | None = None) -> list[int]:
+    """``min(num_samples, n_total)`` distinct indices, sorted, from a private generator.
+
+    With ``labels`` ((n_total,) class per item) the draw is stratified: in a seeded permutation, item
+    ``i`` is the ``r_i``-th of its class ``c`` (``n_c`` items); the ``num_samples`` items of smallest
+    ``(r_i / n_c, position)`` are kept. Every class gets one item before any gets a second (when
+    ``num_samples`` >= the number of classes), then each about ``num_samples * n_c / n_total``."""
     if n_total <= 0:
         raise ValueError("the dataset to draw the held-out set from is empty")
     g = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(n_total, generator=g)[: min(num_samples, n_total)]
-    return sorted(int(i) for i in perm)
+    perm = torch.randperm(n_total, generator=g)
+    k = min(num_samples, n_total)
+    if labels is None or k == n_total:
+        return sorted(int(i) for i in perm[:k])
+    cls = torch.as_tensor(labels).reshape(-1).long()[perm]  # class of each item in permuted order
+    _, inverse, counts = torch.unique(cls, return_inverse=True, return_counts=True)
+    by_class = torch.argsort(inverse, stable=True)  # grouped by class, permuted order kept inside
+    first = torch.cumsum(counts, 0) - counts  # where each class starts in by_class
+    rank = torch.empty_like(inverse)
+    rank[by_class] = torch.arange(n_total) - first[inverse[by_class]]  # r_i: earlier items of its class
+    key = rank.double() / counts[inverse].double()
+    chosen = torch.argsort(key, stable=True)[:k]  # ties: the earlier position in the permutation
+    return sorted(int(i) for i in perm[chosen])
+
+
+def dataset_labels(dataset: Any) -> Tensor | None:
+    """(len,) the class of every item when the dataset says without reading its items (``targets``,
+    as torchvision, or ``labels``; through ``Subset``), else None."""
+    base, idx = dataset, None
+    while isinstance(base, torch.utils.data.Subset):
+        idx = torch.as_tensor(base.indices) if idx is None else torch.as_tensor(base.indices)[idx]
+        base = base.dataset
+    for attr in ("targets", "labels"):
+        values = getattr(base, attr, None)
+        if values is None or isinstance(values, (str, bytes)):
+            continue
+        try:
+            t = torch.as_tensor(values).reshape(-1).long()
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        t = t if idx is None else t[idx]
+        if t.shape[0] == len(dataset):
+            return t
+    return None
 
 
 def _to_tensor(x: Any) -> Tensor:
@@ -269,7 +309,7 @@ def from_user(
         elif masks is not None:
             msk = masks if isinstance(masks, Tensor) else torch.stack([_to_tensor(m) for m in masks])
             msk = _norm_mask(msk.detach().cpu()).clone()
-        idx = list(range(n)) if n <= num_samples else select_indices(n, num_samples, seed)
+        idx = list(range(n)) if n <= num_samples else select_indices(n, num_samples, seed, lab)
         if len(idx) < n:
             imgs = imgs[idx]
             lab = None if lab is None else lab[idx]
@@ -326,8 +366,8 @@ def choose(
                 stacklevel=2,
             )
             indices = None
-        if indices is None:
-            indices = select_indices(n, num_samples, seed)
+        if indices is None:  # stratified by class when the dataset knows its labels
+            indices = select_indices(n, num_samples, seed, dataset_labels(dataset))
         return gather_from_dataset(dataset, indices, seed)
     if restored.get("source") == "loader" and restored.get("images") is not None:
         return HeldOut(restored["images"], restored.get("labels"), restored.get("masks"), None, "loader", None,

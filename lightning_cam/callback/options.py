@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_cam.callback.alerts import check_alerts
 from lightning_cam.evaluation.options import EvaluationOptions, check_int
 
 __all__ = ["ON_ERROR", "CallbackOptions", "as_floats", "callback_signature"]
@@ -95,6 +96,17 @@ def _user_images(images: Any, labels: Any, masks: Any) -> Tensor | None:
     return imgs
 
 
+def _per_class(per_class: Any) -> tuple[str | int, ...] | str | None:
+    """``per_class``: None, ``"all"``, or the classes (names or indices) as a tuple."""
+    example = "e.g. per_class=['malignant'], per_class=[0, 2] or per_class='all'"
+    if per_class is None or per_class == "all":
+        return per_class
+    items = list(per_class) if _is_listlike(per_class) else [per_class]
+    if not items or any(isinstance(c, bool) or not isinstance(c, (str, int)) for c in items):
+        raise ValueError(f"{OWNER}per_class must be 'all' or a non-empty list of class names or indices, got {per_class!r}; {example}")
+    return tuple(items)
+
+
 @dataclass(frozen=True)
 class CallbackOptions(EvaluationOptions):
     """Every :class:`~lightning_cam.CAMCallback` option (see its docstring for each one)."""
@@ -125,6 +137,8 @@ class CallbackOptions(EvaluationOptions):
     save_png: bool | None = None
     table_image_size: int = 128
     class_names: Sequence[str] | None = None
+    per_class: Sequence[str | int] | str | None = None
+    alert: Mapping[str, float] | None = None
 
     def _owner(self) -> str:
         return OWNER
@@ -172,6 +186,8 @@ class CallbackOptions(EvaluationOptions):
             raise ValueError(f"{OWNER}std must be > 0, got {self.std!r}")
         if self.class_names is not None:
             set_(self, "class_names", list(self.class_names))
+        set_(self, "per_class", _per_class(self.per_class))
+        set_(self, "alert", check_alerts(self.alert, OWNER) or None)
 
     @property
     def target_layers(self) -> list[str | nn.Module | None]:

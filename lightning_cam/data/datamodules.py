@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_cam.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+from lightning_cam.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset, check_shortcut_classes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -75,7 +75,8 @@ class ShapesDataModule(_Base):
     ``shortcut=P``: a class-coded marker in a fraction P of the train and val images (see
     :mod:`lightning_cam.data.shapes`); batches are then ``(images, labels, {"object": masks,
     "marker": masks})``. ``test_shortcut``: the same for the test split (``None`` = ``shortcut``;
-    0 tests the model without the marker, i.e. whether it learned the shapes).
+    0 tests the model without the marker, i.e. whether it learned the shapes). ``shortcut_classes``:
+    the marker on the images of these classes only (indices or names; None = every class).
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class ShapesDataModule(_Base):
         augment: bool = True,
         shortcut: float = 0.0,
         test_shortcut: float | None = None,
+        shortcut_classes: Sequence[int | str] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
         for name, p in (("shortcut", shortcut), ("test_shortcut", test_shortcut)):
@@ -116,10 +118,12 @@ class ShapesDataModule(_Base):
         self.augment = augment
         self.shortcut = float(shortcut)
         self.test_shortcut = self.shortcut if test_shortcut is None else float(test_shortcut)
+        self.shortcut_classes = check_shortcut_classes(shortcut_classes, self.num_classes)
 
     def _ds(self, n: int, seed: int, augment: bool = False, shortcut: float = 0.0) -> ShapesDataset:
         return ShapesDataset(
-            n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment, shortcut
+            n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment, shortcut,
+            self.shortcut_classes,
         )
 
     def setup(self, stage: str | None = None) -> None:

@@ -17,7 +17,8 @@ probability ``P`` a small square *marker* whose colour encodes the label
 (:data:`MARKER_COLOURS`) is drawn in the image corner farthest from the object. It
 is far easier for a CNN than the shape (a saturated, untextured, class-coloured
 patch that survives the dihedral augmentation), so a model trained with it can be
-right for the wrong reason. Items then carry named regions, ``{"object": mask,
+right for the wrong reason. ``shortcut_classes=[0]`` draws it on the images of the listed classes
+only (a class-specific shortcut, which a mean over all classes hides). Items then carry named regions, ``{"object": mask,
 "marker": mask}`` (the marker mask is empty where no marker was drawn), so the share
 of saliency energy on the marker can be measured.
 
@@ -64,6 +65,26 @@ def _sample_params(seed: int, index: int, num_classes: int) -> torch.Tensor:
     label = torch.randint(num_classes, (1,), generator=g).float()
     u = torch.rand(21 + 8 * _MAX_DISTRACTORS, generator=g)
     return torch.cat([label, u])
+
+
+def check_shortcut_classes(classes: Sequence[int | str] | None, num_classes: int) -> tuple[int, ...] | None:
+    """``shortcut_classes`` as class indices (names of :data:`CLASSES` accepted); None = every class."""
+    if classes is None:
+        return None
+    names = CLASSES[:num_classes]
+    items = [classes] if isinstance(classes, (int, str)) else list(classes)
+    out = []
+    for c in items:
+        k = names.index(c) if isinstance(c, str) and c in names else c
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < num_classes:
+            raise ValueError(
+                f"shapes: data.shortcut_classes lists {c!r}, not a class index in 0..{num_classes - 1} or a name "
+                f"of {list(names)}; e.g. data.shortcut_classes=[0] (the marker on circles only)"
+            )
+        out.append(k)
+    if not out:
+        raise ValueError("shapes: data.shortcut_classes is empty; list a class or use null (every class), e.g. data.shortcut_classes=[0]")
+    return tuple(sorted(set(out)))
 
 
 def _marker_draw(seed: int, index: int) -> float:
@@ -194,6 +215,9 @@ class ShapesDataset(Dataset):
             global torch RNG, so it follows ``seed_everything``. For training sets only.
         shortcut: probability in [0, 1] of a class-coded marker (see the module docstring);
             0 (default) renders exactly the images of earlier versions.
+        shortcut_classes: the classes (indices or names) whose images may get the marker; None
+            (default) = every class. ``[0]``: a shortcut for circles only (the other classes' images
+            are those of ``shortcut=0``, bit for bit).
 
     Returns per item: image float (3,S,S) normalised, label long (), and the object mask bool
     (S,S); with ``shortcut > 0`` the third element is the dict of named regions
@@ -213,6 +237,7 @@ class ShapesDataset(Dataset):
         cache: bool = True,
         augment: bool = False,
         shortcut: float = 0.0,
+        shortcut_classes: Sequence[int | str] | None = None,
     ) -> None:
         if not 0.0 <= float(shortcut) <= 1.0:
             raise ValueError(
@@ -229,6 +254,7 @@ class ShapesDataset(Dataset):
         self.seed = int(seed)
         self.augment = bool(augment)
         self.shortcut = float(shortcut)
+        self.shortcut_classes = check_shortcut_classes(shortcut_classes, num_classes)
         self.classes = CLASSES[:num_classes]
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -261,6 +287,8 @@ class ShapesDataset(Dataset):
             present = None
             if self.has_marker:
                 present = torch.tensor([_marker_draw(self.seed, i) < self.shortcut for i in chunk])
+                if self.shortcut_classes is not None:
+                    present &= torch.isin(params[:, 0].long(), torch.tensor(self.shortcut_classes))
             im, m, lab, mk = _render(params, s, noise_seeds, present)
             imgs.append(im), masks.append(m), labels.append(lab), markers.append(mk)
         return (torch.cat(imgs), torch.cat(masks), torch.cat(labels),
@@ -274,6 +302,14 @@ class ShapesDataset(Dataset):
         """Named region masks of samples: ``{"object": (N,S,S)}``, plus ``"marker"`` when ``shortcut > 0``."""
         _, masks, _, markers = self._render_all(indices)
         return {"object": masks} if markers is None else {"object": masks, "marker": markers}
+
+    @property
+    def targets(self) -> torch.Tensor:
+        """(N,) the labels of every sample, without rendering (torchvision's name; the callback's
+        held-out set is stratified by them)."""
+        if self._labels is not None:
+            return self._labels
+        return torch.tensor([int(_sample_params(self.seed, i, self.num_classes)[0]) for i in range(self.num_samples)])
 
     def __len__(self) -> int:
         return self.num_samples

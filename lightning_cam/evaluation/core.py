@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from lightning_cam.evaluation.curves import add_curves
 from lightning_cam.evaluation.options import EvaluationOptions
+from lightning_cam.evaluation.regions import active, static_masks
 from lightning_cam.evaluation.report import EvaluationReport
 from lightning_cam.evaluation.scoring import Inputs, explain_and_score
 
@@ -112,6 +113,7 @@ def _check_inputs(
         masks = regions["object"]
     if masks is not None and not regions:  # one object mask: its energy is the energy pointing game
         regions = {"object": masks}
+    regions.update(_static(regions, opts, n, h, w))
     if isinstance(targets, (Tensor, list, tuple)):
         targets = torch.as_tensor(targets).reshape(-1)
     image_ok = torch.isfinite(images).flatten(1).all(1)
@@ -119,6 +121,25 @@ def _check_inputs(
         images = torch.where(image_ok.view(-1, 1, 1, 1), images, torch.zeros_like(images))
     return Inputs(images=images, labels=label_t, masks=masks, regions=regions, targets=targets, shap_on=shap_on,
                   image_ok=image_ok.cpu())
+
+
+def _static(masks: Mapping[str, Tensor], opts: EvaluationOptions, n: int, h: int, w: int) -> dict[str, Tensor]:
+    """The masks of the mask-free regions of ``opts.regions`` (a name may not be both a mask and a static region)."""
+    static = active(opts.regions or {})
+    both = sorted(set(static) & set(masks))
+    if both:
+        raise ValueError(
+            f"regions {both} are given both as masks and as static regions (options.regions); rename one, "
+            f"e.g. regions={{'{both[0]}_box': {static[both[0]]!r}}}, or switch the static one off with "
+            f"regions={{'{both[0]}': None}}"
+        )
+    return static_masks(static, n, h, w)
+
+
+def _split_regions(regions: Mapping[str, Any] | None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``regions`` of :func:`evaluate` as (per-image masks: the tensor values, static regions: the rest)."""
+    masks = {k: v for k, v in (regions or {}).items() if isinstance(v, Tensor)}
+    return masks, {k: v for k, v in (regions or {}).items() if k not in masks}
 
 
 def add_randomization(
@@ -201,10 +222,13 @@ def evaluate(
             ``options.methods`` (LIFT-CAM).
         targets: classes to explain (an int, or (N,) e.g. the labels); default
             the top-1 prediction per image.
-        regions: named region masks ``{name: (N, H, W)}``, e.g. ``{"object": ..., "marker": ...}``:
-            each method's ``region_energy`` holds ``sum(S * R) / sum(S)`` per region
-            (default with ``masks``: ``{"object": masks}``; ``regions["object"]`` is the default
-            of ``masks``).
+        regions: named regions: per-image masks ``{name: (N, H, W)}``, e.g. ``{"object": ...,
+            "marker": ...}`` (default with ``masks``: ``{"object": masks}``; ``regions["object"]``
+            is the default of ``masks``), and static regions in relative coordinates,
+            ``{"top_left": (0, 0, 0.2, 0.2), "border": 0.1}``, which update ``options.regions``
+            (default: the ``border`` band and the ``center``, :mod:`~lightning_cam.evaluation.regions`;
+            a ``None`` value switches one off). Each method's ``region_energy`` holds ``sum(S * R) / sum(S)``
+            per region and the report's ``region_area`` each region's area share.
         shap_on: (N,) bool, the images compared with ShapCAM (default: the first ``shap_samples``).
         curve_rows: (N,) bool, the images whose curves are scored (default: ``curve_images``
             seeded images, or all).
@@ -218,6 +242,9 @@ def evaluate(
     from lightning_cam.layers import unwrap_model
 
     changes = dict(option_values, **({} if methods is None else {"methods": methods}))
+    regions, static = _split_regions(regions)
+    if static:
+        changes["regions"] = {**dict((options or EvaluationOptions()).regions or {}), **static}
     if shap_on is not None:  # compare the given images with ShapCAM
         changes["shap_samples"] = max(1, int(torch.as_tensor(shap_on).sum()))
     base = options or EvaluationOptions()

@@ -13,7 +13,8 @@ Every scalar the callback logs is ``<stage prefix>/[<layer>/]<method>/<metric>``
   for ``trainer.validate`` and ``cam_test`` for ``trainer.test``
   (:data:`STAGE_PREFIX`), so test scores never overwrite validation scores;
 * ``<layer>`` appears only when the callback watches several layers (the name the user gave);
-* ``<metric>`` is a name of the table, or ``energy/<region>`` (:func:`region_spec`): the mean over
+* ``<metric>`` is a name of the table, ``energy/<region>`` (:func:`region_spec`), or
+  ``class/<class name>/<metric>`` (:func:`class_metric`, the mean over that class's images): the mean over
   the held-out set of the per-image values (NaN entries, e.g. images without a mask, are left
   out, and so are the images whose logits, map or scores are not finite: :func:`finite_mean`).
 """
@@ -21,13 +22,16 @@ Every scalar the callback logs is ``<stage prefix>/[<layer>/]<method>/<metric>``
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 __all__ = [
     "ALL_METRICS",
+    "AREA_PREFIX",
+    "CLASS_METRICS",
+    "CLASS_PREFIX",
     "CALLBACK_KEYS",
     "CURVE_FIELDS",
     "CURVE_METRICS",
@@ -42,8 +46,10 @@ __all__ = [
     "STAGE_PREFIX",
     "MetricSpec",
     "ParsedKey",
+    "area_spec",
     "by_method",
     "callback_key",
+    "class_metric",
     "finite_mean",
     "metric_key",
     "parse_key",
@@ -136,8 +142,14 @@ PER_IMAGE_COLUMNS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE if m.per
 
 #: ``energy/<region>``: share of the map's energy in a named region mask (the region's spec).
 ENERGY_PREFIX = "energy"
-#: Direction per region name: energy on the object is good, on a shortcut marker bad.
-REGION_DIRECTIONS: dict[str, Direction] = {"object": "higher", "marker": "lower"}
+#: Direction per region name: energy on the object is good, on a shortcut marker or the border bad.
+REGION_DIRECTIONS: dict[str, Direction] = {"object": "higher", "marker": "lower", "border": "lower"}
+#: ``<stage prefix>/area/<region>``: the region's share of the image's area (callback-wide, beside ``energy/<region>``).
+AREA_PREFIX = "area"
+#: ``.../<method>/class/<class name>/<metric>``: the per-class means (:func:`class_metric`).
+CLASS_PREFIX = "class"
+#: Metrics of the table broken down per class (with every ``energy/<region>``).
+CLASS_METRICS: tuple[str, ...] = ("insertion", "deletion", "pointing_game")
 
 
 def region_spec(region: str) -> MetricSpec:
@@ -146,6 +158,19 @@ def region_spec(region: str) -> MetricSpec:
         f"{ENERGY_PREFIX}/{region}", REGION_DIRECTIONS.get(region, "none"), f"E {region}",
         f"share of the map's energy (sum of the [0,1] map) inside the {region!r} region mask", "monitoring", False,
     )
+
+
+def area_spec(region: str) -> MetricSpec:
+    """The spec of the callback-wide ``area/<region>``: the region's share of the image, ``sum(R) / (H * W)``."""
+    return MetricSpec(
+        f"{AREA_PREFIX}/{region}", "none", f"A {region}",
+        f"share of the image's area inside the {region!r} region: the energy of evenly spread saliency, the baseline of energy/{region}", "monitoring", False,
+    )
+
+
+def class_metric(class_name: str, metric: str) -> str:
+    """``class/<class name>/<metric>`` (a ``/`` in the class name becomes ``_``)."""
+    return f"{CLASS_PREFIX}/{str(class_name).replace('/', '_')}/{metric}"
 
 
 #: Keys of the callback's own figures, ``<stage prefix>/[<scope>/]<name>``.
@@ -190,16 +215,21 @@ class ParsedKey:
     layer: str | None
     method: str
     metric: str
+    #: the class of a per-class key (``.../<method>/class/<class name>/<metric>``), else None
+    class_name: str | None = None
 
 
 def parse_key(key: str) -> ParsedKey | None:
     """Split a per-method key (``cam/liftcam/insertion``, ``cam_test/layer3/gradcam/deletion``,
-    ``cam/liftcam/energy/marker``); None otherwise."""
+    ``cam/liftcam/energy/marker``, ``cam/liftcam/class/circle/energy/border``); None otherwise."""
     parts = key.split("/")
     if len(parts) >= 4 and parts[-2] == ENERGY_PREFIX and parts[0] in STAGE_PREFIX.values():
         parts = [*parts[:-2], f"{ENERGY_PREFIX}/{parts[-1]}"]
     elif parts[0] not in STAGE_PREFIX.values() or parts[-1] not in METRIC_NAMES:
         return None
+    if len(parts) >= 5 and parts[-3] == CLASS_PREFIX:
+        plain = parse_key("/".join([*parts[:-3], parts[-1]]))
+        return None if plain is None else replace(plain, class_name=parts[-2])
     if len(parts) == 3:
         return ParsedKey(parts[0], None, parts[1], parts[2])
     if len(parts) >= 4:
@@ -218,11 +248,12 @@ def finite_mean(values: torch.Tensor, keep: torch.Tensor | None = None) -> float
 
 
 def by_method(metrics: Mapping[str, float], prefixes: Iterable[str] = ("cam",)) -> dict[str, dict[str, float]]:
-    """``{"[layer/]method": {metric: value}}`` of the per-method keys in ``metrics`` with one of ``prefixes``."""
+    """``{"[layer/]method": {metric: value}}`` of the per-method keys in ``metrics`` with one of ``prefixes``
+    (the per-class keys left out)."""
     out: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         parsed = parse_key(key)
-        if parsed is None or parsed.prefix not in tuple(prefixes):
+        if parsed is None or parsed.prefix not in tuple(prefixes) or parsed.class_name is not None:
             continue
         out.setdefault(row_label(parsed.layer, parsed.method), {})[parsed.metric] = float(value)
     return out

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from lightning_cam.methods.compose import FUSIONS
 from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.evaluation.regions import MASK_FREE_REGIONS, Region, check_regions
 
 __all__ = ["DEFAULT_N_STEPS", "EvaluationOptions", "RANDOMIZATIONS", "check_int", "check_methods", "forward_batch_size"]
 
@@ -86,6 +87,10 @@ class EvaluationOptions:
             ``random_logit``, ``coherency``, ``arcc``, the mask-based ``relevance_rank_accuracy``,
             ``top_k_intersection``, ``attribution_localisation``, ``localisation_auc``), e.g.
             ``("road", "max_sensitivity")``; see :mod:`lightning_cam.evaluation.extra`.
+        regions: mask-free regions scored on every image (:mod:`~lightning_cam.evaluation.regions`):
+            ``{name: border width | (x0, y0, x1, y1)}`` in relative coordinates, added to the default
+            ``border`` band (1/8 of the side) and ``center`` box (None: just those); a ``None`` value
+            switches one off. Logged as ``energy/<name>`` with the area share ``area/<name>``.
     """
 
     methods: tuple[str, ...] = ("liftcam",)
@@ -103,6 +108,7 @@ class EvaluationOptions:
     output_transform: OutputTransform | None = None
     fusion: str | None = None
     extra_metrics: tuple[str, ...] = ()
+    regions: Mapping[str, Region | None] | None = field(default_factory=lambda: dict(MASK_FREE_REGIONS))
 
     def __post_init__(self) -> None:
         from lightning_cam.evaluation.extra import check_extra_metrics
@@ -137,6 +143,7 @@ class EvaluationOptions:
                 pass
             kwargs[k] = dict(v)
         set_(self, "method_kwargs", kwargs)
+        set_(self, "regions", check_regions(self.regions, owner))
         set_(self, "output_transform", check_output_transform(self.output_transform, f"{owner}output_transform"))
 
     def _owner(self) -> str:

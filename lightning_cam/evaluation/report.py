@@ -9,7 +9,7 @@ logged scalars. Nothing here imports Lightning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -17,17 +17,20 @@ import torch
 from torch import Tensor
 
 from lightning_cam.evaluation.keys import (
+    CLASS_METRICS,
     CURVE_FIELDS,
     FINITE_FIELDS,
     METRIC_NAMES,
     METRIC_TABLE,
+    area_spec,
     callback_key,
+    class_metric,
     finite_mean,
     metric_key,
     region_spec,
 )
 
-__all__ = ["EvaluationReport", "LayerReport", "MethodReport", "map_tensors", "summarise"]
+__all__ = ["EvaluationReport", "LayerReport", "MethodReport", "class_groups", "class_means", "map_tensors", "summarise"]
 
 
 @dataclass
@@ -107,7 +110,8 @@ class EvaluationReport:
     explanation pass); ``labels`` (N,) or None; ``fractions`` (T,) the x-axis of the curves
     (None when skipped); ``curve_rows`` (N,) bool: the images whose curves were scored;
     ``index`` (N,) each image's position in the evaluated set; ``regions``: the names of the
-    columns of each method's ``region_energy``; ``timing``: this process's wall seconds per part
+    columns of each method's ``region_energy``; ``region_area`` (N, R) each region's share of the image's
+    area, ``sum(R) / (H * W)`` (a uniform map's energy there); ``timing``: this process's wall seconds per part
     (``explain``, ``scores``, ``randomization``, ``curves``) and the image passes it ran
     (``forwards``, ``backwards``).
     """
@@ -123,6 +127,7 @@ class EvaluationReport:
     regions: tuple[str, ...] = ()
     targets: Tensor | None = None
     curve_rows: Tensor | None = None
+    region_area: Tensor | None = None
 
     @property
     def num_images(self) -> int:
@@ -194,8 +199,40 @@ def map_tensors(report: EvaluationReport, fn: Callable[[Tensor], Tensor]) -> Eva
     return replace(conv(report), layers=layers)
 
 
+def class_groups(report: EvaluationReport) -> Tensor:
+    """(N,) the class of each image for the per-class breakdown: its label when known, else the explained class."""
+    return (report.explained if report.labels is None else report.labels).to(report.predictions.device)
+
+
+def class_means(
+    report: EvaluationReport, classes: Sequence[int] | None = None
+) -> dict[int, dict[tuple[str, str], dict[str, float]]]:
+    """Per class (``classes``, default every class present in :func:`class_groups`) and per (layer,
+    method): the mean over the class's finite images of each metric of
+    :data:`~lightning_cam.evaluation.keys.CLASS_METRICS` and every ``energy/<region>``,
+    ``mean_{i: class(i) = c} v_i``; a class without images (or without a value) is absent."""
+    groups = class_groups(report)
+    wanted = sorted(set(groups.tolist())) if classes is None else list(classes)
+    out: dict[int, dict[tuple[str, str], dict[str, float]]] = {}
+    for cls in wanted:
+        rows = groups == int(cls)
+        if not bool(rows.any()):
+            continue
+        per: dict[tuple[str, str], dict[str, float]] = {}
+        for layer, method, mrep in report.items():
+            keep = rows if mrep.finite is None else rows & mrep.finite.bool().to(rows.device)
+            columns = {m: mrep.values[m] for m in CLASS_METRICS if m in mrep.values}
+            if mrep.region_energy is not None:
+                columns.update((region_spec(r).name, mrep.region_energy[:, j]) for j, r in enumerate(report.regions))
+            values = {m: finite_mean(v, keep) for m, v in columns.items()}
+            per[(layer, method)] = {m: v for m, v in values.items() if v is not None}
+        out[int(cls)] = per
+    return out
+
+
 def summarise(
-    report: EvaluationReport, prefix: str = "cam", layer_in_key: bool | None = None, scope: str | None = None
+    report: EvaluationReport, prefix: str = "cam", layer_in_key: bool | None = None, scope: str | None = None,
+    per_class: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Scalars of ``report``: the mean over finite images of every per-image metric, keyed by
     :func:`~lightning_cam.evaluation.keys.metric_key`.
@@ -203,7 +240,9 @@ def summarise(
     ``layer_in_key`` (default: when the report has several layers) adds the layer to the keys.
     Metrics that were not computed (no masks, no ShapCAM comparison) are absent. ``scope`` names
     the callback in its callback-wide keys (``<prefix>/<scope>/nonfinite_images``) when several
-    callbacks log into one run.
+    callbacks log into one run. Each region's mean area share is ``<prefix>/[<scope>/]area/<region>``.
+    ``per_class``: class indices whose means (:func:`class_means`) are logged as
+    ``<prefix>/<method>/class/<name>/<metric>`` (``name``: ``class_names[c]``, else ``c``).
     """
     with_layer = len(report.layers) > 1 if layer_in_key is None else layer_in_key
     out: dict[str, float] = {}
@@ -221,6 +260,16 @@ def summarise(
             value = finite_mean(mrep.region_energy[:, i], mrep.finite)
             if value is not None:
                 out[metric_key(prefix, method, region_spec(region).name, key_layer)] = value
+    for i, region in enumerate(report.regions if report.region_area is not None else ()):
+        area = report.region_area[:, i]
+        value = finite_mean(area, area > 0)  # the images where the region exists (a marker may be absent)
+        if value is not None:
+            out[callback_key(prefix, area_spec(region).name, scope)] = value
+    for cls, rows in class_means(report, per_class or ()).items():
+        name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else str(cls)
+        for (layer, method), values in rows.items():
+            for metric, value in values.items():
+                out[metric_key(prefix, method, class_metric(name, metric), layer if with_layer else None)] = value
     out[callback_key(prefix, "nonfinite_images", scope)] = float(report.nonfinite.sum())
     if report.curve_rows is not None:
         out[callback_key(prefix, "curve_images", scope)] = float(report.curve_rows.sum())

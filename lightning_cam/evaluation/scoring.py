@@ -224,7 +224,15 @@ def explain_and_score(
         index=torch.arange(n, device=device),
         timing=timing,
         regions=tuple(inputs.regions),
+        region_area=_areas(inputs.regions, device),
     )
+
+
+def _areas(regions: Mapping[str, Tensor], device: torch.device) -> Tensor | None:
+    """(N, R) each region's share of the image's area, ``sum(R) / (H * W)``, per image."""
+    if not regions:
+        return None
+    return torch.stack([m.flatten(1).float().mean(1) for m in regions.values()], dim=1).to(device)
 
 
 #: Methods that read ``g = dy/dA``: one backward pass through the head, shared by all of them.

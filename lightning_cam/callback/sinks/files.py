@@ -12,7 +12,8 @@ __all__ = ["FileSink"]
 
 
 class FileSink:
-    """Writes ``<stem>.png`` per grid and ``<stage_>epoch<E>_[<scope>_]scores.csv`` (one row per held-out image)."""
+    """Writes ``<stem>.png`` per grid, ``<stage_>epoch<E>_[<scope>_]scores.csv`` (one row per held-out image)
+    and ``..._class_scores.csv`` (one row per class, :meth:`Media.class_table_rows`)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
@@ -20,9 +21,8 @@ class FileSink:
     def write(self, media: Media) -> None:
         for stem, grid, _ in media.grids.values():
             viz.save_png(grid, self.directory / f"{stem}.png", compress_level=1)
-        cols, rows = media.table_rows()
-        path = self.directory / f"{media.file_stem(None, 'scores')}.csv"
-        with open(path, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(cols)
-            writer.writerows(rows)
+        for name, (cols, rows) in (("scores", media.table_rows()), ("class_scores", media.class_table_rows())):
+            with open(self.directory / f"{media.file_stem(None, name)}.csv", "w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(cols)
+                writer.writerows(rows)

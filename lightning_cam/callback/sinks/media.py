@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lightning_cam import viz
 from lightning_cam.evaluation.keys import PER_IMAGE_COLUMNS, row_label
-from lightning_cam.evaluation.report import EvaluationReport
+from lightning_cam.evaluation.report import EvaluationReport, class_groups, class_means
 from lightning_cam.callback.heldout import HeldOut
 
 __all__ = ["Display", "Media", "STAGE_WORDS"]
@@ -189,6 +189,24 @@ class Media:
             if len(maps) >= 2:
                 out[layer] = method_agreement(maps)
         return out
+
+    def class_table_rows(self) -> tuple[list[str], list[list[object]]]:
+        """Per class (by label; the explained class without labels): its number of images, then per
+        method the means of :func:`~lightning_cam.evaluation.report.class_means` (the W&B table
+        ``cam/class_table`` and ``<stage_>epoch<E>_class_scores.csv``)."""
+        means = class_means(self.report)
+        groups = class_groups(self.report)
+        names = sorted({(layer, m, metric) for per in means.values() for (layer, m), v in per.items() for metric in v},
+                       key=lambda t: (list(self.report.layers).index(t[0]), self.report.methods.index(t[1]), t[2]))
+        cols = ["class", "images"] + [
+            f"{row_label(layer if self.multi_layer else None, m)}_{metric.replace('/', '_')}" for layer, m, metric in names
+        ]
+        rows = [
+            [self.label(cls), int((groups == cls).sum()),
+             *[per.get((layer, m), {}).get(metric, float("nan")) for layer, m, metric in names]]
+            for cls, per in means.items()
+        ]
+        return cols, rows
 
     def table_rows(self) -> tuple[list[str], list[list[object]]]:
         """Per-image scores: columns and rows (no pictures), for the CSV file and the W&B table."""

@@ -1,4 +1,4 @@
-"""W&B: labelled grids, a per-image table, the mean insertion / deletion curves and the
+"""W&B: labelled grids, a per-image table, a per-class table (``cam/class_table``), the mean insertion / deletion curves and the
 method-agreement heatmap (image ``cam/agreement``) with its table (``cam/agreement_table``).
 
 The table and the curve charts come with the evaluations that computed the
@@ -55,6 +55,9 @@ class WandbSink:
                 payload[media.key(None, "table")] = self.table(media, tmp)
             if media.display.curves:
                 payload.update(self.curves(media))
+        if media.display.table:
+            cols, rows = media.class_table_rows()
+            payload[media.key(None, "class_table")] = wandb.Table(columns=cols, data=rows)
         for layer, (names, matrix) in media.agreement.items():
             table = wandb.Table(columns=["method_a", "method_b", "spearman"])
             for i, a in enumerate(names):
