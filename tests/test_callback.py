@@ -139,7 +139,8 @@ def test_csv_logger_gets_scalars_and_png_grids_every_n_epochs(tmp_path):
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16))
     cam_dir = Path(logger.log_dir) / "cam"
     assert sorted(p.name for p in cam_dir.iterdir()) == [
-        "epoch1_agreement.png", "epoch1_hirescam.png", "epoch1_liftcam.png", "epoch1_overview.png", "epoch1_scores.csv",
+        "epoch1_agreement.png", "epoch1_class_scores.csv", "epoch1_hirescam.png", "epoch1_liftcam.png",
+        "epoch1_overview.png", "epoch1_scores.csv",
     ]
     _png_is_rgb_uint8(cam_dir / "epoch1_liftcam.png")
     import csv
@@ -381,6 +382,6 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     assert float(ddp.callback_metrics[key]) == pytest.approx(ref["scalars"][key], abs=tol)
     # images: only rank zero wrote PNGs (and the CSV)
     assert sorted(p.name for p in (tmp_path / "ddp" / "cam").iterdir()) == [
-        "validate_epoch0_agreement.png", "validate_epoch0_gradcam.png", "validate_epoch0_liftcam.png",
-        "validate_epoch0_overview.png", "validate_epoch0_scores.csv",
+        "validate_epoch0_agreement.png", "validate_epoch0_class_scores.csv", "validate_epoch0_gradcam.png",
+        "validate_epoch0_liftcam.png", "validate_epoch0_overview.png", "validate_epoch0_scores.csv",
     ]
