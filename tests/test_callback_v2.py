@@ -327,6 +327,15 @@ def test_tight_budget_scores_the_curves_at_every_evaluation_on_a_fixed_subset(tm
     for part in ("explain", "scores", "curves", "randomization", "media", "other"):
         assert f"cam/seconds/{part}" in trainer.callback_metrics
     assert float(trainer.callback_metrics["cam/forwards"]) > 0 and float(trainer.callback_metrics["cam/backwards"]) > 0
+    # a 1-epoch fit with a default callback, then trainer.test: insertion/deletion at both
+    default = CAMCallback(target_layer="layer4", num_samples=12, n_steps=4)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "d", callbacks=[default], max_epochs=1))
+    model, dm = LitTiny(), ToyDataModule(n_train=8, n_val=12)
+    trainer.fit(model, datamodule=dm)
+    assert {"cam/liftcam/insertion", "cam/liftcam/deletion"} <= set(trainer.callback_metrics)
+    trainer.test(model, datamodule=dm, verbose=False)
+    assert {"cam_test/liftcam/insertion", "cam_test/liftcam/deletion"} <= set(trainer.callback_metrics)
+    assert float(trainer.callback_metrics["cam_test/curve_images"]) == 12  # trainer.test scores every image
     generous = CAMCallback(target_layer="layer4", num_samples=12, n_steps=4, max_overhead=1e6)
     trainer = pl.Trainer(**trainer_kwargs(tmp_path / "g", callbacks=[generous], max_epochs=1))
     trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=8, n_val=12))
