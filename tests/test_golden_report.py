@@ -6,7 +6,10 @@ machine. Elsewhere (another summation order, thread count, CPU) the scores move 
 logits by at most the network's reduction bound (``tolerance.forward_tol`` at the measured
 magnitude), softmax scores, AUCs and map statistics by at most that (probabilities move by at
 most half the logit change), Average Drop / Increase in Confidence percentages by 100 x
-num_classes times it (they divide by Y >= 1 / num_classes).
+num_classes times it (they divide by Y >= 1 / num_classes). Two scores are discrete per image:
+the pointing game (where the map's maximum is) and Increase in Confidence (whether O > Y); a
+rounding-level near tie on another machine can flip one image, so their means may move by one
+image's share (1/N of their range) and no more.
 """
 
 from __future__ import annotations
@@ -55,10 +58,14 @@ def test_golden_report_scores():
         assert set(want) <= set(got), f"{cls.__name__}: keys missing: {set(want) - set(got)}"
         tol = forward_tol(model, magnitude(model, x))
         classes = 5 if cls is TinyCNN else 3
+        n = x.shape[0]
         for key, value in want.items():
             scale = 100.0 * classes if ("average_drop" in key or "increase" in key) else 1.0
-            assert math.isclose(got[key], value, rel_tol=0.0, abs_tol=max(tol * scale, 1e-12)), (
-                f"{cls.__name__} {key}: {got[key]!r} != golden {value!r} (tolerance {tol * scale:.2e})"
+            bound = tol * scale
+            if key.endswith(("/pointing_game", "/increase_in_confidence")):  # one image may flip
+                bound = (100.0 if "increase" in key else 1.0) / n + tol * scale
+            assert math.isclose(got[key], value, rel_tol=0.0, abs_tol=max(bound, 1e-12)), (
+                f"{cls.__name__} {key}: {got[key]!r} != golden {value!r} (tolerance {bound:.2e})"
             )
 
 
