@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from typing_extensions import override
 
-from lightning_cam.callback import distributed, heldout, sinks
+from lightning_cam.callback import distributed, heldout, label_targets, sinks
 from lightning_cam.callback.alerts import AlertTracker
 from lightning_cam.callback._lightning import lightning_package
 from lightning_cam.callback.budget import CostBudget
@@ -133,9 +133,15 @@ class CAMCallbackMixin:
             (from the output layer down, one explanation pass per layer; the logged value is
             the last, fully random, step).
         sanity_seed: seed of the re-initialisation (Quantus' ``MPRT`` default, 42).
-        target: ``"prediction"`` (default) explains and scores each image's
-            predicted class; ``"label"`` its true label (needs labels): the
-            grids and the table then mark the misclassified images.
+        target: what is explained and scored (:mod:`lightning_cam.targets`). ``"prediction"``
+            (default): the model's own prediction (top-1 class; the predicted side of a 1-logit
+            model; a segmentation model's most frequent predicted non-background class over its
+            predicted region). ``"label"``: the true labels (the grids and the table then mark the
+            misclassified images): a class per image, a segmentation mask per image (its object's
+            class over the labelled region), or multi-hot labels (one row per positive label,
+            explained as that label's logit). A built-in such as ``LabelLogit()`` or
+            ``BinaryLogit(0)`` (bound to each evaluation's images), or a callable taking one image's
+            output, pytorch-grad-cam style (``ClassifierOutputTarget(3)``), applied to every image.
         output_transform: callable reading the (B, num_classes) scores from
             the model's output when ``forward`` returns something other than a
             tensor, a tuple/list (first element), a dict with ``"logits"`` or an
@@ -300,7 +306,8 @@ class CAMCallbackMixin:
             "alerts": self.alerts.state_dict(),
         }
         if held.source == "loader":  # no indices to re-read: keep the tensors
-            state.update(images=held.images, labels=held.labels, masks=held.masks, regions=held.regions)
+            state.update(images=held.images, labels=held.labels, masks=held.masks, regions=held.regions,
+                         dense_labels=held.dense_labels)
         return state
 
     @override
@@ -324,14 +331,7 @@ class CAMCallbackMixin:
     def _evaluate_share(self, run: _Run) -> EvaluationReport:
         """Explain and score (all but the curves and the randomisation check) this rank's held-out rows."""
         held, idx, opts = run.held, torch.tensor(run.rows), self.options
-        targets = None
-        if opts.target == "label":
-            if held.labels is None:
-                raise ValueError(
-                    "CAMCallback(target='label') explains the true labels, but the held-out set has none (the "
-                    "validation dataset yields no labels); pass images=... and labels=..., or target='prediction'"
-                )
-            targets = torch.as_tensor(held.labels)[idx]
+        targets = label_targets.targets_for(opts.target, held, idx, multilabel=held.images_of is not None)
         report = evaluate(
             run.pl_module, self.options.target_layers, held.images[idx],
             labels=None if held.labels is None else held.labels[idx],
@@ -454,6 +454,8 @@ class CAMCallbackMixin:
 
     def _read_heldout(self, run: _Run) -> None:
         run.held = self._ensure_heldout(run.trainer, run.stage)
+        if self.options.target == "label" and run.held.dense_labels is not None and run.held.dense_labels.ndim == 2:
+            run.held = label_targets.expand_positive_labels(run.held, self.class_names)
         run.rows, run.count = distributed.shard_rows(len(run.held), run.trainer.global_rank, run.trainer.world_size)
 
     def _share(self, run: _Run) -> EvaluationReport:

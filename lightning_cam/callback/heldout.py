@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lightning_cam.callback.label_targets import dense_label_classes
+
 __all__ = [
     "HeldOut",
     "choose",
@@ -57,7 +59,11 @@ class HeldOut:
     ``indices`` into the source dataset (None for user images / iterated
     loaders), ``regions``: named region masks ``{name: (N, H, W) bool}`` when the
     data carry several (a dict in the mask position, e.g. ``{"object": ...,
-    "marker": ...}``; ``masks`` is then ``regions["object"]``), else None."""
+    "marker": ...}``; ``masks`` is then ``regions["object"]``), else None. ``dense_labels``: labels that
+    are not one class per image, (N, H, W) segmentation masks or (N, C) multi-hot vectors (see
+    :mod:`~lightning_cam.callback.label_targets`: ``labels`` then holds each mask's object class);
+    ``images_of`` (rows,) the image of each row when the set was expanded to one row per
+    (image, positive label), else None."""
 
     images: Tensor
     labels: Tensor | None = None
@@ -66,6 +72,8 @@ class HeldOut:
     source: str = "user"  # "user" | "dataset" | "loader"
     dataset_len: int | None = None
     regions: dict[str, Tensor] | None = None
+    dense_labels: Tensor | None = None
+    images_of: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -210,18 +218,36 @@ def _item(masks: Any, j: int) -> Any:
 
 def _stack(
     images: list[Any], labels: list[Any], masks: list[Any]
-) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor] | None]:
+) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor] | None, Tensor | None]:
     imgs = torch.stack([_to_tensor(i).float() for i in images]).clone()
     if imgs.dim() == 3:  # (N, H, W) grayscale
         imgs = imgs[:, None]
-    lab = None
+    lab = dense = None
     if labels and all(lbl is not None for lbl in labels):
         try:
-            lab = torch.stack([_to_tensor(lbl).long().reshape(()) for lbl in labels]).clone()
+            items = [_to_tensor(lbl) for lbl in labels]
         except (RuntimeError, ValueError, TypeError):
-            lab = None  # non-scalar targets (e.g. detection dicts): not shown
+            items = []  # non-tensor targets (e.g. detection dicts): not shown
+        if items and all(t.numel() == 1 for t in items):
+            lab = torch.stack([t.long().reshape(()) for t in items]).clone()
+        elif items and all(t.shape == items[0].shape for t in items):
+            dense = torch.stack(items).clone()
     msk, regions = _regions(masks)
-    return imgs, lab, msk, regions
+    lab, dense, msk = _dense_view(lab, dense, msk)
+    return imgs, lab, msk, regions, dense
+
+
+def _dense_view(labels: Tensor | None, dense: Tensor | None, masks: Tensor | None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """Labels that are masks or multi-hot vectors: ``(labels, dense, masks)`` where a segmentation
+    label gives each image's object class and, without other masks, the object's region."""
+    if dense is None:
+        return labels, None, masks
+    if dense.ndim == 2:  # (N, C) multi-hot
+        return None, dense.long() if not dense.is_floating_point() else dense, masks
+    if dense.ndim == 3 and not dense.is_floating_point() and dense.dtype != torch.bool:
+        dense = dense.long()
+        return dense_label_classes(dense), dense, (dense != 0) if masks is None else masks
+    return labels, None, masks  # other shapes: not understood as labels, not shown
 
 
 def dataset_of(loaders: Any) -> Any:
@@ -256,8 +282,8 @@ def gather_from_dataset(dataset: Any, indices: Sequence[int], seed: int = 0) -> 
             images.append(img)
             labels.append(lbl)
             masks.append(msk)
-        imgs, lab, msk, regions = _stack(images, labels, masks)
-    return HeldOut(imgs, lab, msk, list(map(int, indices)), "dataset", len(dataset), regions)
+        imgs, lab, msk, regions, dense = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, list(map(int, indices)), "dataset", len(dataset), regions, dense)
 
 
 def gather_from_loader(loader: Any, num_samples: int, seed: int = 0) -> HeldOut:
@@ -282,8 +308,8 @@ def gather_from_loader(loader: Any, num_samples: int, seed: int = 0) -> HeldOut:
                 break
         if not images:
             raise ValueError("the dataloader to draw the held-out set from yielded nothing")
-        imgs, lab, msk, regions = _stack(images, labels, masks)
-    return HeldOut(imgs, lab, msk, None, "loader", None, regions)
+        imgs, lab, msk, regions, dense = _stack(images, labels, masks)
+    return HeldOut(imgs, lab, msk, None, "loader", None, regions, dense)
 
 
 def from_user(
@@ -301,7 +327,10 @@ def from_user(
         if imgs.dim() == 3:
             imgs = imgs[:, None]
         n = imgs.shape[0]
-        lab = None if labels is None else _to_tensor(labels).detach().long().cpu().reshape(-1).clone()
+        lab = dense = None
+        if labels is not None:
+            given = _to_tensor(labels).detach().cpu().clone()
+            lab, dense = (given.long().reshape(-1), None) if given.ndim <= 1 else (None, given)
         msk = regions = None
         if isinstance(masks, Mapping):
             regions = {str(k): _norm_mask(_to_tensor(v).detach().cpu()).clone() for k, v in masks.items()}
@@ -309,13 +338,15 @@ def from_user(
         elif masks is not None:
             msk = masks if isinstance(masks, Tensor) else torch.stack([_to_tensor(m) for m in masks])
             msk = _norm_mask(msk.detach().cpu()).clone()
+        lab, dense, msk = _dense_view(lab, dense, msk)
         idx = list(range(n)) if n <= num_samples else select_indices(n, num_samples, seed, lab)
         if len(idx) < n:
             imgs = imgs[idx]
             lab = None if lab is None else lab[idx]
+            dense = None if dense is None else dense[idx]
             msk = None if msk is None else msk[idx]
             regions = None if regions is None else {k: v[idx] for k, v in regions.items()}
-    return HeldOut(imgs, lab, msk, idx, "user", n, regions)
+    return HeldOut(imgs, lab, msk, idx, "user", n, regions, dense)
 
 
 def is_map_style(dataset: Any) -> bool:
@@ -371,7 +402,7 @@ def choose(
         return gather_from_dataset(dataset, indices, seed)
     if restored.get("source") == "loader" and restored.get("images") is not None:
         return HeldOut(restored["images"], restored.get("labels"), restored.get("masks"), None, "loader", None,
-                       restored.get("regions"))
+                       restored.get("regions"), restored.get("dense_labels"))
     if trainer.world_size <= 1:
         return gather_from_loader(loader, num_samples, seed)
     # an iterable dataset may be sharded per rank: take rank zero's images everywhere. Every rank

@@ -17,13 +17,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.callback.alerts import check_alerts
+from lightning_cam.callback.label_targets import check_target
 from lightning_cam.evaluation.options import EvaluationOptions, check_int
 
 __all__ = ["ON_ERROR", "CallbackOptions", "as_floats", "callback_signature"]
 
 ON_ERROR = ("warn", "raise")
 SANITY_ORDERS = ("full", "cascading")
-TARGETS = ("prediction", "label")
 OWNER = "CAMCallback: "
 #: EvaluationOptions fields the callback sets itself (per run), not options of the callback.
 MANAGED = ("batch_size", "randomization", "randomization_seed", "curves", "curve_images", "curve_seed")
@@ -124,7 +124,7 @@ class CallbackOptions(EvaluationOptions):
     sanity_every_n_epochs: int | None = 0
     sanity_order: str = "full"
     sanity_seed: int = 42
-    target: str = "prediction"
+    target: Any = "prediction"
     log_images: bool = True
     max_images: int = 16
     mean: Any = None
@@ -154,11 +154,7 @@ class CallbackOptions(EvaluationOptions):
             check_int(name, getattr(self, name), minimum, OWNER)
         if self.on_error not in ON_ERROR:
             raise ValueError(f"{OWNER}on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        if self.target not in TARGETS:
-            raise ValueError(
-                f"{OWNER}target must be 'prediction' (explain the predicted class) or 'label' (explain the "
-                f"true label), got {self.target!r}; e.g. target='label'"
-            )
+        check_target(self.target, OWNER)
         if self.target == "label" and self.images is not None and self.labels is None:
             raise ValueError(f"{OWNER}target='label' explains the labels, but images were given without labels; "
                              "pass labels=... too, or target='prediction'")
