@@ -11,7 +11,7 @@ costs no memory and no download.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,11 @@ def _check_methods(cfg: DictConfig, errors: list[str]) -> list[str]:
         except (TypeError, ValueError) as err:  # the registry's message names close matches
             errors.append(f"cam.methods: {err} Example: cam.methods=[liftcam,gradcam]")
     target = _sel(cfg, "cam.target")
-    if target is not None and target not in ("prediction", "label"):
+    if target is not None and target not in ("prediction", "label") and not (isinstance(target, Mapping) and "_target_" in target):
         errors.append(
-            f"cam.target must be 'prediction' (explain the predicted class) or 'label' (the true label), "
-            f"got {target!r}. Example: cam.target=label"
+            f"cam.target must be 'prediction' (explain the model's prediction), 'label' (the true labels) or a "
+            f"built-in of lightning_cam.targets, got {target!r}. Examples: cam.target=label, "
+            "cam.target={_target_: lightning_cam.targets.LabelLogit}"
         )
     for key, minimum in (("num_samples", 1), ("every_n_epochs", 1)):
         v = _sel(cfg, f"cam.{key}")
