@@ -25,7 +25,7 @@ from lightning_cam.evaluation.regions import MASK_FREE_REGIONS, active, check_re
 from lightning_cam.metrics import region_energy
 
 from _callback_helpers import LitTiny, ToyDataModule, one_torch_thread, trainer_kwargs  # noqa: F401
-from tests.tolerance import sum_tol
+from tolerance import sum_tol
 
 S = 16
 
