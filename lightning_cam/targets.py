@@ -57,8 +57,10 @@ __all__ = [
     "SegmentationClass",
     "Target",
     "TargetsLike",
+    "comparison_classes",
     "positive_labels",
     "resolve_target",
+    "target_classes",
 ]
 
 TargetsLike = Any  # None | int | Sequence[int] | Tensor | Target | Sequence[Callable]
@@ -208,15 +210,38 @@ class ClassReST(_ClassTarget):
         return self.column(scores, index) + self.column(scores.log_softmax(dim=1), index)
 
 
+def comparison_classes(scores: Tensor, classes: Tensor, ranks: Sequence[int]) -> Tensor:
+    """(B, J) classes at ``ranks`` when sorted by ``|y_j - y_c|`` (rank 0 is ``c`` itself).
+
+    pytorch-grad-cam's ``FinerCAM`` ranks by the same distance; ranks past ``C - 1`` are dropped.
+    For ``c`` the top-1 class these are the next most likely classes.
+    """
+    distance = (scores - scores.gather(1, classes[:, None])).abs()
+    distance = distance.scatter(1, classes[:, None], -1.0)  # c first, even if another class ties with it
+    order = distance.argsort(dim=1, stable=True)
+    kept = [r for r in ranks if 0 < r < scores.shape[1]]
+    if not kept:
+        raise ValueError(f"FinerCAM needs a comparison rank in [1, {scores.shape[1] - 1}], got {list(ranks)}; e.g. ranks=(1, 2, 3).")
+    return order[:, kept]
+
+
 class ClassMinusSimilar(_ClassTarget):
     """FinerCAM's target (Zhang et al., CVPR 2025; pytorch-grad-cam's ``FinerWeightedTarget``):
-    ``sum_s p_s (y_c - alpha y_s) / (sum_s p_s + 1e-9)`` over the comparison classes ``s``
-    (default: the ``k`` highest-scoring classes other than ``c``), ``p = softmax(y)``.
+    ``sum_s p_s (y_c - alpha y_s) / sum_s p_s`` over the comparison classes ``s``, ``p = softmax(y)``.
+
+    Default comparison classes: those at ``ranks`` (default ``1..k``) when sorted by ``|y_s - y_c|``,
+    as pytorch-grad-cam's ``FinerCAM`` chooses them (for the top-1 ``c``: the next most likely
+    classes). ``p_s / sum_s p_s`` is computed as a softmax over the compared logits (the same value
+    without underflow; pytorch-grad-cam adds ``1e-9`` to the denominator).
     """
 
-    def __init__(self, classes: Any = None, similar: Tensor | Sequence[Sequence[int]] | None = None, alpha: float = 1.0, k: int = 3) -> None:
+    def __init__(
+        self, classes: Any = None, similar: Tensor | Sequence[Sequence[int]] | None = None, alpha: float = 1.0, k: int = 3,
+        ranks: Sequence[int] | None = None,
+    ) -> None:
         super().__init__(classes)
         self.similar_given, self.alpha, self.k = similar, float(alpha), int(k)
+        self.ranks = tuple(range(1, self.k + 1)) if ranks is None else tuple(int(r) for r in ranks)
         self.similar: Tensor | None = None
 
     def bind(self, scores: Tensor) -> Target:
@@ -226,9 +251,7 @@ class ClassMinusSimilar(_ClassTarget):
             similar = torch.as_tensor(self.similar_given, dtype=torch.long, device=scores.device)
             similar = similar.expand(scores.shape[0], -1) if similar.ndim == 1 else similar
         else:
-            ranked = scores.argsort(dim=1, descending=True)
-            keep = ranked != bound._bound()[:, None]
-            similar = ranked[keep].reshape(scores.shape[0], -1)[:, : self.k]
+            similar = comparison_classes(scores.detach(), bound._bound(), self.ranks)
         bound.similar = similar
         return bound
 
@@ -242,11 +265,9 @@ class ClassMinusSimilar(_ClassTarget):
         self._check_scores(scores)
         if self.similar is None:
             raise RuntimeError("ClassMinusSimilar is not bound to a batch yet: call resolve_target(target, scores)")
-        main = self.column(scores, index)
-        similar = self.similar.to(scores.device)[index]
-        weights = scores.softmax(dim=1).gather(1, similar)
-        numerator = (weights * (main[:, None] - self.alpha * scores.gather(1, similar))).sum(dim=1)
-        return numerator / (weights.sum(dim=1) + 1e-9)
+        others = scores.gather(1, self.similar.to(scores.device)[index])
+        share = torch.softmax(others, dim=1)
+        return (share * (self.column(scores, index)[:, None] - self.alpha * others)).sum(dim=1)
 
 
 class LabelLogit(_ClassTarget):
@@ -488,6 +509,12 @@ def _default_target(scores: Tensor, classes: Any = None) -> Target:
         "for one logit, (B, num_classes, H, W) for segmentation. Pass output_transform= to read them from "
         "the output, or targets=PerImage([...]) / RegressionOutput() for other outputs."
     )
+
+
+def target_classes(target: Target, batch: int, device: torch.device) -> Tensor:
+    """(B,) long: the class each image is explained for, ``-1`` for kinds without classes."""
+    classes = target.classes
+    return torch.full((batch,), -1, dtype=torch.long, device=device) if classes is None else classes.to(device)
 
 
 def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:

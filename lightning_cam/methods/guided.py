@@ -58,7 +58,7 @@ def guided_gradients(layer_pass: LayerPass) -> torch.Tensor:
     x = layer_pass.x.detach().clone().requires_grad_(True)
     with _GuidedMode():
         scores = layer_pass.model_scores(x)
-    score = scores.gather(1, layer_pass.targets[:, None]).sum()
+    score = layer_pass.target(scores, layer_pass.index).sum()
     return torch.autograd.grad(score, x)[0].detach().to(accumulation_dtype(x.dtype))
 
 
