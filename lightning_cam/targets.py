@@ -530,7 +530,10 @@ def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:
         return (_from_grad_cam(targets) or PerImage(targets)).bind(scores)
     if targets is None or isinstance(targets, (int, Tensor)) or (isinstance(targets, Sequence) and not isinstance(targets, (str, bytes))):
         if isinstance(targets, Tensor) and targets.is_floating_point():
-            raise ValueError(f"targets must be class indices (integers), got a {targets.dtype} tensor; for a regression use RegressionOutput()")
+            raise ValueError(
+                f"targets must be class indices (an int, a list of B ints or an integer tensor); got a tensor of dtype "
+                f"{targets.dtype}. For a regression output use targets=RegressionOutput(), e.g. RegressionOutput(0)."
+            )
         return _default_target(scores, targets).bind(scores)
     raise ValueError(
         "targets must be None, an int, a list of B ints, an integer tensor, a lightning_cam.targets built-in "
