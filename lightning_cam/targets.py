@@ -92,7 +92,7 @@ def _class_tensor(classes: Any, batch: int, num_classes: int | None, device: tor
     else:
         raise ValueError(f"{name} must be {allowed}; got {type(classes).__name__}")
     if t.shape[0] != batch:
-        raise ValueError(f"{name} has {t.shape[0]} entries but there are {batch} images")
+        raise ValueError(f"{name} has {t.shape[0]} entries but there are {batch} images; give one class per image or one for all, e.g. {name}=3")
     if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes - 1}] (the model has {num_classes} outputs); got {t.tolist()[:8]}")
     return t.to(device)
@@ -149,8 +149,8 @@ class _ClassTarget(Target):
         if scores.ndim != 2:
             raise ValueError(
                 f"{type(self).__name__} explains a column of (B, num_classes) scores; the model's scores have shape "
-                f"{tuple(scores.shape)}. For a segmentation output use SegmentationClass, for one output "
-                "BinaryLogit or RegressionOutput."
+                f"{tuple(scores.shape)}. For a segmentation output use SegmentationClass (e.g. targets=SegmentationClass(1)), "
+                "for one output BinaryLogit or RegressionOutput (e.g. targets=BinaryLogit(1))."
             )
 
     def _default(self, scores: Tensor) -> Tensor:
@@ -360,7 +360,8 @@ class SegmentationClass(_ClassTarget):
     def _check_scores(self, scores: Tensor) -> None:
         if scores.ndim != 4:
             raise ValueError(
-                f"SegmentationClass explains (B, num_classes, H, W) scores; the model's scores have shape {tuple(scores.shape)}"
+                f"SegmentationClass explains (B, num_classes, H, W) scores; the model's scores have shape {tuple(scores.shape)}. "
+                "For a classifier's (B, num_classes) scores use a class, e.g. targets=3 or ClassLogit(3)."
             )
 
     def _default(self, scores: Tensor) -> Tensor:
@@ -433,9 +434,16 @@ class RegressionOutput(Target):
     def value(self, scores: Tensor, index: Tensor) -> Tensor:
         if scores.ndim == 1:
             return scores
-        if scores.ndim == 2:
+        if scores.ndim == 2 and 0 <= self.output < scores.shape[1]:
             return scores[:, self.output]
-        raise ValueError(f"RegressionOutput reads (B,) or (B, outputs) scores; got {tuple(scores.shape)}")
+        raise ValueError(
+            f"RegressionOutput({self.output}) reads output {self.output} of (B,) or (B, outputs) scores; got scores of shape "
+            f"{tuple(scores.shape)}. E.g. targets=RegressionOutput(0) for the first output."
+        )
+
+    def bind(self, scores: Tensor) -> Target:
+        self.value(scores, _rows(None, scores.shape[0], scores.device))  # a clear error for the wrong output now
+        return self
 
     def select(self, images: Tensor) -> Target:
         return self
@@ -458,12 +466,12 @@ class PerImage(Target):
         values = []
         for row, image in enumerate(index.tolist()):
             out = self.callables[image](scores[row])
-            values.append(torch.as_tensor(out, dtype=scores.dtype, device=scores.device).sum())
+            out = out if isinstance(out, Tensor) else torch.as_tensor(out, device=scores.device)
+            values.append(out.to(scores.dtype).sum())
         return torch.stack(values) if values else scores.new_zeros(0)
 
     def bind(self, scores: Tensor) -> Target:
-        if len(self.callables) != scores.shape[0]:
-            raise ValueError(f"a list of per-image targets needs one callable per image: got {len(self.callables)} for {scores.shape[0]} images")
+        _check_count(len(self.callables), scores.shape[0])
         return self
 
     def select(self, images: Tensor) -> Target:
@@ -471,6 +479,14 @@ class PerImage(Target):
 
     def __repr__(self) -> str:
         return f"PerImage({[type(c).__name__ for c in self.callables[:3]]}...)"
+
+
+def _check_count(callables: int, batch: int) -> None:
+    if callables != batch:
+        raise ValueError(
+            f"a list of per-image targets needs one callable per image: got {callables} for {batch} images; "
+            "e.g. targets=[ClassifierOutputTarget(c) for c in classes] with one class per image"
+        )
 
 
 def _from_grad_cam(callables: Sequence[Any]) -> Target | None:
@@ -525,8 +541,7 @@ def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:
         isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)) and len(targets) > 0
         and all(callable(t) and not isinstance(t, Target) for t in targets)
     ):
-        if len(targets) != scores.shape[0]:
-            raise ValueError(f"a list of per-image targets needs one callable per image: got {len(targets)} for {scores.shape[0]} images")
+        _check_count(len(targets), scores.shape[0])
         return (_from_grad_cam(targets) or PerImage(targets)).bind(scores)
     if targets is None or isinstance(targets, (int, Tensor)) or (isinstance(targets, Sequence) and not isinstance(targets, (str, bytes))):
         if isinstance(targets, Tensor) and targets.is_floating_point():
