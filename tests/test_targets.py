@@ -394,3 +394,42 @@ def test_clear_errors_name_the_problem_and_an_example() -> None:
         explain_all(classifier, "block", x, methods=["gradcam"], targets=RegressionOutput(7))
     with pytest.raises(ValueError, match=r"FinerCAM compares class scores.*targets=3"):
         explain_all(seg, "block", x, methods=["finercam"])
+
+
+# ----------------------------------------------------------------------------- every method, every output
+
+
+def _every_method(exclude: tuple[str, ...] = ()) -> list[str]:
+    from lightning_cam.methods.registry import METHODS
+
+    return [name for name in METHODS if name not in exclude]
+
+
+@pytest.mark.filterwarnings("ignore:LIFT-CAM")
+@pytest.mark.parametrize(
+    "build, layer, target, kind",
+    [(_tiny_seg, "top", None, SegmentationClass), (lambda: _small(1), "top", BinaryLogit(0), BinaryLogit),
+     (lambda: _small(3), "top", RegressionOutput(1), RegressionOutput)],
+    ids=["segmentation", "binary", "regression"],
+)
+def test_every_method_explains_the_target(build, layer: str, target, kind: type) -> None:
+    """Every registered method runs on the output and reports the bound target; the gradient methods
+    follow it (Grad-CAM's weights are the mean of ``dt/dA``, which depends on the target)."""
+    model, x = build(), _images(2, 16)
+    methods = _every_method(("finercam", "cam") if kind is SegmentationClass else ("finercam",))
+    found = explain_all(model, layer, x, methods=methods, targets=target)
+    with pytest.raises(ValueError, match="FinerCAM compares class scores.*e\\.g\\. targets=3"):
+        explain_all(model, layer, x, methods=["finercam"], targets=target)
+    for name, explanation in found.items():
+        assert isinstance(explanation.target, kind), name
+        assert explanation.maps.shape[0] == 2 and bool(torch.isfinite(explanation.maps).all()), name
+    with torch.enable_grad():
+        g = LayerPass(model, layer, x, target).gradient
+    torch.testing.assert_close(found["gradcam"].weights, g.mean(dim=(2, 3)), rtol=0, atol=0)
+    if kind is BinaryLogit:  # CAM: -W[0] for the negative side
+        torch.testing.assert_close(found["cam"].weights, -model.fc.weight.detach().expand(2, -1), rtol=0, atol=0)
+
+
+def test_cam_refuses_a_segmentation_output() -> None:
+    with pytest.raises(ValueError, match="CAM needs global average pooling"):
+        explain_all(_tiny_seg(), "top", _images(), methods=["cam"])

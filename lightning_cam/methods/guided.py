@@ -1,7 +1,7 @@
 """Guided Backpropagation and Guided Grad-CAM (input-resolution gradient maps).
 
 * Guided Backpropagation (Springenberg et al., ICLR 2015 workshop, arXiv 1412.6806):
-  ``dy_c/dx`` where every ReLU passes back only positive gradients at positive inputs,
+  ``dt/dx`` (``t`` the target, default ``y_c``) where every ReLU passes back only positive gradients at positive inputs,
   ``grad_in = grad_out * [x > 0] * [grad_out > 0]`` (pytorch-grad-cam ``GuidedBackpropReLUModel``).
 * Guided Grad-CAM (Selvaraju et al., ICCV 2017): that gradient times the upsampled Grad-CAM map.
 

@@ -26,7 +26,7 @@ __all__ = ["FinerCAM", "ShapleyCAM", "comparison_classes", "finer_target", "grad
 
 def _classes(layer_pass: LayerPass, method: str) -> torch.Tensor:
     """The (B,) classes of the pass's target; a clear error for targets without classes."""
-    if layer_pass.target.classes is None or layer_pass.logits.dim() != 2:
+    if layer_pass.target.kind not in ("class", "multilabel") or layer_pass.target.classes is None:
         raise ValueError(
             f"{method} compares class scores of a (B, num_classes) output; the target {layer_pass.target!r} on scores of "
             f"shape {tuple(layer_pass.logits.shape)} has no class column. Use it with a class target, e.g. targets=3."
