@@ -433,3 +433,17 @@ def test_every_method_explains_the_target(build, layer: str, target, kind: type)
 def test_cam_refuses_a_segmentation_output() -> None:
     with pytest.raises(ValueError, match="CAM needs global average pooling"):
         explain_all(_tiny_seg(), "top", _images(), methods=["cam"])
+
+
+def test_augmentations_and_fused_layers_explain_the_clean_images_target() -> None:
+    """aug_smooth / several layers: the target bound on the original images is followed in every copy."""
+    model, x = _tiny_seg(), _images(2, 16)
+    mask = torch.zeros(16, 16)
+    mask[:8] = 1
+    for targets in (None, SegmentationClass(2, masks=mask), PerImage([lambda out: out[1].sum(), lambda out: out[2].mean()])):
+        smooth = explain_all(model, ["block", "top"], x, methods=["gradcam", "liftcam"], targets=targets, aug_smooth=True)
+        for explanation in smooth.values():
+            assert explanation.maps.shape == (2, 16, 16) and bool(torch.isfinite(explanation.maps).all())
+            assert explanation.target is not None and explanation.target.kind in ("segmentation", "callable")
+    bound = explain_all(model, ["block", "top"], x, methods=["gradcam"], targets=SegmentationClass(2, masks=mask))["gradcam"]
+    assert bound.targets.tolist() == [2, 2] and torch.equal(bound.target.masks, mask.expand(2, -1, -1))
