@@ -119,7 +119,8 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     """The usual CAM layer of ``model``: its last spatial feature map.
 
     Transformers: see :func:`_transformer_layer` (e.g. ViT ``blocks[-1].norm1``).
-    Known CNN layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
+    torchvision's segmentation models (FCN, DeepLabV3, LRASPP): the backbone's last stage
+    (:func:`_segmentation_layer`). Known CNN layouts: ResNet-like ``layer4``; VGG ``features.<last ReLU>`` (as in
     the LIFT-CAM authors' code, before the last max-pool); ``features`` for
     MobileNet, EfficientNet, ConvNeXt, DenseNet and similar; timm's last
     ``feature_info`` stage when it outputs one tensor. Anything else (e.g. timm
@@ -130,6 +131,9 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     """
     model = unwrap_model(model)
     named = dict(model.named_modules())
+    segmentation = _segmentation_layer(named)
+    if segmentation is not None:
+        return segmentation
     prefix = ""
     # LightningModules and wrappers often keep the network in one attribute.
     for attr in ("net", "model", "backbone", "network"):
@@ -149,6 +153,25 @@ def default_target_layer(model: nn.Module, input_shape: tuple[int, ...] = (1, 3,
     if conventional is not None and conventional in outputs:
         return conventional
     return _outermost_last([name for name, spatial in outputs.items() if spatial], model)
+
+
+def _segmentation_layer(named: dict[str, nn.Module]) -> str | None:
+    """``backbone.<last stage>`` of a torchvision segmentation model (FCN, DeepLabV3: ``backbone.layer4``
+    of a ResNet, ``backbone.16`` of a MobileNetV3; LRASPP: ``backbone.16``, its "high" branch), itself
+    or kept as ``net`` / ``model`` / ``network`` by a wrapper; ``None`` for other models.
+
+    Why that layer: its maps are still spatial (output stride 8 for the dilated ResNets, 16 for
+    MobileNetV3) and they are what the segmentation head reads to score every class, so the
+    target's gradient reaches them through the whole head (ASPP / FCN head / LRASPP and the
+    upsampling); pytorch-grad-cam's segmentation tutorial explains ``deeplabv3_resnet50`` at
+    ``model.backbone.layer4`` for the same reason. The head's own output is the class scores
+    themselves (nothing left to explain), and the backbone module returns a dict, not one map.
+    """
+    for prefix in ("", "net.", "model.", "network."):
+        backbone = named.get(prefix + "backbone")
+        if type(backbone).__name__ == "IntermediateLayerGetter" and prefix + "classifier" in named and backbone._modules:
+            return f"{prefix}backbone.{list(backbone._modules)[-1]}"
+    return None
 
 
 def _conventional_layer(model: nn.Module, named: dict[str, nn.Module], prefix: str) -> str | None:

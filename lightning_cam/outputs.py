@@ -2,14 +2,16 @@
 
 Understood by default (in this order):
 
-* a tensor ``(B, num_classes)``;
+* a tensor: ``(B, num_classes)`` class scores, ``(B,)`` or ``(B, 1)`` one logit (a binary
+  classifier, a regressor), ``(B, num_classes, H, W)`` segmentation scores;
 * a tuple or list: its first element (e.g. ``(logits, aux)``);
-* a mapping with a ``"logits"`` key (``{"logits": ..., "features": ...}``);
+* a mapping with a ``"logits"`` key (``{"logits": ..., "features": ...}``), else with an
+  ``"out"`` key (torchvision's segmentation models return ``{"out": ..., "aux": ...}``);
 * an object with a ``.logits`` attribute (Hugging Face's
   ``ImageClassifierOutput`` and every ``ModelOutput`` with logits).
 
-Anything else needs ``output_transform=``: a callable ``output -> (B, C)``
-tensor, e.g. ``lambda out: out["scores"]`` or ``partial(select_scores,
+Anything else needs ``output_transform=``: a callable ``output -> scores`` of one of
+those shapes, e.g. ``lambda out: out["scores"]`` or ``partial(select_scores,
 key="scores")``; from a Hydra config::
 
     output_transform:
@@ -26,12 +28,15 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-__all__ = ["OutputTransform", "accumulation_dtype", "check_output_transform", "float_logits", "logits_of", "select_scores"]
+__all__ = ["SHAPES", "OutputTransform", "accumulation_dtype", "check_output_transform", "float_logits", "logits_of", "select_scores"]
 
 OutputTransform = Callable[[Any], Tensor]
 
+#: the score shapes a model may return (what every target explains; see lightning_cam.targets)
+SHAPES = "(B, num_classes) class scores, (B,) or (B, 1) one logit, (B, num_classes, H, W) segmentation scores"
+
 _HELP = (
-    "Pass output_transform=<callable returning the (B, num_classes) scores>, "
+    "Pass output_transform=<callable returning the scores>, "
     "e.g. output_transform=lambda out: out[\"scores\"], or from a Hydra config "
     "{_target_: lightning_cam.outputs.select_scores, _partial_: true, key: scores}"
 )
@@ -42,7 +47,7 @@ def check_output_transform(transform: object, owner: str = "output_transform") -
     if transform is None or callable(transform):
         return transform  # type: ignore[return-value]
     raise TypeError(
-        f"{owner} must be None or a callable mapping the model's output to (B, num_classes) scores, "
+        f"{owner} must be None or a callable mapping the model's output to its scores ({SHAPES}), "
         f"got {type(transform).__name__} ({transform!r}). Example: output_transform=lambda out: out[\"scores\"]; "
         "from Hydra: {_target_: lightning_cam.outputs.select_scores, _partial_: true, key: scores}."
     )
@@ -70,31 +75,31 @@ def _default(out: object) -> object:
     if isinstance(out, (tuple, list)) and out:
         return out[0]
     if isinstance(out, Mapping):
-        return out["logits"] if "logits" in out else None
+        return out["logits"] if "logits" in out else out.get("out")
     return getattr(out, "logits", None)
 
 
 def logits_of(out: object, output_transform: OutputTransform | None = None) -> Tensor:
-    """The ``(B, num_classes)`` class scores in a model output (see the module docstring).
+    """The scores in a model output: (B, C), (B,), (B, 1) or (B, C, H, W) (see the module docstring).
 
     The tensor keeps its dtype and autograd graph; callers cast to float32.
     """
     scores = output_transform(out) if output_transform is not None else _default(out)
-    if isinstance(scores, Tensor) and scores.dim() == 2 and scores.is_floating_point():
+    if isinstance(scores, Tensor) and scores.dim() in (1, 2, 4) and scores.is_floating_point():
         return scores
     got = _describe(out)
     if output_transform is not None:
         raise ValueError(
             f"output_transform returned {_describe(scores)} for a model output of {got}; it must return "
-            "the class scores as a floating tensor of shape (B, num_classes)."
+            f"the scores as a floating tensor: {SHAPES}."
         )
     if isinstance(scores, Tensor):
         raise ValueError(
-            f"The model must return class scores of shape (B, num_classes); it returned {got}. {_HELP}."
+            f"The model must return scores of one of these shapes: {SHAPES}; it returned {got}. {_HELP}."
         )
     raise ValueError(
         f"Cannot find class scores in the model's output of type {type(out).__name__} ({got}). Understood: "
-        "a (B, num_classes) tensor, a tuple/list (first element), a dict with 'logits', an object with "
+        f"a tensor ({SHAPES}), a tuple/list (first element), a dict with 'logits' or 'out', an object with "
         f"a .logits attribute. {_HELP}."
     )
 

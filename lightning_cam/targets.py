@@ -57,8 +57,10 @@ __all__ = [
     "SegmentationClass",
     "Target",
     "TargetsLike",
+    "comparison_classes",
     "positive_labels",
     "resolve_target",
+    "target_classes",
 ]
 
 TargetsLike = Any  # None | int | Sequence[int] | Tensor | Target | Sequence[Callable]
@@ -90,7 +92,7 @@ def _class_tensor(classes: Any, batch: int, num_classes: int | None, device: tor
     else:
         raise ValueError(f"{name} must be {allowed}; got {type(classes).__name__}")
     if t.shape[0] != batch:
-        raise ValueError(f"{name} has {t.shape[0]} entries but there are {batch} images")
+        raise ValueError(f"{name} has {t.shape[0]} entries but there are {batch} images; give one class per image or one for all, e.g. {name}=3")
     if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
         raise ValueError(f"{name} must lie in [0, {num_classes - 1}] (the model has {num_classes} outputs); got {t.tolist()[:8]}")
     return t.to(device)
@@ -147,8 +149,8 @@ class _ClassTarget(Target):
         if scores.ndim != 2:
             raise ValueError(
                 f"{type(self).__name__} explains a column of (B, num_classes) scores; the model's scores have shape "
-                f"{tuple(scores.shape)}. For a segmentation output use SegmentationClass, for one output "
-                "BinaryLogit or RegressionOutput."
+                f"{tuple(scores.shape)}. For a segmentation output use SegmentationClass (e.g. targets=SegmentationClass(1)), "
+                "for one output BinaryLogit or RegressionOutput (e.g. targets=BinaryLogit(1))."
             )
 
     def _default(self, scores: Tensor) -> Tensor:
@@ -208,15 +210,38 @@ class ClassReST(_ClassTarget):
         return self.column(scores, index) + self.column(scores.log_softmax(dim=1), index)
 
 
+def comparison_classes(scores: Tensor, classes: Tensor, ranks: Sequence[int]) -> Tensor:
+    """(B, J) classes at ``ranks`` when sorted by ``|y_j - y_c|`` (rank 0 is ``c`` itself).
+
+    pytorch-grad-cam's ``FinerCAM`` ranks by the same distance; ranks past ``C - 1`` are dropped.
+    For ``c`` the top-1 class these are the next most likely classes.
+    """
+    distance = (scores - scores.gather(1, classes[:, None])).abs()
+    distance = distance.scatter(1, classes[:, None], -1.0)  # c first, even if another class ties with it
+    order = distance.argsort(dim=1, stable=True)
+    kept = [r for r in ranks if 0 < r < scores.shape[1]]
+    if not kept:
+        raise ValueError(f"FinerCAM needs a comparison rank in [1, {scores.shape[1] - 1}], got {list(ranks)}; e.g. ranks=(1, 2, 3).")
+    return order[:, kept]
+
+
 class ClassMinusSimilar(_ClassTarget):
     """FinerCAM's target (Zhang et al., CVPR 2025; pytorch-grad-cam's ``FinerWeightedTarget``):
-    ``sum_s p_s (y_c - alpha y_s) / (sum_s p_s + 1e-9)`` over the comparison classes ``s``
-    (default: the ``k`` highest-scoring classes other than ``c``), ``p = softmax(y)``.
+    ``sum_s p_s (y_c - alpha y_s) / sum_s p_s`` over the comparison classes ``s``, ``p = softmax(y)``.
+
+    Default comparison classes: those at ``ranks`` (default ``1..k``) when sorted by ``|y_s - y_c|``,
+    as pytorch-grad-cam's ``FinerCAM`` chooses them (for the top-1 ``c``: the next most likely
+    classes). ``p_s / sum_s p_s`` is computed as a softmax over the compared logits (the same value
+    without underflow; pytorch-grad-cam adds ``1e-9`` to the denominator).
     """
 
-    def __init__(self, classes: Any = None, similar: Tensor | Sequence[Sequence[int]] | None = None, alpha: float = 1.0, k: int = 3) -> None:
+    def __init__(
+        self, classes: Any = None, similar: Tensor | Sequence[Sequence[int]] | None = None, alpha: float = 1.0, k: int = 3,
+        ranks: Sequence[int] | None = None,
+    ) -> None:
         super().__init__(classes)
         self.similar_given, self.alpha, self.k = similar, float(alpha), int(k)
+        self.ranks = tuple(range(1, self.k + 1)) if ranks is None else tuple(int(r) for r in ranks)
         self.similar: Tensor | None = None
 
     def bind(self, scores: Tensor) -> Target:
@@ -226,9 +251,7 @@ class ClassMinusSimilar(_ClassTarget):
             similar = torch.as_tensor(self.similar_given, dtype=torch.long, device=scores.device)
             similar = similar.expand(scores.shape[0], -1) if similar.ndim == 1 else similar
         else:
-            ranked = scores.argsort(dim=1, descending=True)
-            keep = ranked != bound._bound()[:, None]
-            similar = ranked[keep].reshape(scores.shape[0], -1)[:, : self.k]
+            similar = comparison_classes(scores.detach(), bound._bound(), self.ranks)
         bound.similar = similar
         return bound
 
@@ -242,11 +265,9 @@ class ClassMinusSimilar(_ClassTarget):
         self._check_scores(scores)
         if self.similar is None:
             raise RuntimeError("ClassMinusSimilar is not bound to a batch yet: call resolve_target(target, scores)")
-        main = self.column(scores, index)
-        similar = self.similar.to(scores.device)[index]
-        weights = scores.softmax(dim=1).gather(1, similar)
-        numerator = (weights * (main[:, None] - self.alpha * scores.gather(1, similar))).sum(dim=1)
-        return numerator / (weights.sum(dim=1) + 1e-9)
+        others = scores.gather(1, self.similar.to(scores.device)[index])
+        share = torch.softmax(others, dim=1)
+        return (share * (self.column(scores, index)[:, None] - self.alpha * others)).sum(dim=1)
 
 
 class LabelLogit(_ClassTarget):
@@ -339,7 +360,8 @@ class SegmentationClass(_ClassTarget):
     def _check_scores(self, scores: Tensor) -> None:
         if scores.ndim != 4:
             raise ValueError(
-                f"SegmentationClass explains (B, num_classes, H, W) scores; the model's scores have shape {tuple(scores.shape)}"
+                f"SegmentationClass explains (B, num_classes, H, W) scores; the model's scores have shape {tuple(scores.shape)}. "
+                "For a classifier's (B, num_classes) scores use a class, e.g. targets=3 or ClassLogit(3)."
             )
 
     def _default(self, scores: Tensor) -> Tensor:
@@ -412,9 +434,16 @@ class RegressionOutput(Target):
     def value(self, scores: Tensor, index: Tensor) -> Tensor:
         if scores.ndim == 1:
             return scores
-        if scores.ndim == 2:
+        if scores.ndim == 2 and 0 <= self.output < scores.shape[1]:
             return scores[:, self.output]
-        raise ValueError(f"RegressionOutput reads (B,) or (B, outputs) scores; got {tuple(scores.shape)}")
+        raise ValueError(
+            f"RegressionOutput({self.output}) reads output {self.output} of (B,) or (B, outputs) scores; got scores of shape "
+            f"{tuple(scores.shape)}. E.g. targets=RegressionOutput(0) for the first output."
+        )
+
+    def bind(self, scores: Tensor) -> Target:
+        self.value(scores, _rows(None, scores.shape[0], scores.device))  # a clear error for the wrong output now
+        return self
 
     def select(self, images: Tensor) -> Target:
         return self
@@ -437,12 +466,12 @@ class PerImage(Target):
         values = []
         for row, image in enumerate(index.tolist()):
             out = self.callables[image](scores[row])
-            values.append(torch.as_tensor(out, dtype=scores.dtype, device=scores.device).sum())
+            out = out if isinstance(out, Tensor) else torch.as_tensor(out, device=scores.device)
+            values.append(out.to(scores.dtype).sum())
         return torch.stack(values) if values else scores.new_zeros(0)
 
     def bind(self, scores: Tensor) -> Target:
-        if len(self.callables) != scores.shape[0]:
-            raise ValueError(f"a list of per-image targets needs one callable per image: got {len(self.callables)} for {scores.shape[0]} images")
+        _check_count(len(self.callables), scores.shape[0])
         return self
 
     def select(self, images: Tensor) -> Target:
@@ -450,6 +479,14 @@ class PerImage(Target):
 
     def __repr__(self) -> str:
         return f"PerImage({[type(c).__name__ for c in self.callables[:3]]}...)"
+
+
+def _check_count(callables: int, batch: int) -> None:
+    if callables != batch:
+        raise ValueError(
+            f"a list of per-image targets needs one callable per image: got {callables} for {batch} images; "
+            "e.g. targets=[ClassifierOutputTarget(c) for c in classes] with one class per image"
+        )
 
 
 def _from_grad_cam(callables: Sequence[Any]) -> Target | None:
@@ -490,6 +527,12 @@ def _default_target(scores: Tensor, classes: Any = None) -> Target:
     )
 
 
+def target_classes(target: Target, batch: int, device: torch.device) -> Tensor:
+    """(B,) long: the class each image is explained for, ``-1`` for kinds without classes."""
+    classes = target.classes
+    return torch.full((batch,), -1, dtype=torch.long, device=device) if classes is None else classes.to(device)
+
+
 def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:
     """``targets`` (see the module docstring) bound to the clean ``scores`` of the B images."""
     if isinstance(targets, Target):
@@ -498,12 +541,14 @@ def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:
         isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)) and len(targets) > 0
         and all(callable(t) and not isinstance(t, Target) for t in targets)
     ):
-        if len(targets) != scores.shape[0]:
-            raise ValueError(f"a list of per-image targets needs one callable per image: got {len(targets)} for {scores.shape[0]} images")
+        _check_count(len(targets), scores.shape[0])
         return (_from_grad_cam(targets) or PerImage(targets)).bind(scores)
     if targets is None or isinstance(targets, (int, Tensor)) or (isinstance(targets, Sequence) and not isinstance(targets, (str, bytes))):
         if isinstance(targets, Tensor) and targets.is_floating_point():
-            raise ValueError(f"targets must be class indices (integers), got a {targets.dtype} tensor; for a regression use RegressionOutput()")
+            raise ValueError(
+                f"targets must be class indices (an int, a list of B ints or an integer tensor); got a tensor of dtype "
+                f"{targets.dtype}. For a regression output use targets=RegressionOutput(), e.g. RegressionOutput(0)."
+            )
         return _default_target(scores, targets).bind(scores)
     raise ValueError(
         "targets must be None, an int, a list of B ints, an integer tensor, a lightning_cam.targets built-in "

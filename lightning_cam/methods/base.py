@@ -17,11 +17,14 @@ from lightning_cam.maps import normalize_maps
 from lightning_cam.methods.layout import Layout, Reshape, infer_layout
 from lightning_cam.methods.split import SplitModel, batched_flags, split_model
 from lightning_cam.outputs import OutputTransform, accumulation_dtype, check_output_transform, float_logits
+from lightning_cam.targets import Target, TargetsLike, resolve_target, target_classes
 
 __all__ = ["Explanation", "LayerPass", "BaseCAM", "Score", "Targets", "weighted_map"]
 
-Targets = int | Sequence[int] | torch.Tensor | None
-#: a differentiable score of the head: (logits (B, C), targets (B,)) -> (B,)
+#: what ``targets=`` accepts (:mod:`lightning_cam.targets`)
+Targets = TargetsLike
+#: a differentiable score of the head's rows: (scores (N, ...), index (N,) of their images) -> (N,); every
+#: bound :class:`~lightning_cam.targets.Target` is one
 Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -31,8 +34,10 @@ class Explanation:
 
     ``maps`` (B,h,w): ReLU'd map at the target layer's resolution.
     ``weights`` (B,K): channel coefficients, ``None`` for methods without them.
-    ``targets`` (B,): the class explained. ``logits`` (B,C): the model's scores.
-    ``delta`` (B,): completeness residual ``sum_k phi_k - (y_c(A) - y_c(0))``
+    ``targets`` (B,): the class explained (``-1`` for targets without classes: regression,
+    per-image callables). ``logits``: the model's scores, whatever their shape ((B, C), (B,),
+    (B, C, H, W)). ``target``: the bound :class:`~lightning_cam.targets.Target` ``t`` explained.
+    ``delta`` (B,): completeness residual ``sum_k phi_k - (t(A) - t(0))``
     for LIFT-CAM, ``None`` otherwise. ``seconds``: wall time of this method
     including the shared forward pass (its cost when run alone).
     """
@@ -45,6 +50,7 @@ class Explanation:
     delta: torch.Tensor | None = None
     seconds: float = 0.0
     input_size: tuple[int, int] | None = None
+    target: Target | None = None
 
     def saliency(self, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
         """(B,H,W) map in [0,1]: bilinear upsampling (to the input size by default) then per-image min-max."""
@@ -58,11 +64,12 @@ class LayerPass:
 
     Holds ``A`` (the layer's output as (B, K, h, w) maps, see
     :mod:`~lightning_cam.methods.layout` for token and channels-last layers),
-    the logits, the explained ``targets`` and, computed on first use,
-    ``g = dy_c/dA`` (taken with ``torch.autograd.grad`` through the head only:
-    no parameter gradients, no backward through the layers before ``L``).
-    ``output_transform`` reads the class scores from the model's output
-    (default: :func:`lightning_cam.outputs.logits_of`).
+    the model's scores ``logits``, the explained ``target`` ``t`` (bound to the clean
+    scores, :func:`~lightning_cam.targets.resolve_target`), its classes ``targets`` (B,)
+    (``-1`` where the target has none) and, computed on first use, ``g = dt/dA``
+    (taken with ``torch.autograd.grad`` through the head only: no parameter gradients,
+    no backward through the layers before ``L``). ``output_transform`` reads the scores
+    from the model's output (default: :func:`lightning_cam.outputs.logits_of`).
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class LayerPass:
             activation, crossings = self.split.body(x)
         self.crossings = crossings
         self.split.batched_crossings = batched_flags(crossings, x.shape[0])
+        self.split.batch = int(x.shape[0])
         self.split.dtype = activation.dtype
         self.split.plan_readout(activation, crossings)
         self.layout: Layout = infer_layout(model, layer_name, activation, (int(x.shape[-2]), int(x.shape[-1])), reshape)
@@ -87,21 +95,30 @@ class LayerPass:
         self.index = torch.arange(x.shape[0], device=x.device)
         self._head_out = self.head(self._leaf, self.index)
         self.logits = self._head_out.detach()
-        self.targets = targets_or_top1(targets, self.logits)
+        self.set_target(resolve_target(targets, self.logits))
         self._grad: torch.Tensor | None = None
         self.seconds = time.perf_counter() - start
 
+    def set_target(self, target: Target) -> None:
+        """Explain the bound ``target`` (of these N images) from now on: ``t``, its classes, ``g = dt/dA``."""
+        self.target = target
+        self.targets = target_classes(target, self.x.shape[0], self.x.device)
+        self._grad = None
+
     @property
     def gradient(self) -> torch.Tensor:
-        """``g = dy_c/dA`` (B,K,h,w), computed once."""
+        """``g = dt/dA`` (B,K,h,w), computed once (from the shared pass's head graph while it is kept)."""
         if self._grad is None:
-            score = self._head_out.gather(1, self.targets[:, None]).sum()
-            self._grad = torch.autograd.grad(score, self._leaf)[0].detach()
-            self._head_out = None  # free the head graph
+            if self._head_out is None:  # the target changed after the shared graph was used
+                self._grad = self.score_gradient()[1].detach()
+            else:
+                score = self.target(self._head_out, self.index).sum()
+                self._grad = torch.autograd.grad(score, self._leaf)[0].detach()
+                self._head_out = None  # free the head graph
         return self._grad
 
-    def score_gradient(self, score: Score, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, d score/dA)`` for another ``score`` of the logits, from one more pass through the head.
+    def score_gradient(self, score: Score | None = None, create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, d score/dA)`` for ``score`` (default: the target) of the head's scores, from one more head pass.
 
         ``A`` is a fresh leaf holding the activations; ``create_graph=True`` keeps the graph
         of the gradient for a second derivative (a Hessian-vector product w.r.t. ``A``), with
@@ -110,7 +127,7 @@ class LayerPass:
         leaf = self.activation.clone().requires_grad_(True)
         kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext()
         with kernels:
-            total = score(self.head(leaf, self.index), self.targets).sum()
+            total = (score or self.target)(self.head(leaf, self.index), self.index).sum()
         return leaf, torch.autograd.grad(total, leaf, create_graph=create_graph)[0]
 
     def head(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -118,21 +135,13 @@ class LayerPass:
         return self.split.run_head(self.layout.to_raw(activations, index), self.crossings, index)
 
     def model_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C) scores of the whole model on images ``x`` (cast to the model's dtype), at least float32."""
+        """Scores of the whole model on images ``x`` (cast to the model's dtype), at least float32."""
         return float_logits(self.model(x.to(self.x.dtype)), self.output_transform)
 
-    def class_scores(self, activations: torch.Tensor, index: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``y_c`` of the head on many activation rows, in chunks of ``batch_size`` (no grad)."""
-        scores = []
+    def target_scores(self, activations: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``t`` of the head on activation rows of images ``index`` (no grad): (N,)."""
         with torch.no_grad():
-            for start in range(0, activations.shape[0], batch_size):
-                rows = index[start : start + batch_size]
-                out = self.head(activations[start : start + batch_size], rows)
-                scores.append(out.gather(1, self.targets[rows][:, None])[:, 0])
-        return torch.cat(scores) if scores else activations.new_zeros(0)
-
-
-from lightning_cam._targets import targets_or_top1  # noqa: E402 - one copy, shared with the metrics
+            return self.target(self.head(activations, index), index)
 
 
 def weighted_map(weights: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
@@ -157,9 +166,9 @@ class BaseCAM:
     ``reshape``: optional callable turning the layer's raw output into
     (B, K, h, w) (like pytorch-grad-cam's ``reshape_transform``); token and
     channels-last layouts are recognised without it.
-    ``output_transform``: callable reading the (B, C) class scores from the
-    model's output, for outputs that are not a tensor, a tuple/list, a dict
-    with ``"logits"`` or an object with ``.logits``.
+    ``output_transform``: callable reading the scores ((B, C), (B,), (B, C, H, W)) from
+    the model's output, for outputs that are not a tensor, a tuple/list, a dict
+    with ``"logits"`` / ``"out"`` or an object with ``.logits``.
     """
 
     name: ClassVar[str] = ""
@@ -193,7 +202,8 @@ class BaseCAM:
         self, x: torch.Tensor, targets: Targets = None, aug_smooth: bool = False, eigen_smooth: bool = False,
         fusion: str = "mean",
     ) -> Explanation:
-        """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: top-1).
+        """Full :class:`Explanation` of the batch ``x`` for ``targets`` (default: the output's default
+        target, e.g. the top-1 class; see :mod:`lightning_cam.targets`).
 
         ``aug_smooth``, ``eigen_smooth`` and the ``fusion`` of several target
         layers follow pytorch-grad-cam (see :mod:`lightning_cam.methods.compose`).
@@ -228,5 +238,5 @@ class BaseCAM:
         return Explanation(
             method=self.name, maps=maps.detach(), weights=None if weights is None else weights.detach(),
             targets=layer_pass.targets, logits=layer_pass.logits, delta=None if delta is None else delta.detach(),
-            input_size=(int(layer_pass.x.shape[-2]), int(layer_pass.x.shape[-1])),
+            input_size=(int(layer_pass.x.shape[-2]), int(layer_pass.x.shape[-1])), target=layer_pass.target,
         )

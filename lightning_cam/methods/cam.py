@@ -70,8 +70,26 @@ def head_is_gap_linear(model: nn.Module, layer_name: str) -> bool | None:
     return linears == 1
 
 
+def _as_columns(logits: torch.Tensor) -> torch.Tensor | None:
+    """(B, C) scores as they are, (B,) as (B, 1); None for other shapes (segmentation)."""
+    if logits.dim() == 2:
+        return logits
+    return logits[:, None] if logits.dim() == 1 else None
+
+
+def _target_slope(layer_pass: LayerPass) -> torch.Tensor:
+    """(B, C) ``dt/dy`` of the target at the scores ``y`` (one-hot ``e_c`` for the class logit)."""
+    scores = layer_pass.logits.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        slope = torch.autograd.grad(layer_pass.target(scores, layer_pass.index).sum(), scores)[0]
+    return _as_columns(slope)
+
+
 class CAM(BaseCAM):
     """CAM: ``alpha_k = W[c, k]`` of the fully connected layer after global average pooling.
+
+    For another target ``t`` of the scores ``y``: ``alpha = (dt/dy) W`` (``-W[0]`` for the
+    negative side of a one-logit model; the chain rule through the linear layer).
 
     Needs the part after the target layer to be ``GAP -> Linear`` (possibly
     with flatten / dropout / identity); this is checked numerically on every
@@ -82,16 +100,19 @@ class CAM(BaseCAM):
     name = "cam"
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        linear = self._classifier(layer_pass.activation.shape[1], layer_pass.logits.shape[1])
+        logits = _as_columns(layer_pass.logits)
+        if logits is None:
+            raise ValueError(self._not_gap_linear())
+        linear = self._classifier(layer_pass.activation.shape[1], logits.shape[1])
         pooled = layer_pass.activation.mean(dim=(2, 3))
         dtype = pooled.dtype  # float32, or float64 for a float64 model
         predicted = torch.nn.functional.linear(pooled, linear.weight.to(dtype), None if linear.bias is None else linear.bias.to(dtype))
-        scale = layer_pass.logits.abs().max().clamp_min(1.0)
+        scale = logits.abs().max().clamp_min(1.0)
         # the head ran in the model's dtype: allow a few of its roundings (bf16: 2**-7, fp16: 2**-10)
         tol = max(1e-4, 4 * torch.finfo(layer_pass.split.dtype).eps)
-        if not torch.allclose(predicted, layer_pass.logits, rtol=tol, atol=tol * float(scale)):
+        if not torch.allclose(predicted, logits, rtol=tol, atol=tol * float(scale)):
             raise ValueError(self._not_gap_linear())
-        weights = linear.weight.detach().to(dtype)[layer_pass.targets]
+        weights = _target_slope(layer_pass).to(dtype) @ linear.weight.detach().to(dtype)
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
 
     def _classifier(self, channels: int, num_classes: int) -> nn.Linear:

@@ -18,8 +18,8 @@ Rules (pytorch-grad-cam 1.5's ``BaseCAM``, so results equal it):
 * ``aug_smooth``: the 6 test-time augmentations of pytorch-grad-cam (ttach
   ``HorizontalFlip`` x ``Multiply([0.9, 1, 1.1])``) run as ONE batch of
   ``6B`` images; each augmentation's (fused) map is flipped back where the
-  image was flipped, and the 6 maps are averaged. The explained class is the
-  one of the original image for every augmentation (pytorch-grad-cam takes each
+  image was flipped, and the 6 maps are averaged. The explained target is the
+  one bound on the original image (its class, its region) for every augmentation (pytorch-grad-cam takes each
   augmented image's own top-1 when ``targets`` is None; equal when given targets).
 
 One :class:`~lightning_cam.methods.base.LayerPass` per layer, shared by all
@@ -35,11 +35,11 @@ import torch
 
 from lightning_cam._state import as_float_input, explaining
 from lightning_cam.maps import upsample_maps
-from lightning_cam._targets import targets_or_top1
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Targets
 from lightning_cam.methods.eigen import first_component
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.outputs import OutputTransform
+from lightning_cam.targets import resolve_target
 
 __all__ = ["explain_composed", "AUGMENTATIONS", "FUSIONS"]
 
@@ -99,12 +99,13 @@ def explain_composed(
         clean = AUGMENTATIONS.index((False, 1.0)) if aug_smooth else 0
         copies = images.shape[0] // batch
         per_layer: dict[str, list[Explanation]] = {name: [] for name in explainers}
-        resolved = None
+        resolved = bound = None
         for layer_name in layer_names:
             layer_pass = LayerPass(model, layer_name, images, None, reshape, output_transform=output_transform)
-            if resolved is None:  # the original image's class, for every augmentation and layer
-                resolved = targets_or_top1(targets, layer_pass.logits[clean * batch : (clean + 1) * batch])
-            layer_pass.targets = resolved.repeat(copies)
+            if resolved is None:  # the original image's target, for every augmentation and layer
+                bound = resolve_target(targets, layer_pass.logits[clean * batch : (clean + 1) * batch])
+                resolved = bound.select(torch.arange(batch, device=images.device).repeat(copies)) if copies > 1 else bound
+            layer_pass.set_target(resolved)
             for name, explainer in explainers.items():
                 per_layer[name].append(_method_maps(explainer, layer_pass, eigen_smooth))
     rows = slice(clean * batch, (clean + 1) * batch)
@@ -122,6 +123,6 @@ def explain_composed(
             fused = torch.stack([v.flip(-1) if flip else v for v, (flip, _) in zip(views, AUGMENTATIONS)]).mean(dim=0)
         results[name] = Explanation(
             method=first.method, maps=fused, weights=None, targets=first.targets[rows], logits=first.logits[rows],
-            seconds=seconds, input_size=size,
+            seconds=seconds, input_size=size, target=bound,
         )
     return results

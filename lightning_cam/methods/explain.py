@@ -46,8 +46,10 @@ def explain_all(
     (:mod:`lightning_cam.methods.compose`). ``reshape``: optional callable turning the
     layer's raw output into (B, K, h, w) (token and channels-last layouts are
     recognised without it; see :mod:`lightning_cam.methods.layout`).
-    ``output_transform`` reads the class scores from the model's output when it is
-    not understood by default (see :func:`lightning_cam.outputs.logits_of`).
+    ``output_transform`` reads the scores from the model's output when it is
+    not understood by default (see :func:`lightning_cam.outputs.logits_of`). ``targets``: what
+    every method explains (:mod:`lightning_cam.targets`: a class, a built-in target, B per-image
+    callables; default: the output's default target).
     """
     output_transform = check_output_transform(output_transform)
     model = unwrap_model(model)

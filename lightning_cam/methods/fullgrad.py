@@ -62,7 +62,7 @@ class FullGrad(BaseCAM):
         finally:
             for handle in handles:
                 handle.remove()
-        score = scores.gather(1, layer_pass.targets[:, None]).sum()
+        score = layer_pass.target(scores, layer_pass.index).sum()
         grads = torch.autograd.grad(score, [x, *(out for _, out in calls)], allow_unused=True)
         size, dtype = tuple(x.shape[-2:]), accumulation_dtype(x.dtype)
         total = _channel_sum((x.detach() * grads[0]).abs().to(dtype))

@@ -1,4 +1,4 @@
-"""Gradient-based CAMs: one backward through the head gives ``g = dy_c/dA``.
+"""Gradient-based CAMs: one backward through the head gives ``g = dt/dA`` (``t`` the target, default the class logit ``y_c``).
 
 All share :attr:`LayerPass.gradient`, so any number of them cost one forward
 pass plus one backward through the layers after the target layer.

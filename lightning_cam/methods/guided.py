@@ -1,7 +1,7 @@
 """Guided Backpropagation and Guided Grad-CAM (input-resolution gradient maps).
 
 * Guided Backpropagation (Springenberg et al., ICLR 2015 workshop, arXiv 1412.6806):
-  ``dy_c/dx`` where every ReLU passes back only positive gradients at positive inputs,
+  ``dt/dx`` (``t`` the target, default ``y_c``) where every ReLU passes back only positive gradients at positive inputs,
   ``grad_in = grad_out * [x > 0] * [grad_out > 0]`` (pytorch-grad-cam ``GuidedBackpropReLUModel``).
 * Guided Grad-CAM (Selvaraju et al., ICCV 2017): that gradient times the upsampled Grad-CAM map.
 
@@ -58,7 +58,7 @@ def guided_gradients(layer_pass: LayerPass) -> torch.Tensor:
     x = layer_pass.x.detach().clone().requires_grad_(True)
     with _GuidedMode():
         scores = layer_pass.model_scores(x)
-    score = scores.gather(1, layer_pass.targets[:, None]).sum()
+    score = layer_pass.target(scores, layer_pass.index).sum()
     return torch.autograd.grad(score, x)[0].detach().to(accumulation_dtype(x.dtype))
 
 

@@ -30,9 +30,10 @@ class LiftCAM(BaseCAM):
     """LIFT-CAM: CAM coefficients = SHAP values of the feature maps, estimated with DeepLIFT.
 
     ``phi_k = sum_ij m_kij A_kij`` where ``m`` are DeepLIFT (Rescale) multipliers
-    of ``y_c`` w.r.t. ``A`` against the reference ``A' = 0``; the map is
-    ``ReLU(sum_k phi_k A_k)``. Completeness holds:
-    ``sum_k phi_k = y_c(A) - y_c(0)``; ``Explanation.delta`` is its residual, checked on
+    of the target ``t`` (default: the class logit ``y_c``; any :mod:`lightning_cam.targets`
+    target, its nonlinearities with their DeepLIFT rules) w.r.t. ``A`` against the reference
+    ``A' = 0``; the map is ``ReLU(sum_k phi_k A_k)``. Completeness holds:
+    ``sum_k phi_k = t(A) - t(0)``; ``Explanation.delta`` is its residual, checked on
     every batch against :func:`completeness_tolerance` (a warning above it, and for any
     operation after ``L`` without a DeepLIFT rule; once per explainer and layer).
     When the head after ``L`` is linear (global average pool + fc) this is
@@ -51,7 +52,7 @@ class LiftCAM(BaseCAM):
     ``rule="hessian"``: the second-order estimator :func:`second_order_coefficients`,
     ``phi_k = sum_ij (g - H·A / 2)_kij A_kij`` (ShapleyCAM's correction element-wise; exact for a
     head that is quadratic in ``A``), from one Hessian-vector product; ``delta`` is its residual
-    against ``y_c(A) - y_c(0)``, which it does not force to 0.
+    against ``t(A) - t(0)``, which it does not force to 0.
 
     ``rule="coalition"``: :func:`coalition_path_coefficients`, integrated gradients along the two
     paths ``0 -> A_S -> A`` and ``0 -> A_(not S) -> A`` through a random coalition ``S`` of channels
@@ -89,7 +90,9 @@ def deeplift_coefficients(
     """``(phi, delta)``: per-channel DeepLIFT contributions (B,K) and the completeness residual (B,).
 
     ``actual`` / ``reference``: the two activations compared (default: the pass's ``A`` and 0), so
-    that ``sum_k phi_k = y(actual) - y(reference)``. Warns (once per key in ``warned``, e.g. an
+    that ``sum_k phi_k = t(actual) - t(reference)`` for the pass's target ``t``, measured with the
+    target's own value on the ``[actual; reference]`` rows (``index = [0..B-1; 0..B-1]``; an
+    ``output_transform`` sees each half on its own, :meth:`SplitModel.scores`). Warns (once per key in ``warned``, e.g. an
     explainer's own set) when an operation after ``layer_name`` had no rule, or when ``|delta|``
     exceeds :func:`completeness_tolerance`.
     """
@@ -100,10 +103,8 @@ def deeplift_coefficients(
     stacked = torch.cat([leaf, reference])
     index = torch.cat([layer_pass.index, layer_pass.index])
     mode = DeepLiftMode(2 * batch, eps, rule)
-    with mode:
-        out = layer_pass.head(mode.track(stacked), index)
-    targets = torch.cat([layer_pass.targets, layer_pass.targets])
-    selected = out.gather(1, targets[:, None])[:, 0]
+    with mode:  # the target too: its nonlinearities (softmax, log-softmax, ...) get their rules
+        selected = layer_pass.target(layer_pass.head(mode.track(stacked), index), index)
     # Like captum: the sum of the actual and the reference scores is differentiated.
     multipliers = torch.autograd.grad(selected.sum(), leaf)[0]
     contributions = (multipliers * (activation - reference)).detach()
@@ -113,7 +114,7 @@ def deeplift_coefficients(
     delta = phi.sum(dim=1) - difference
     # the model's own scores are finite, the DeepLIFT pass's are not: its products (e.g. attention
     # scores, which a fused kernel keeps in range) overflowed the head's dtype
-    overflowed = ~(torch.isfinite(phi).all(dim=1) & torch.isfinite(difference)) & torch.isfinite(layer_pass.logits).all(dim=1)
+    overflowed = ~(torch.isfinite(phi).all(dim=1) & torch.isfinite(difference)) & torch.isfinite(layer_pass.logits.reshape(batch, -1)).all(dim=1)
     if bool(overflowed.any()):
         warnings.warn(
             f"LIFT-CAM: the DeepLIFT pass after layer {layer_name!r} is not finite for "
@@ -135,22 +136,20 @@ def second_order_coefficients(layer_pass: LayerPass) -> tuple[torch.Tensor, torc
     its own curvature term and half of every pairwise one:
     ``phi_k = sum_ij (g - H·A / 2)_kij A_kij`` (the element-wise form of ShapleyCAM's weights, Cai et al.
     2025, arXiv 2501.06261; Shapley 1953). Exact for a quadratic head; equal to gradient x activation
-    for a piecewise-linear one (H = 0). ``delta = sum_k phi_k - (y_c(A) - y_c(0))``.
+    for a piecewise-linear one (H = 0). ``delta = sum_k phi_k - (t(A) - t(0))``.
     """
-    from lightning_cam.methods.targeted import gradient_and_hvp, logit_score
+    from lightning_cam.methods.targeted import gradient_and_hvp
 
-    g, hvp = gradient_and_hvp(layer_pass, logit_score)
+    g, hvp = gradient_and_hvp(layer_pass)
     phi = ((g - 0.5 * hvp) * layer_pass.activation).sum(dim=(2, 3))
     return phi, phi.sum(dim=1) - _score_difference(layer_pass)
 
 
 def _score_difference(layer_pass: LayerPass) -> torch.Tensor:
-    """``y_c(A) - y_c(0)`` from one more head pass (on 0)."""
-    from lightning_cam.methods.targeted import logit_score
-
+    """``t(A) - t(0)`` from one more head pass (on 0)."""
+    reference = layer_pass.target_scores(torch.zeros_like(layer_pass.activation), layer_pass.index)
     with torch.no_grad():
-        zero = layer_pass.head(torch.zeros_like(layer_pass.activation), layer_pass.index)
-    return logit_score(layer_pass.logits, layer_pass.targets) - logit_score(zero.float(), layer_pass.targets)
+        return layer_pass.target(layer_pass.logits, layer_pass.index) - reference
 
 
 def coalition_path_coefficients(layer_pass: LayerPass, steps: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,8 +164,8 @@ def coalition_path_coefficients(layer_pass: LayerPass, steps: int = 2, seed: int
     path through the complement swaps the roles (DeepSHAP's multi-reference idea, Lundberg & Lee
     2017, with gradients instead of DeepLIFT's rules). Per path, each segment is integrated with
     ``steps`` midpoints: ``phi_k = 1/2 sum_paths sum_segments sum_ij (end - start)_kij
-    mean_t dy_c/dA_kij(start + t (end - start))``; all ``4 * steps`` points go through the head in
-    one batch. Exact for a linear head; ``delta = sum_k phi_k - (y_c(A) - y_c(0))`` is the
+    mean_t dt/dA_kij(start + t (end - start))``; all ``4 * steps`` points go through the head in
+    one batch. Exact for a linear head; ``delta = sum_k phi_k - (t(A) - t(0))`` is the
     quadrature's residual. ``seed`` draws ``S`` (each channel in with probability 1/2, per image).
     """
     a = layer_pass.activation
@@ -182,8 +181,8 @@ def coalition_path_coefficients(layer_pass: LayerPass, steps: int = 2, seed: int
     n = points.shape[0] * points.shape[1]
     leaf = points.reshape(n * b, *a.shape[1:]).requires_grad_(True)
     with torch.enable_grad():
-        out = layer_pass.head(leaf, layer_pass.index.repeat(n))
-        score = out.gather(1, layer_pass.targets.repeat(n)[:, None]).sum()
+        index = layer_pass.index.repeat(n)
+        score = layer_pass.target(layer_pass.head(leaf, index), index).sum()
         grads = torch.autograd.grad(score, leaf)[0].reshape(points.shape).mean(dim=0)
     phi = (grads * (end - start)).sum(dim=0).flatten(2).sum(dim=2).detach() / 2
     return phi, phi.sum(dim=1) - _score_difference(layer_pass)
@@ -227,7 +226,7 @@ def _warn_incomplete(
 
 
 def exact_score_difference(layer_pass: LayerPass) -> torch.Tensor:
-    """float64 ``y_c(A) - y_c(A')`` on the pass's own activations: what ``sum_k phi_k`` estimates.
+    """float64 ``t(A) - t(A')`` on the pass's own activations: what ``sum_k phi_k`` estimates.
 
     A float32 head cannot resolve a score difference much below ``eps * |y|``
     (``y(A)`` and ``y(A')`` are each rounded), so the completeness residual it
@@ -248,5 +247,5 @@ def exact_score_difference(layer_pass: LayerPass) -> torch.Tensor:
         for maps in (layer_pass.activation, torch.zeros_like(layer_pass.activation)):
             raw = layer_pass.layout.to_raw(maps, layer_pass.index).double()
             out = logits_of(head(raw, *crossings), layer_pass.output_transform).double()
-            scores.append(out.gather(1, layer_pass.targets[:, None])[:, 0])
+            scores.append(layer_pass.target(out, layer_pass.index))
     return scores[0] - scores[1]

@@ -17,7 +17,7 @@ from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, weighted_map
 from lightning_cam.methods.split import batched_flags
-from lightning_cam.outputs import accumulation_dtype, float_logits
+from lightning_cam.outputs import accumulation_dtype
 
 __all__ = ["SmoothGradCAMPlusPlus", "SSCAM", "ISCAM", "activation_gradient"]
 
@@ -30,8 +30,8 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{key} must be > 0, got {value!r}.")
 
 
-def activation_gradient(layer_pass: LayerPass, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, dy_c/dA)`` of the target layer on other ``images`` (rows with classes ``targets``).
+def activation_gradient(layer_pass: LayerPass, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, dt/dA)`` of the target layer on other ``images``, row ``r`` explained as image ``index[r]``.
 
     Runs the body once (no grad) and differentiates the head only, like :class:`LayerPass`.
     """
@@ -39,10 +39,9 @@ def activation_gradient(layer_pass: LayerPass, images: torch.Tensor, targets: to
     with torch.no_grad():
         activation, crossings = split.body(images)
     leaf = activation.detach().to(accumulation_dtype(activation.dtype)).requires_grad_(True)
-    local = dataclasses.replace(split, batched_crossings=batched_flags(crossings, images.shape[0]))
+    local = dataclasses.replace(split, batched_crossings=batched_flags(crossings, images.shape[0]), batch=images.shape[0])
     out = local.run_head(leaf, crossings, torch.arange(images.shape[0], device=images.device))
-    out = float_logits(out, layer_pass.output_transform)
-    score = out.gather(1, targets[:, None]).sum()
+    score = layer_pass.target(out, index).sum()
     grad = torch.autograd.grad(score, leaf)[0].detach()
     layout = layer_pass.layout  # token / channels-last layers: the map entries of the raw tensors
     return layout.to_maps(leaf.detach()), layout.to_maps(grad)
@@ -89,7 +88,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             noisy = torch.cat([
                 x + self.std * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for _ in range(count)
             ])
-            _, g = activation_gradient(layer_pass, noisy, layer_pass.targets.repeat(count))
+            _, g = activation_gradient(layer_pass, noisy, layer_pass.index.repeat(count))
             g = g.view(count, *activation.shape)
             g1, g2, g3 = g1 + g.sum(0), g2 + g.pow(2).sum(0), g3 + g.pow(3).sum(0)
             last = g[-1]
@@ -110,7 +109,7 @@ class _ScoreAveraged(BaseCAM):
     """Score-CAM variants averaging ``y_c(masked) - y_c(x)`` over ``num_samples`` masked inputs per channel.
 
     ``M_k`` = ``A_k`` min-max scaled per channel (torchcam's order: scale at
-    layer resolution, then bilinear upsampling); ``y_c`` the logit;
+    layer resolution, then bilinear upsampling); ``y_c`` the target's value (the class logit by default);
     ``alpha = softmax_k(mean_i (y_c(X_ik) - y_c(x)))``. The ``N*B*K`` rows
     (sample-major, then image, then channel) run through the model in chunks
     of ``batch_size``; masks are upsampled per chunk.
@@ -133,7 +132,7 @@ class _ScoreAveraged(BaseCAM):
         activation, x = layer_pass.activation, layer_pass.x
         batch, channels = activation.shape[:2]
         low = _minmax_channels(activation)
-        baseline = layer_pass.logits.gather(1, layer_pass.targets[:, None])[:, 0]
+        baseline = layer_pass.target(layer_pass.logits, layer_pass.index)
         pairs, total = batch * channels, self.num_samples * batch * channels
         sums = activation.new_zeros(pairs)
         generator = self._generator(x.device)
@@ -144,7 +143,7 @@ class _ScoreAveraged(BaseCAM):
                 b, k = pair // channels, pair % channels
                 masks = F.interpolate(low[b, k][:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
                 out = layer_pass.model_scores(self._inputs(masks.to(x.dtype), x[b], sample, generator))
-                sums.index_add_(0, pair, out.gather(1, layer_pass.targets[b][:, None])[:, 0] - baseline[b])
+                sums.index_add_(0, pair, layer_pass.target(out, b) - baseline[b])
         weights = (sums / self.num_samples).view(batch, channels).softmax(dim=1)
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)
 

@@ -24,8 +24,9 @@ class ScoreCAM(BaseCAM):
 
     ``M_k`` = ``A_k`` upsampled bilinearly to the input and min-max scaled to
     [0,1] (``(u - min) / (max - min + 1e-8)``); ``s_k = softmax(f(x * M_k))_c``
-    (``score="logit"`` uses the raw logit, as pytorch-grad-cam's default
-    target does); ``alpha = softmax_k(s)``, as the authors' released code and
+    (the target's probability, :meth:`~lightning_cam.targets.Target.probability`;
+    ``score="logit"``, or a target without probability, uses the target's value, e.g. the
+    raw logit, as pytorch-grad-cam does with its target); ``alpha = softmax_k(s)``, as the authors' released code and
     pytorch-grad-cam do (the paper's formula uses the increase over a baseline
     image instead; a softmax over channels is invariant to that constant
     shift when the baseline score is shared, so only the temperature differs).
@@ -65,15 +66,22 @@ class ScoreCAM(BaseCAM):
                 hi = flat.max(dim=1).values[:, None, None, None]
                 masks = (masks - lo) / (hi - lo + 1e-8)
                 out = layer_pass.model_scores(x[b] * masks)
-                if self.score == "softmax":
-                    out = out.softmax(dim=1)
-                scores[rows] = out.gather(1, layer_pass.targets[b][:, None])[:, 0]
+                scores[rows] = self._score(layer_pass, out, b)
         weights = scores.view(batch, channels).softmax(dim=1)
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)
 
+    def _score(self, layer_pass: LayerPass, out: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``s`` of the rows ``out`` of ``images``: the target's probability (``score="softmax"``, where the
+        target has one) or its value."""
+        target = layer_pass.target
+        if self.score == "softmax" and target.has_probability:
+            return target.probability(out, images)
+        return target(out, images)
+
 
 class AblationCAM(BaseCAM):
-    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``alpha_k = (y_c - y_c^{A_k := 0}) / y_c``.
+    """Ablation-CAM (Desai & Ramaswamy, WACV 2020): ``alpha_k = (t - t^{A_k := 0}) / t`` for the target ``t``
+    (default: the class logit ``y_c``).
 
     Only the part of the network after the target layer is rerun, on the
     ``B*K`` ablated activations in chunks of ``batch_size``.
@@ -100,9 +108,8 @@ class AblationCAM(BaseCAM):
                 b, k = images[start : start + self.batch_size], chans[start : start + self.batch_size]
                 keep = 1.0 - F.one_hot(k, channels).to(activation.dtype)
                 rows = activation[b] * keep[:, :, None, None]
-                out = layer_pass.head(rows, b)
-                ablated_scores.append(out.gather(1, layer_pass.targets[b][:, None])[:, 0])
+                ablated_scores.append(layer_pass.target_scores(rows, b))
         ablated = torch.cat(ablated_scores).view(batch, channels)
-        original = layer_pass.logits.gather(1, layer_pass.targets[:, None])
+        original = layer_pass.target(layer_pass.logits, layer_pass.index)[:, None]
         weights = (original - ablated) / original
         return self._explanation(layer_pass, weighted_map(weights, activation), weights)

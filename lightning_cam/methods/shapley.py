@@ -30,7 +30,8 @@ def exact_shapley_matrix(players: int, device: torch.device | None = None) -> tu
 class ShapCAM(BaseCAM):
     """Shapley-value CAM: exact Shapley values of the K "map k present" players.
 
-    ``v(S) = y_c(A_S)`` with absent maps set to the reference 0;
+    ``v(S) = t(A_S)`` (``t`` the target, default the class logit ``y_c``) with absent maps set to
+    the reference 0;
     ``phi_k = sum_{S not containing k} |S|!(K-|S|-1)!/K! (v(S+k) - v(S))``.
     Exact enumeration of the ``2^K`` coalitions when ``K <= max_exact_channels``,
     otherwise Monte-Carlo over ``num_permutations`` seeded permutations in
@@ -74,8 +75,7 @@ class ShapCAM(BaseCAM):
                 for start in range(0, count, step):
                     chunk = masks[start : start + step]
                     rows = activation[b][None] * chunk[:, :, None, None].to(activation.dtype)
-                    out = layer_pass.head(rows, index[: chunk.shape[0]])
-                    values[b, start : start + chunk.shape[0]] = out[:, layer_pass.targets[b]]
+                    values[b, start : start + chunk.shape[0]] = layer_pass.target_scores(rows, index[: chunk.shape[0]])
         return values
 
     def _exact(self, layer_pass: LayerPass) -> torch.Tensor:

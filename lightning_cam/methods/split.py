@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lightning_cam.layers import candidate_layers
 from lightning_cam.methods.readout import plan_readout
@@ -49,7 +50,8 @@ class SplitModel:
     traced: bool
     batched_crossings: tuple[bool, ...] = field(default_factory=tuple)
     dtype: torch.dtype = torch.float32  # dtype of the layer's output, which the head expects
-    output_transform: OutputTransform | None = None  # model output -> (B, C) scores (lightning_cam.outputs)
+    output_transform: OutputTransform | None = None  # model output -> scores (lightning_cam.outputs)
+    batch: int = 0  # B, the images of the explained batch (0: unknown)
     #: per input shape, the head run on the token rows it reads (:mod:`lightning_cam.methods.readout`); shared by copies
     readout_plans: dict = field(default_factory=dict)
 
@@ -72,7 +74,41 @@ class SplitModel:
         rows = self.select(crossings, index)
         plan = self.readout_plans.get(_shape_key(activations, crossings, self.batched_crossings)) if self.readout_plans else None
         out = plan.run(activations, *rows) if plan is not None and plan.applies() else self.head(activations, *rows)
-        return float_logits(out, self.output_transform)
+        return self.scores(out, index)
+
+    def scores(self, out: object, index: torch.Tensor) -> torch.Tensor:
+        """The scores in the head's output ``out`` of rows ``index``.
+
+        ``output_transform`` sees the B images in order: where the rows are whole copies of the
+        batch (LIFT-CAM's ``[actual; reference]``, ``index = [0..B-1; 0..B-1]``) it is applied to
+        each copy on its own, so a transform that depends on the images (e.g. one multiplying by
+        a (B, 1) tensor) gets the right rows.
+        """
+        copies = _whole_copies(index, self.batch) if self.output_transform is not None else 1
+        if copies == 1:
+            return float_logits(out, self.output_transform)
+        size = self.batch
+        parts = [
+            float_logits(tree_map(lambda t, i=i: t[i * size : (i + 1) * size] if _rows_of(t, index) else t, out), self.output_transform)
+            for i in range(copies)
+        ]
+        if any(part.shape[0] != size for part in parts):  # an output type the tree utilities cannot open: as a whole
+            return float_logits(out, self.output_transform)
+        return torch.cat(parts)
+
+
+def _rows_of(value: object, index: torch.Tensor) -> bool:
+    """``value`` is a tensor with one row per row of ``index``."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == index.shape[0]
+
+
+def _whole_copies(index: torch.Tensor, batch: int) -> int:
+    """``n`` when ``index`` is ``n > 1`` copies of ``0..batch-1`` in order, else 1."""
+    rows = index.shape[0]
+    if batch <= 0 or rows <= batch or rows % batch:
+        return 1
+    order = torch.arange(batch, device=index.device)
+    return rows // batch if bool((index.view(-1, batch) == order).all()) else 1
 
 
 def _shape_key(activation: torch.Tensor, crossings: tuple, batched: Sequence[bool]) -> tuple:

@@ -1,8 +1,9 @@
 """Gradient CAMs on another score than the class logit, or with a second derivative.
 
 * ShapleyCAM (Cai et al., 2025, arXiv 2501.06261): ``alpha_k = mean_ij (g - H·A / 2)_kij``.
-* FinerCAM (Zhang et al., CVPR 2025, arXiv 2501.11309): Grad-CAM of the score
-  ``sum_j w_j (y_c - alpha y_j) / sum_j w_j`` against the classes j closest to ``y_c``.
+* FinerCAM (Zhang et al., CVPR 2025, arXiv 2501.11309): Grad-CAM of the target
+  ``sum_j w_j (y_c - alpha y_j) / sum_j w_j`` against the classes j closest to ``y_c``
+  (:class:`~lightning_cam.targets.ClassMinusSimilar`).
 
 Both reuse the shared pass's activations ``A`` and differentiate one more pass through
 the head (:meth:`LayerPass.score_gradient`): no backward through the layers before ``L``.
@@ -13,33 +14,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_cam.methods.base import BaseCAM, Explanation, LayerPass, Score, weighted_map
 from lightning_cam.methods.layout import Reshape
 from lightning_cam.outputs import OutputTransform
+from lightning_cam.targets import ClassMinusSimilar, ClassReST, comparison_classes
 
-__all__ = ["FinerCAM", "ShapleyCAM", "finer_score", "gradient_and_hvp", "logit_score", "rest_score"]
-
-
-def logit_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``y_c``: the class logit (pytorch-grad-cam ``ClassifierOutputTarget``)."""
-    return logits.gather(1, targets[:, None])[:, 0]
+__all__ = ["FinerCAM", "ShapleyCAM", "comparison_classes", "finer_target", "gradient_and_hvp"]
 
 
-def rest_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``y_c + log softmax(y)_c = y_c - CE(y, c)`` (pytorch-grad-cam ``ClassifierOutputReST``, the paper's)."""
-    return logit_score(logits, targets) + logit_score(F.log_softmax(logits, dim=1), targets)
+def _classes(layer_pass: LayerPass, method: str) -> torch.Tensor:
+    """The (B,) classes of the pass's target; a clear error for targets without classes."""
+    if layer_pass.target.kind not in ("class", "multilabel") or layer_pass.target.classes is None:
+        raise ValueError(
+            f"{method} compares class scores of a (B, num_classes) output; the target {layer_pass.target!r} on scores of "
+            f"shape {tuple(layer_pass.logits.shape)} has no class column. Use it with a class target, e.g. targets=3."
+        )
+    return layer_pass.targets
 
 
-SCORES: dict[str, Score] = {"logit": logit_score, "rest": rest_score}
-
-
-def gradient_and_hvp(layer_pass: LayerPass, score: Score = logit_score) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(g, H·A)``: ``g = d score/dA`` and the Hessian-vector product ``H·A = d<g, A>/dA`` through the
-    head (one more head pass, its backward and one double backward); ``H·A = 0`` for a head that is
-    linear in ``A`` after the first derivative (ReLU, max-pool, linear)."""
+def gradient_and_hvp(layer_pass: LayerPass, score: Score | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, H·A)``: ``g = d score/dA`` (default score: the pass's target) and the Hessian-vector product
+    ``H·A = d<g, A>/dA`` through the head (one more head pass, its backward and one double backward);
+    ``H·A = 0`` for a head that is linear in ``A`` after the first derivative (ReLU, max-pool, linear)."""
     leaf, g = layer_pass.score_gradient(score, create_graph=True)
     hvp = torch.zeros_like(g)
     if g.requires_grad:  # a linear head leaves g constant in A: H = 0
@@ -51,10 +49,11 @@ def gradient_and_hvp(layer_pass: LayerPass, score: Score = logit_score) -> tuple
 class ShapleyCAM(BaseCAM):
     """ShapleyCAM (Cai et al., 2025): ``alpha_k = mean_ij (g - 1/2 H·A)_kij``, ``H·A = d<g, A>/dA``.
 
-    ``g = dy/dA`` and the Hessian-vector product go through the head only. The Hessian
+    ``g = dt/dA`` and the Hessian-vector product go through the head only. The Hessian
     term vanishes for piecewise-linear heads (ReLU, max-pool, linear), where ShapleyCAM is
-    Grad-CAM. ``score="logit"`` (default, as pytorch-grad-cam's default target) or
-    ``"rest"`` (logit minus cross-entropy, the paper's ``ClassifierOutputReST``).
+    Grad-CAM. ``score="logit"`` (default): the target ``t`` (the class logit by default, as
+    pytorch-grad-cam's default target); ``"rest"``: logit minus cross-entropy of the target's
+    class (the paper's ``ClassifierOutputReST``, :class:`~lightning_cam.targets.ClassReST`).
 
     Token layouts: ``H·A`` is taken over the map's entries (patch tokens) with the prefix
     tokens held at their values, the layout's convention; pytorch-grad-cam differentiates
@@ -74,47 +73,34 @@ class ShapleyCAM(BaseCAM):
         self.score = score
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        g, hvp = gradient_and_hvp(layer_pass, SCORES[self.score])
+        score = ClassReST(_classes(layer_pass, "ShapleyCAM(score='rest')")).bind(layer_pass.logits) if self.score == "rest" else None
+        g, hvp = gradient_and_hvp(layer_pass, score)
         weights = (g - 0.5 * hvp).mean(dim=(2, 3))
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
 
 
-def comparison_classes(logits: torch.Tensor, targets: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
-    """(B, J) classes at ``ranks`` when sorted by ``|y_j - y_c|`` (rank 0 is ``c`` itself).
-
-    pytorch-grad-cam's ``FinerCAM`` ranks by the same distance; ranks past ``C - 1`` are dropped.
-    """
-    distance = (logits - logit_score(logits, targets)[:, None]).abs()
-    distance = distance.scatter(1, targets[:, None], -1.0)  # c first, even if another class ties with it
-    order = distance.argsort(dim=1, stable=True)
-    kept = [r for r in ranks if 0 < r < logits.shape[1]]
-    if not kept:
-        raise ValueError(f"FinerCAM needs a comparison rank in [1, {logits.shape[1] - 1}], got {list(ranks)}.")
-    return order[:, kept]
+#: ShapleyCAM's ``score`` options
+SCORES = ("logit", "rest")
 
 
-def finer_score(classes: torch.Tensor, alpha: float) -> Score:
-    """``sum_j w_j (y_c - alpha y_j) / sum_j w_j`` with ``w_j = softmax(y)_j`` over the (B, J) ``classes``.
-
-    ``w_j / sum_j w_j`` is computed as a softmax over the compared logits only (the same
-    value without underflow); pytorch-grad-cam adds ``1e-9`` to ``sum_j w_j``.
-    """
-
-    def score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        others = logits.gather(1, classes)
-        share = torch.softmax(others, dim=1)
-        return (share * (logit_score(logits, targets)[:, None] - alpha * others)).sum(dim=1)
-
-    return score
+def finer_target(layer_pass: LayerPass, alpha: float, ranks: Sequence[int]) -> ClassMinusSimilar:
+    """The pass's target when it already is a :class:`~lightning_cam.targets.ClassMinusSimilar`, else that
+    target for the pass's classes, ``alpha`` and comparison ``ranks``, bound to the clean scores."""
+    if isinstance(layer_pass.target, ClassMinusSimilar):
+        return layer_pass.target
+    target = ClassMinusSimilar(_classes(layer_pass, "FinerCAM"), alpha=alpha, ranks=ranks).bind(layer_pass.logits)
+    assert isinstance(target, ClassMinusSimilar)
+    return target
 
 
 class FinerCAM(BaseCAM):
     """FinerCAM (Zhang et al., CVPR 2025): Grad-CAM of ``sum_j w_j (y_c - alpha y_j) / sum_j w_j``.
 
-    ``j`` runs over the classes at ``comparison_ranks`` (default 1, 2, 3) when sorted by
-    ``|y_j - y_c|``, ``w_j = softmax(y)_j`` (differentiated too), ``alpha = 1``: the
-    defaults of pytorch-grad-cam's ``FinerCAM`` / ``FinerWeightedTarget``. ``alpha = 0``
-    is Grad-CAM.
+    The target :class:`~lightning_cam.targets.ClassMinusSimilar` of the explained class ``c``
+    (or the one given as ``targets=``): ``j`` runs over the classes at ``comparison_ranks``
+    (default 1, 2, 3) when sorted by ``|y_j - y_c|``, ``w_j = softmax(y)_j`` (differentiated
+    too), ``alpha = 1``: the defaults of pytorch-grad-cam's ``FinerCAM`` /
+    ``FinerWeightedTarget``. ``alpha = 0`` is Grad-CAM.
     """
 
     name = "finercam"
@@ -128,7 +114,6 @@ class FinerCAM(BaseCAM):
         self.alpha, self.comparison_ranks = float(alpha), tuple(int(r) for r in comparison_ranks)
 
     def compute(self, layer_pass: LayerPass) -> Explanation:
-        classes = comparison_classes(layer_pass.logits, layer_pass.targets, self.comparison_ranks)
-        _, g = layer_pass.score_gradient(finer_score(classes, self.alpha))
+        _, g = layer_pass.score_gradient(finer_target(layer_pass, self.alpha, self.comparison_ranks))
         weights = g.mean(dim=(2, 3))
         return self._explanation(layer_pass, weighted_map(weights, layer_pass.activation), weights)
