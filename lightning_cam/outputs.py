@@ -70,7 +70,7 @@ def _default(out: object) -> object:
     if isinstance(out, (tuple, list)) and out:
         return out[0]
     if isinstance(out, Mapping):
-        return out["logits"] if "logits" in out else None
+        return out["logits"] if "logits" in out else out.get("out")
     return getattr(out, "logits", None)
 
 
@@ -80,7 +80,7 @@ def logits_of(out: object, output_transform: OutputTransform | None = None) -> T
     The tensor keeps its dtype and autograd graph; callers cast to float32.
     """
     scores = output_transform(out) if output_transform is not None else _default(out)
-    if isinstance(scores, Tensor) and scores.dim() == 2 and scores.is_floating_point():
+    if isinstance(scores, Tensor) and scores.dim() in (1, 2, 4) and scores.is_floating_point():
         return scores
     got = _describe(out)
     if output_transform is not None:
