@@ -229,13 +229,13 @@ class ClassMinusSimilar(_ClassTarget):
             ranked = scores.argsort(dim=1, descending=True)
             keep = ranked != bound._bound()[:, None]
             similar = ranked[keep].reshape(scores.shape[0], -1)[:, : self.k]
-        bound.similar = similar
+        bound.similar = bound.similar_given = similar  # re-binding keeps the comparison classes
         return bound
 
     def select(self, images: Tensor) -> Target:
         chosen = super().select(images)
         assert isinstance(chosen, ClassMinusSimilar) and self.similar is not None
-        chosen.similar = self.similar[images.to(self.similar.device)]
+        chosen.similar = chosen.similar_given = self.similar[images.to(self.similar.device)]
         return chosen
 
     def value(self, scores: Tensor, index: Tensor) -> Tensor:
@@ -370,12 +370,13 @@ class SegmentationClass(_ClassTarget):
             empty = ~masks.flatten(1).any(dim=1)
             masks = torch.where(empty[:, None, None], torch.ones_like(masks), masks)
         bound.masks = masks.to(scores.dtype if scores.is_floating_point() else torch.float32).detach()
+        bound.masks_given = bound.masks  # re-binding (e.g. on perturbed scores) keeps the region
         return bound
 
     def select(self, images: Tensor) -> Target:
         chosen = super().select(images)
         assert isinstance(chosen, SegmentationClass) and self.masks is not None
-        chosen.masks = self.masks[images.to(self.masks.device)]
+        chosen.masks = chosen.masks_given = self.masks[images.to(self.masks.device)]
         return chosen
 
     def _masked(self, per_pixel: Tensor, index: Tensor, mean: bool) -> Tensor:
@@ -503,7 +504,7 @@ def resolve_target(targets: TargetsLike, scores: Tensor) -> Target:
         return (_from_grad_cam(targets) or PerImage(targets)).bind(scores)
     if targets is None or isinstance(targets, (int, Tensor)) or (isinstance(targets, Sequence) and not isinstance(targets, (str, bytes))):
         if isinstance(targets, Tensor) and targets.is_floating_point():
-            raise ValueError(f"targets must be class indices (integers), got a {targets.dtype} tensor; for a regression use RegressionOutput()")
+            raise ValueError(f"targets must be class indices (integers), got a tensor of dtype {targets.dtype}; for a regression use RegressionOutput()")
         return _default_target(scores, targets).bind(scores)
     raise ValueError(
         "targets must be None, an int, a list of B ints, an integer tensor, a lightning_cam.targets built-in "
