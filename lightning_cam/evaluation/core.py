@@ -9,7 +9,9 @@ explanations in a notebook or a custom loop::
     report["liftcam"].insertion           # (N,) per-image AUCs
     report["gradcam"].saliency            # (N, H, W) maps in [0, 1]
 
-A short pipeline: resolve the layers once -> explain and score every batch
+A short pipeline: resolve the layers once -> bind ONE target to the clean scores
+(:func:`bind_evaluation_target`, any ``targets=`` of :func:`lightning_cam.targets.resolve_target`)
+-> explain and score every batch
 (:mod:`~lightning_cam.evaluation.scoring`) -> the model-randomisation check
 (:func:`lightning_cam.metrics.model_randomization`) -> the insertion / deletion curves
 (:mod:`~lightning_cam.evaluation.curves`). The metrics:
@@ -27,6 +29,10 @@ A short pipeline: resolve the layers once -> explain and score every batch
 * LIFT-CAM's completeness residual ``|delta|``;
 * optionally the Pearson / Spearman correlation of each method's channel
   weights with ShapCAM's exact Shapley values (``shap_samples``).
+
+Every method explains that target and every metric follows it; a metric with no meaning for the
+target's kind (``MetricSpec.kinds`` of :data:`~lightning_cam.evaluation.keys.METRIC_TABLE`, e.g.
+Average Drop for a regression output) is left out and named in ``report.notes``.
 
 Images whose logits, map or scores are not finite (a diverging model) are
 flagged per method (``MethodReport.finite``) and left out of the means, which
