@@ -214,7 +214,7 @@ def add_randomization(
                 rows = torch.arange(s, min(s + opts.batch_size, x.shape[0]))
                 exps = explain_all(
                     model, qualified, x[s : s + opts.batch_size].to(device), methods=opts.methods,
-                    targets=_for_methods(rows_of(t, rows)), method_kwargs=opts.method_kwargs,
+                    targets=method_targets(rows_of(t, rows)), method_kwargs=opts.method_kwargs,
                     output_transform=opts.output_transform, fusion=opts.fusion or "mean",
                 )
                 for m in parts:
@@ -235,13 +235,6 @@ def add_randomization(
     timing = dict(report.timing, randomization=time.perf_counter() - t0)
     timing["forwards"] = timing.get("forwards", 0.0) + passes
     return replace(report, layers=layers_out, timing=timing)
-
-
-def _for_methods(targets: TargetsLike) -> TargetsLike:
-    """:func:`~lightning_cam.evaluation.scoring.method_targets` of a Target, class indices unchanged."""
-    from lightning_cam.targets import Target
-
-    return method_targets(targets) if isinstance(targets, Target) else targets
 
 
 def _steps(results: Mapping[str, Any]) -> int:

@@ -30,6 +30,7 @@ import torch
 __all__ = [
     "ALL_METRICS",
     "AREA_PREFIX",
+    "CLASS_KINDS",
     "CLASS_METRICS",
     "CLASS_PREFIX",
     "CALLBACK_KEYS",
@@ -67,6 +68,8 @@ Direction = Literal["higher", "lower", "none"]
 TARGET_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation", "regression", "callable")
 #: The kinds whose target has a bounded ``probability`` (Average Drop / Increase in Confidence need it).
 PROBABILITY_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation")
+#: The kinds whose target names a class per image (``Target.classes``; the per-class breakdown).
+CLASS_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation")
 #: ``scores``: one explanation pass and its scores; ``curves``: the insertion/deletion curves;
 #: ``monitoring``: over training or against a randomised model; ``timing``: wall time (not per image).
 Source = Literal["scores", "curves", "monitoring", "timing"]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from lightning_cam.targets import Target
 from lightning_cam.evaluation.keys import (
+    CLASS_KINDS,
     CLASS_METRICS,
     CURVE_FIELDS,
     FINITE_FIELDS,
@@ -213,7 +214,7 @@ def class_groups(report: EvaluationReport) -> Tensor:
     explained class; empty (no image in any class) for a target without classes and no labels."""
     if report.labels is not None:
         return report.labels.to(report.predictions.device)
-    if report.targets is None and report.kind not in ("class", "binary", "multilabel", "segmentation"):
+    if report.targets is None and report.kind not in CLASS_KINDS:
         return torch.zeros(0, dtype=torch.long, device=report.predictions.device)
     return report.explained.to(report.predictions.device)
 

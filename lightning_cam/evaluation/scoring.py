@@ -64,10 +64,13 @@ def rows_of(target: TargetsLike, rows: Tensor) -> TargetsLike:
     return target[rows.to(target.device)] if isinstance(target, Tensor) else target
 
 
-def method_targets(target: Target) -> TargetsLike:
-    """What the methods are asked to explain: the bound target (it re-binds to itself); a class-logit
-    target as its class indices, which every method reads as that same target ``y_c``."""
-    return target.classes if type(target) is ClassLogit and target.classes is not None else target
+def method_targets(targets: TargetsLike) -> TargetsLike:
+    """What the methods are asked to explain: a bound target (it re-binds to itself); a class-logit
+    target as its class indices, which every method reads as that same target ``y_c``; class
+    indices unchanged."""
+    if type(targets) is ClassLogit and targets.classes is not None:
+        return targets.classes
+    return targets
 
 
 def predictions_of(scores: Tensor) -> Tensor:
