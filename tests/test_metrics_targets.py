@@ -393,3 +393,22 @@ def test_evaluate_segmentation_and_regression_targets():
     assert "average_drop" not in rep["gradcam"].values and "insertion" in rep["gradcam"].values
     assert "cam/gradcam/average_drop" not in rep.summary() and "cam/gradcam/insertion" in rep.summary()
     assert any("average_drop left out" in n for n in rep.notes)
+
+
+def test_random_logit_reads_the_classes_of_a_class_target_and_refuses_other_kinds():
+    from lightning_cam.metrics import random_logit
+
+    x, _ = _batch(7)
+    seen: list = []
+
+    def explain(images: torch.Tensor, targets) -> torch.Tensor:
+        seen.append(targets)
+        return images.mean(dim=1).abs()
+
+    bound = resolve_target(LabelLogit([1, 2, 0]), torch.randn(3, 4))
+    off = torch.tensor([0, 3, 1])
+    by_target = random_logit(explain, x, bound, 4, off_targets=off)
+    by_ints = random_logit(explain, x, torch.tensor([1, 2, 0]), 4, off_targets=off)
+    assert torch.equal(by_target, by_ints) and seen[0] is bound and torch.equal(seen[1], off)
+    with pytest.raises(ValueError, match="no meaning for a regression target"):
+        random_logit(explain, x, RegressionOutput(), 4)

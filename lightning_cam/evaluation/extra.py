@@ -92,7 +92,7 @@ def _scores_of(
         out["relative_input_stability"] = M.relative_input_stability(
             explain, x, t, sal, nr_samples=SENSITIVITY_SAMPLES, generator=_generator(device))
     if "random_logit" in want:
-        out["random_logit"] = M.random_logit(explain, x, t.classes, exp.logits.shape[1], sal, generator=_generator(device))
+        out["random_logit"] = M.random_logit(explain, x, t, exp.logits.shape[1], sal, generator=_generator(device))
     if "arcc" in want:
         a = M.arcc(model, explain, x, sal, t, generator=_generator(device), batch_size=forward["batch_size"])
         out["arcc"] = a.arcc
