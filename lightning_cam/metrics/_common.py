@@ -143,8 +143,8 @@ def clean_output(
     if not isinstance(clean_logits, Tensor) or clean_logits.ndim == 0 or clean_logits.shape[0] != images.shape[0]:
         shape = tuple(clean_logits.shape) if isinstance(clean_logits, Tensor) else type(clean_logits).__name__
         raise ValueError(
-            f"clean_logits must be the model's scores on the images, {images.shape[0]} rows (shape (B,), "
-            f"(B, num_classes) or (B, num_classes, H, W)); got {shape}. Example: clean_logits=explanation.logits"
+            f"clean_logits must be the model's output on the images: {images.shape[0]} rows of scores, shape (B,), "
+            f"(B, num_classes) or (B, num_classes, H, W); got {shape}. Example: clean_logits=explanation.logits"
         )
     # the dtype the masked scores come in (model_scores), so that clean and masked compare alike
     return clean_logits.detach().to(device=images.device, dtype=accumulation_dtype(model_dtype(model)))
