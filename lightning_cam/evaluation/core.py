@@ -308,12 +308,13 @@ def evaluate(
     net = unwrap_model(model)
     param = next(net.parameters(), None)
     device = param.device if param is not None else images.device
+    masks_given = inputs.masks is not None
     inputs = bind_evaluation_target(net, inputs, targets, opts, device)
     layers = report_layers(net, target_layer, images[:1], opts.fusion)
     if any(isinstance(q, list) for q in layers.values()):  # one fused "layer": no channel weights to compare
         opts = replace(opts, shap_samples=0)
         inputs = replace(inputs, shap_on=torch.zeros_like(inputs.shap_on))
-    report = replace(explain_and_score(net, layers, inputs, opts, device), notes=target_notes(inputs, masks is not None, opts))
+    report = replace(explain_and_score(net, layers, inputs, opts, device), notes=target_notes(inputs, masks_given, opts))
     report.timing["forwards"] = report.timing.get("forwards", 0.0) + inputs.images.shape[0]  # the binding pass
     if opts.randomization is not None:
         report = add_randomization(report, net, layers, inputs.images, opts)

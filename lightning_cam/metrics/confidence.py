@@ -120,7 +120,7 @@ def confidence_change(
             model ending in softmax). With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
         output_transform: callable reading the (N, C) scores from the model's output when it is
             not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
-        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+        clean_logits: the model's scores on ``images`` ((B,), (B, C) or (B, C, H, W)) when already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
         deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
             forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.

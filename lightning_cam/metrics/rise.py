@@ -262,7 +262,7 @@ def insertion_deletion(
 
     Images are cast to the model's dtype for each forward pass (bf16 / fp16 / float64 models);
     curves and AUCs are float32. A non-finite model output gives that image NaN curves and AUCs.
-        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+        clean_logits: the model's scores on ``images`` ((B,), (B, C) or (B, C, H, W)) when already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
