@@ -252,13 +252,13 @@ class ClassMinusSimilar(_ClassTarget):
             similar = similar.expand(scores.shape[0], -1) if similar.ndim == 1 else similar
         else:
             similar = comparison_classes(scores.detach(), bound._bound(), self.ranks)
-        bound.similar = similar
+        bound.similar = bound.similar_given = similar  # re-binding keeps the comparison classes
         return bound
 
     def select(self, images: Tensor) -> Target:
         chosen = super().select(images)
         assert isinstance(chosen, ClassMinusSimilar) and self.similar is not None
-        chosen.similar = self.similar[images.to(self.similar.device)]
+        chosen.similar = chosen.similar_given = self.similar[images.to(self.similar.device)]
         return chosen
 
     def value(self, scores: Tensor, index: Tensor) -> Tensor:
@@ -392,12 +392,13 @@ class SegmentationClass(_ClassTarget):
             empty = ~masks.flatten(1).any(dim=1)
             masks = torch.where(empty[:, None, None], torch.ones_like(masks), masks)
         bound.masks = masks.to(scores.dtype if scores.is_floating_point() else torch.float32).detach()
+        bound.masks_given = bound.masks  # re-binding (e.g. on perturbed scores) keeps the region
         return bound
 
     def select(self, images: Tensor) -> Target:
         chosen = super().select(images)
         assert isinstance(chosen, SegmentationClass) and self.masks is not None
-        chosen.masks = self.masks[images.to(self.masks.device)]
+        chosen.masks = chosen.masks_given = self.masks[images.to(self.masks.device)]
         return chosen
 
     def _masked(self, per_pixel: Tensor, index: Tensor, mean: bool) -> Tensor:

@@ -386,9 +386,9 @@ def test_clear_errors(net):
 
 
 def test_model_with_bad_output_gives_clear_error():
-    conv = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(2))  # (B, 2, 196): no score shape (a 4-D output is segmentation)
+    tokens = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(2))  # (B, 2, 196): no understood score shape
     with pytest.raises(ValueError, match="num_classes"):
-        insertion_deletion(conv, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16))
+        insertion_deletion(tokens, torch.randn(1, 3, 16, 16), torch.rand(1, 16, 16))
 
 
 # ---------------------------------------------------------------- model hygiene

@@ -9,7 +9,9 @@ explanations in a notebook or a custom loop::
     report["liftcam"].insertion           # (N,) per-image AUCs
     report["gradcam"].saliency            # (N, H, W) maps in [0, 1]
 
-A short pipeline: resolve the layers once -> explain and score every batch
+A short pipeline: resolve the layers once -> bind ONE target to the clean scores
+(:func:`bind_evaluation_target`, any ``targets=`` of :func:`lightning_cam.targets.resolve_target`)
+-> explain and score every batch
 (:mod:`~lightning_cam.evaluation.scoring`) -> the model-randomisation check
 (:func:`lightning_cam.metrics.model_randomization`) -> the insertion / deletion curves
 (:mod:`~lightning_cam.evaluation.curves`). The metrics:
@@ -27,6 +29,10 @@ A short pipeline: resolve the layers once -> explain and score every batch
 * LIFT-CAM's completeness residual ``|delta|``;
 * optionally the Pearson / Spearman correlation of each method's channel
   weights with ShapCAM's exact Shapley values (``shap_samples``).
+
+Every method explains that target and every metric follows it; a metric with no meaning for the
+target's kind (``MetricSpec.kinds`` of :data:`~lightning_cam.evaluation.keys.METRIC_TABLE`, e.g.
+Average Drop for a regression output) is left out and named in ``report.notes``.
 
 Images whose logits, map or scores are not finite (a diverging model) are
 flagged per method (``MethodReport.finite``) and left out of the means, which
@@ -48,9 +54,10 @@ from lightning_cam.evaluation.curves import add_curves
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.regions import active, static_masks
 from lightning_cam.evaluation.report import EvaluationReport
-from lightning_cam.evaluation.scoring import Inputs, explain_and_score
+from lightning_cam.evaluation.scoring import Inputs, explain_and_score, method_targets, rows_of
+from lightning_cam.targets import TargetsLike
 
-__all__ = ["add_randomization", "evaluate", "layer_names", "report_layers"]
+__all__ = ["add_randomization", "bind_evaluation_target", "evaluate", "layer_names", "report_layers", "target_notes"]
 
 LayerLike = str | nn.Module | None
 
@@ -86,10 +93,10 @@ def report_layers(model: nn.Module, target_layer: LayerLike | Sequence[LayerLike
 
 
 def _check_inputs(
-    images: Tensor, labels: Any, masks: Tensor | None, targets: Any, regions: Mapping[str, Tensor] | None,
+    images: Tensor, labels: Any, masks: Tensor | None, regions: Mapping[str, Tensor] | None,
     shap_on: Tensor | None, opts: EvaluationOptions,
 ) -> Inputs:
-    """The inputs, checked against N, H, W once."""
+    """The inputs, checked against N, H, W once (the target is bound next, :func:`bind_evaluation_target`)."""
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[0] == 0:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"images must be a non-empty (N, C, H, W) tensor, got {shape}")
@@ -114,13 +121,55 @@ def _check_inputs(
     if masks is not None and not regions:  # one object mask: its energy is the energy pointing game
         regions = {"object": masks}
     regions.update(_static(regions, opts, n, h, w))
-    if isinstance(targets, (Tensor, list, tuple)):
-        targets = torch.as_tensor(targets).reshape(-1)
     image_ok = torch.isfinite(images).flatten(1).all(1)
     if not bool(image_ok.all()):  # explained as zeros, flagged non-finite, left out of every mean
         images = torch.where(image_ok.view(-1, 1, 1, 1), images, torch.zeros_like(images))
-    return Inputs(images=images, labels=label_t, masks=masks, regions=regions, targets=targets, shap_on=shap_on,
+    return Inputs(images=images, labels=label_t, masks=masks, regions=regions, target=None, shap_on=shap_on,
                   image_ok=image_ok.cpu())
+
+
+def bind_evaluation_target(net: nn.Module, inputs: Inputs, targets: Any, opts: EvaluationOptions,
+                           device: torch.device) -> Inputs:
+    """``inputs`` with ONE target bound to the clean scores of all N images
+    (:func:`~lightning_cam.targets.resolve_target`; one forward pass per ``batch_size`` images, the
+    batches of the explanation pass), explained by every method and followed by every metric. A
+    segmentation target without ``masks`` lends its region (the pixels of the explained class) as
+    the object mask: the pointing games and ``energy/object`` measure the map inside it."""
+    from lightning_cam.metrics._common import evaluating, model_scores
+    from lightning_cam.metrics.pointing import target_masks
+    from lightning_cam.targets import resolve_target
+
+    images = inputs.images
+    with evaluating(net, device):
+        scores = torch.cat([model_scores(net, images[s : s + opts.batch_size].to(device), opts.output_transform)
+                            for s in range(0, images.shape[0], opts.batch_size)])
+    target = resolve_target(targets, scores)
+    inputs = replace(inputs, target=target)
+    if target.kind != "segmentation" or inputs.masks is not None:
+        return inputs
+    masks = _to_input_size(target_masks(target), tuple(images.shape[-2:])).to(images.device)
+    regions = {"object": masks, **{k: v for k, v in inputs.regions.items() if k != "object"}}
+    return replace(inputs, masks=masks, regions=regions)
+
+
+def _to_input_size(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, h, w) bool masks at the output's resolution -> (N, H, W), nearest neighbour."""
+    if tuple(masks.shape[-2:]) == size:
+        return masks
+    return torch.nn.functional.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0
+
+
+def target_notes(inputs: Inputs, masks_given: bool, opts: EvaluationOptions) -> tuple[str, ...]:
+    """What an evaluation of the bound ``inputs.target`` leaves out or chooses for its kind, and why."""
+    from lightning_cam.evaluation.keys import left_out_notes
+
+    target = inputs.target
+    notes = list(left_out_notes(target.kind, opts.extra_metrics))
+    if opts.curves and not target.has_probability:
+        notes.append(f"insertion / deletion follow the target's value (score='logit'): a {target.kind} target has no probability")
+    if target.kind == "segmentation" and not masks_given:
+        notes.append("pointing games and energy/object use the target's region (the pixels of the explained class) as the object mask")
+    return tuple(notes)
 
 
 def _static(masks: Mapping[str, Tensor], opts: EvaluationOptions, n: int, h: int, w: int) -> dict[str, Tensor]:
@@ -154,17 +203,18 @@ def add_randomization(
 
     t0 = time.perf_counter()
     device = report.predictions.device
-    targets = report.explained
+    targets = report.explained if report.target is None else report.target
     layers_out = {}
     for name, qualified in layers.items():
         lrep = report.layers[name]
 
-        def explain(model: nn.Module, x: Tensor, t: Tensor | None) -> dict[str, Tensor]:
+        def explain(model: nn.Module, x: Tensor, t: TargetsLike) -> dict[str, Tensor]:
             parts: dict[str, list[Tensor]] = {m: [] for m in lrep.methods}
             for s in range(0, x.shape[0], opts.batch_size):
+                rows = torch.arange(s, min(s + opts.batch_size, x.shape[0]))
                 exps = explain_all(
                     model, qualified, x[s : s + opts.batch_size].to(device), methods=opts.methods,
-                    targets=t[s : s + opts.batch_size], method_kwargs=opts.method_kwargs,
+                    targets=method_targets(rows_of(t, rows)), method_kwargs=opts.method_kwargs,
                     output_transform=opts.output_transform, fusion=opts.fusion or "mean",
                 )
                 for m in parts:
@@ -199,7 +249,7 @@ def evaluate(
     masks: Tensor | None = None,
     methods: Sequence[str] | str | None = None,
     *,
-    targets: Tensor | Sequence[int] | int | None = None,
+    targets: TargetsLike = None,
     regions: Mapping[str, Tensor] | None = None,
     shap_on: Tensor | None = None,
     curve_rows: Tensor | None = None,
@@ -220,8 +270,13 @@ def evaluate(
         masks: (N, H, W) object masks; enable the pointing games.
         methods: registry names (``liftcam``, ``gradcam``, ``gradcam++`` ...); default
             ``options.methods`` (LIFT-CAM).
-        targets: classes to explain (an int, or (N,) e.g. the labels); default
-            the top-1 prediction per image.
+        targets: what to explain and score: anything :func:`~lightning_cam.targets.resolve_target`
+            accepts (an int, (N,) classes e.g. the labels, a :mod:`lightning_cam.targets` built-in
+            such as ``SegmentationClass(3)`` or ``RegressionOutput()``, N per-image callables);
+            default the output's default (top-1 class per image). Bound ONCE to the clean scores
+            of the N images and used for every method and every metric; the metrics that have no
+            meaning for its kind are left out and named in ``report.notes`` (docs/metrics.md,
+            "Metrics by target kind").
         regions: named regions: per-image masks ``{name: (N, H, W)}``, e.g. ``{"object": ...,
             "marker": ...}`` (default with ``masks``: ``{"object": masks}``; ``regions["object"]``
             is the default of ``masks``), and static regions in relative coordinates,
@@ -249,15 +304,18 @@ def evaluate(
         changes["shap_samples"] = max(1, int(torch.as_tensor(shap_on).sum()))
     base = options or EvaluationOptions()
     opts = replace(base, **changes) if changes else base
-    inputs = _check_inputs(images, labels, masks, targets, regions, shap_on, opts)
+    inputs = _check_inputs(images, labels, masks, regions, shap_on, opts)
     net = unwrap_model(model)
     param = next(net.parameters(), None)
     device = param.device if param is not None else images.device
+    masks_given = inputs.masks is not None
+    inputs = bind_evaluation_target(net, inputs, targets, opts, device)
     layers = report_layers(net, target_layer, images[:1], opts.fusion)
     if any(isinstance(q, list) for q in layers.values()):  # one fused "layer": no channel weights to compare
         opts = replace(opts, shap_samples=0)
         inputs = replace(inputs, shap_on=torch.zeros_like(inputs.shap_on))
-    report = explain_and_score(net, layers, inputs, opts, device)
+    report = replace(explain_and_score(net, layers, inputs, opts, device), notes=target_notes(inputs, masks_given, opts))
+    report.timing["forwards"] = report.timing.get("forwards", 0.0) + inputs.images.shape[0]  # the binding pass
     if opts.randomization is not None:
         report = add_randomization(report, net, layers, inputs.images, opts)
     if opts.curves:

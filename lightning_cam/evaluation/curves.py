@@ -18,8 +18,10 @@ from torch import Tensor, nn
 
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.report import EvaluationReport, MethodReport
+from lightning_cam.metrics._common import Score
+from lightning_cam.targets import TargetsLike
 
-__all__ = ["CurvePlan", "add_curves", "curve_forwards", "curve_points", "curve_subset", "plan_curves", "same_maps"]
+__all__ = ["CurvePlan", "add_curves", "curve_forwards", "curve_points", "curve_score", "curve_subset", "plan_curves", "same_maps"]
 
 _CURVE_KEYS = ("insertion", "deletion", "insertion_curve", "deletion_curve")
 
@@ -116,6 +118,17 @@ def curve_rows_of(report: EvaluationReport, rows: Tensor | None, device: torch.d
     return new if report.curve_rows is None else new | report.curve_rows.to(device)
 
 
+def curve_score(report: EvaluationReport) -> Score:
+    """The score the curves follow: the target's probability (``"softmax"``, the RISE protocol) when
+    it has one, else its value (``"logit"``: regression outputs, per-image callables)."""
+    return "softmax" if report.target is None or report.target.has_probability else "logit"
+
+
+def _curve_target(report: EvaluationReport, rows: Tensor) -> TargetsLike:
+    """The report's bound target of the images ``rows`` (its explained classes for a report without one)."""
+    return report.explained[rows] if report.target is None else report.target.select(rows)
+
+
 @torch.no_grad()
 def add_curves(
     report: EvaluationReport,
@@ -126,7 +139,8 @@ def add_curves(
 ) -> EvaluationReport:
     """``report`` with insertion / deletion AUCs and curves for every layer and method.
 
-    Uses the report's saliency maps, explained classes and clean logits (no clean forward pass),
+    Uses the report's saliency maps, bound target and clean logits (no clean forward pass), following
+    the target's probability, or its value for a kind without one (:func:`curve_score`),
     and the plan of :func:`plan_curves` (shared curves marked in ``shared_curves``). ``rows``: the
     images to score (default all; curves of rows added before are kept, others are NaN;
     ``curve_rows`` records the scored rows). Images whose
@@ -156,9 +170,9 @@ def add_curves(
             for s in range(0, need.numel(), opts.batch_size):
                 idx = need[s : s + opts.batch_size]
                 res = insertion_deletion(
-                    net, images[idx.cpu()].to(device), r.saliency[idx], targets=report.explained[idx],
+                    net, images[idx.cpu()].to(device), r.saliency[idx], targets=_curve_target(report, idx),
                     batch_size=opts.forward_batch(device), clean_logits=report.logits[idx],
-                    output_transform=opts.output_transform, **opts.curve_steps,
+                    output_transform=opts.output_transform, score=curve_score(report), **opts.curve_steps,
                 )
                 fractions = res.fractions
                 forwards += idx.numel() * (res.insertion_curve.shape[1] + res.deletion_curve.shape[1] - 2)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.evaluation.keys import EXTRA_METRICS
+from lightning_cam.evaluation.keys import EXTRA_METRICS, applies
+from lightning_cam.targets import TargetsLike
 
 if TYPE_CHECKING:
     from lightning_cam.evaluation.options import EvaluationOptions
@@ -51,11 +52,13 @@ def check_extra_metrics(names: Sequence[str] | str, owner: str = "") -> tuple[st
 
 
 def _explainer(model: nn.Module, layer: Any, method: str, opts: EvaluationOptions):
-    """The method as an :data:`~lightning_cam.metrics._common.Explain`: [0, 1] maps at input size."""
+    """The method as an :data:`~lightning_cam.metrics._common.Explain`: [0, 1] maps at input size, of
+    the bound target (re-explaining a perturbed image explains the same target) or of class indices."""
+    from lightning_cam.evaluation.scoring import method_targets
     from lightning_cam.methods import explain_all
 
-    def explain(x: Tensor, targets: Tensor) -> Tensor:
-        e = explain_all(model, layer, x, methods=[method], targets=targets, method_kwargs=opts.method_kwargs,
+    def explain(x: Tensor, targets: TargetsLike) -> Tensor:
+        e = explain_all(model, layer, x, methods=[method], targets=method_targets(targets), method_kwargs=opts.method_kwargs,
                         output_transform=opts.output_transform, fusion=opts.fusion or "mean")[method]
         return e.saliency(tuple(x.shape[-2:]))
 
@@ -72,8 +75,9 @@ def _scores_of(
     """The opt-in metrics of one method on one batch, keyed by field name."""
     from lightning_cam import metrics as M
 
-    want = set(opts.extra_metrics)
-    x, t = batch.images, exp.targets
+    assert batch.target is not None
+    want = {name for name in opts.extra_metrics if all(applies(f, batch.target.kind) for f in EXTRA_METRICS[name])}
+    x, t = batch.images, batch.target
     device = x.device
     explain = _explainer(model, layer, method, opts)
     forward = {"batch_size": opts.forward_batch(device), "output_transform": opts.output_transform}
@@ -108,7 +112,8 @@ def extra_scores(
     model: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, Any], sals: Mapping[str, Tensor], opts: EvaluationOptions
 ) -> dict[str, dict[str, Tensor]]:
     """``{method: {field: (B,) values}}`` of the opt-in metrics (``opts.extra_metrics``) on one batch.
-    The mask-based ones are absent without masks."""
+    The mask-based ones are absent without masks, and those without a meaning for the target's kind
+    (:func:`~lightning_cam.evaluation.keys.left_out`) are absent too."""
     if not opts.extra_metrics:
         return {m: {} for m in exps}
     return {m: _scores_of(model, layer, m, e, sals[m], batch, opts) for m, e in exps.items()}

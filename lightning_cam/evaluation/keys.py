@@ -30,6 +30,7 @@ import torch
 __all__ = [
     "ALL_METRICS",
     "AREA_PREFIX",
+    "CLASS_KINDS",
     "CLASS_METRICS",
     "CLASS_PREFIX",
     "CALLBACK_KEYS",
@@ -42,15 +43,20 @@ __all__ = [
     "METRIC_NAMES",
     "METRIC_TABLE",
     "MONITORING_METRICS",
+    "PROBABILITY_KINDS",
     "PER_IMAGE_COLUMNS",
     "STAGE_PREFIX",
+    "TARGET_KINDS",
     "MetricSpec",
     "ParsedKey",
+    "applies",
     "area_spec",
     "by_method",
     "callback_key",
     "class_metric",
     "finite_mean",
+    "left_out",
+    "left_out_notes",
     "metric_key",
     "parse_key",
     "region_spec",
@@ -58,6 +64,12 @@ __all__ = [
 ]
 
 Direction = Literal["higher", "lower", "none"]
+#: The kinds of :class:`lightning_cam.targets.Target` (``Target.kind``).
+TARGET_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation", "regression", "callable")
+#: The kinds whose target has a bounded ``probability`` (Average Drop / Increase in Confidence need it).
+PROBABILITY_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation")
+#: The kinds whose target names a class per image (``Target.classes``; the per-class breakdown).
+CLASS_KINDS: tuple[str, ...] = ("class", "binary", "multilabel", "segmentation")
 #: ``scores``: one explanation pass and its scores; ``curves``: the insertion/deletion curves;
 #: ``monitoring``: over training or against a randomised model; ``timing``: wall time (not per image).
 Source = Literal["scores", "curves", "monitoring", "timing"]
@@ -71,6 +83,8 @@ class MetricSpec:
     image as broken (left out of every mean); False where NaN is a value by design (no mask, not
     compared, no previous evaluation).
     ``option``: the name in ``extra_metrics`` that turns an opt-in metric on (None: always computed).
+    ``kinds``: the target kinds (:data:`TARGET_KINDS`) the metric has a meaning for; ``needs``: what
+    the others lack (the report's note when it is left out, :func:`left_out`).
     """
 
     name: str
@@ -80,6 +94,8 @@ class MetricSpec:
     source: Source = "scores"
     finite: bool = True
     option: str | None = None
+    kinds: tuple[str, ...] = TARGET_KINDS
+    needs: str = ""
 
     @property
     def arrow(self) -> str:
@@ -90,12 +106,16 @@ class MetricSpec:
         return self.source != "timing"
 
 
+_BOUNDED = "a positive, bounded score (the target's probability) whose relative drop (Y - O) / Y means something"
+
 #: Every per-method metric with a fixed name, in the order of the app's summary table.
 METRIC_TABLE: tuple[MetricSpec, ...] = (
-    MetricSpec("insertion", "higher", "ins", "insertion AUC (RISE): softmax score as salient pixels are inserted into a blurred image", "curves"),
-    MetricSpec("deletion", "lower", "del", "deletion AUC (RISE): softmax score as salient pixels are set to 0", "curves"),
-    MetricSpec("average_drop", "lower", "AD%", "Average Drop % (Grad-CAM++): mean of max(0, Y - O) / Y * 100, O on x * map"),
-    MetricSpec("increase_in_confidence", "higher", "IC%", "Increase in Confidence % (Grad-CAM++): share of images with O > Y"),
+    MetricSpec("insertion", "higher", "ins", "insertion AUC (RISE): the target's probability (softmax score; its value without one) as salient pixels are inserted into a blurred image", "curves"),
+    MetricSpec("deletion", "lower", "del", "deletion AUC (RISE): the target's probability (softmax score; its value without one) as salient pixels are set to 0", "curves"),
+    MetricSpec("average_drop", "lower", "AD%", "Average Drop % (Grad-CAM++): mean of max(0, Y - O) / Y * 100, O on x * map",
+               kinds=PROBABILITY_KINDS, needs=_BOUNDED),
+    MetricSpec("increase_in_confidence", "higher", "IC%", "Increase in Confidence % (Grad-CAM++): share of images with O > Y",
+               kinds=PROBABILITY_KINDS, needs=_BOUNDED),
     MetricSpec("pointing_game", "higher", "PG", "pointing game: share of maps whose maximum lies in the object mask", finite=False),
     MetricSpec("energy_pointing_game", "higher", "EPG", "energy pointing game (Score-CAM): share of the map's sum inside the mask", finite=False),
     MetricSpec("completeness_residual", "lower", "Δcompl", "LIFT-CAM: mean absolute gap between sum_k phi_k and y_c(A) - y_c(0) (0 = complete)"),
@@ -108,7 +128,8 @@ METRIC_TABLE: tuple[MetricSpec, ...] = (
     MetricSpec("max_sensitivity", "lower", "MaxSens", "Max-Sensitivity (Yeh et al. 2019, Quantus): max over noisy inputs of ||E(x+u) - E(x)|| / ||E(x)||", finite=False, option="max_sensitivity"),
     MetricSpec("avg_sensitivity", "lower", "AvgSens", "Avg-Sensitivity (Yeh et al. 2019, Quantus): mean over noisy inputs of ||E(x+u) - E(x)|| / ||E(x)||", finite=False, option="avg_sensitivity"),
     MetricSpec("relative_input_stability", "lower", "RIS", "Relative Input Stability (Agarwal et al. 2022, Quantus): max relative map change / relative input change", option="relative_input_stability"),
-    MetricSpec("random_logit", "lower", "RandLogit", "Random Logit (Sixt et al. 2020, Quantus): SSIM of the maps of the target and of a random other class", finite=False, option="random_logit"),
+    MetricSpec("random_logit", "lower", "RandLogit", "Random Logit (Sixt et al. 2020, Quantus): SSIM of the maps of the target and of a random other class", finite=False, option="random_logit",
+               kinds=("class", "multilabel"), needs="another class of a (B, num_classes) output to explain instead"),
     MetricSpec("coherency", "higher", "Coh", "Coherency (Poppi et al. 2021, pytorch-grad-cam): (Pearson(E(x), E(x * E(x))) + 1) / 2", option="coherency"),
     MetricSpec("arcc", "higher", "ARCC", "ARCC (pytorch-grad-cam): harmonic mean of coherency, 1 - mean|E| and clip(2 ROAD, 0, 1)", option="arcc"),
     MetricSpec("relevance_rank_accuracy", "higher", "RRA", "Relevance Rank Accuracy (Arras et al. 2022, Quantus): share of the top-|mask| pixels in the mask", finite=False, option="relevance_rank_accuracy"),
@@ -139,6 +160,23 @@ CURVE_FIELDS: tuple[str, ...] = CURVE_METRICS + tuple(f"{name}_curve" for name i
 FINITE_FIELDS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE if m.finite and m.per_image) + CURVE_FIELDS[2:]
 #: Per-image fields shown in the W&B table and the CSV (when computed).
 PER_IMAGE_COLUMNS: tuple[str, ...] = tuple(m.name for m in METRIC_TABLE if m.per_image)
+
+def left_out(kind: str, extra_metrics: Iterable[str] = ()) -> tuple[MetricSpec, ...]:
+    """The metrics an evaluation computes (every always-on metric, and the opt-in ones of
+    ``extra_metrics``) that have no meaning for a target of ``kind``, in table order."""
+    wanted = set(extra_metrics)
+    return tuple(m for m in METRIC_TABLE if kind not in m.kinds and (m.option is None or m.option in wanted))
+
+
+def applies(name: str, kind: str) -> bool:
+    """Whether the metric ``name`` of the table has a meaning for a target of ``kind``."""
+    return kind in next(m.kinds for m in METRIC_TABLE if m.name == name)
+
+
+def left_out_notes(kind: str, extra_metrics: Iterable[str] = ()) -> tuple[str, ...]:
+    """One note per metric :func:`left_out` of an evaluation of a ``kind`` target, saying why."""
+    return tuple(f"{m.name} left out: no meaning for a {kind} target, it needs {m.needs}" for m in left_out(kind, extra_metrics))
+
 
 #: ``energy/<region>``: share of the map's energy in a named region mask (the region's spec).
 ENERGY_PREFIX = "energy"

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_cam.targets import Target
 from lightning_cam.evaluation.keys import (
+    CLASS_KINDS,
     CLASS_METRICS,
     CURVE_FIELDS,
     FINITE_FIELDS,
@@ -104,10 +106,15 @@ class LayerReport:
 class EvaluationReport:
     """Everything :func:`~lightning_cam.evaluation.evaluate` computed, per layer and method, for N images.
 
-    ``predictions`` (N,) the model's top-1 class; ``targets`` (N,) the class explained and scored
-    (the prediction unless ``targets`` were given, e.g. the labels); ``confidence`` (N,) the
-    softmax probability of ``targets``; ``logits`` (N, C) the model's output (from the
-    explanation pass); ``labels`` (N,) or None; ``fractions`` (T,) the x-axis of the curves
+    ``predictions`` (N,) the model's prediction (the class of the default target of its output:
+    top-1 class, predicted side of one logit, most frequent predicted segmentation class);
+    ``target`` the bound :class:`~lightning_cam.targets.Target` explained and scored, for the rows this
+    process evaluated (:func:`~lightning_cam.evaluation.add_curves` and the randomisation check use it),
+    ``kind`` its kind; ``targets`` (N,) its classes (the prediction unless ``targets`` were given, e.g.
+    the labels; None for a kind without classes: regression, callables); ``confidence`` (N,) the
+    target's probability (``softmax(y)_c`` for a class; its value for a kind without one);
+    ``logits`` (N, ...) the model's scores (from the explanation pass); ``labels`` (N,) or None;
+    ``notes``: what the evaluation left out or chose for the target's kind, and why; ``fractions`` (T,) the x-axis of the curves
     (None when skipped); ``curve_rows`` (N,) bool: the images whose curves were scored;
     ``index`` (N,) each image's position in the evaluated set; ``regions``: the names of the
     columns of each method's ``region_energy``; ``region_area`` (N, R) each region's share of the image's
@@ -128,6 +135,9 @@ class EvaluationReport:
     targets: Tensor | None = None
     curve_rows: Tensor | None = None
     region_area: Tensor | None = None
+    target: Target | None = None
+    kind: str = "class"
+    notes: tuple[str, ...] = ()
 
     @property
     def num_images(self) -> int:
@@ -200,8 +210,13 @@ def map_tensors(report: EvaluationReport, fn: Callable[[Tensor], Tensor]) -> Eva
 
 
 def class_groups(report: EvaluationReport) -> Tensor:
-    """(N,) the class of each image for the per-class breakdown: its label when known, else the explained class."""
-    return (report.explained if report.labels is None else report.labels).to(report.predictions.device)
+    """(N,) the class of each image for the per-class breakdown: its label when known, else the
+    explained class; empty (no image in any class) for a target without classes and no labels."""
+    if report.labels is not None:
+        return report.labels.to(report.predictions.device)
+    if report.targets is None and report.kind not in CLASS_KINDS:
+        return torch.zeros(0, dtype=torch.long, device=report.predictions.device)
+    return report.explained.to(report.predictions.device)
 
 
 def class_means(
@@ -216,7 +231,7 @@ def class_means(
     out: dict[int, dict[tuple[str, str], dict[str, float]]] = {}
     for cls in wanted:
         rows = groups == int(cls)
-        if not bool(rows.any()):
+        if rows.shape[0] != report.num_images or not bool(rows.any()):
             continue
         per: dict[tuple[str, str], dict[str, float]] = {}
         for layer, method, mrep in report.items():

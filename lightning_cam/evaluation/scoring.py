@@ -18,24 +18,28 @@ import torch
 from torch import Tensor, nn
 
 from lightning_cam.evaluation.curves import same_maps
+from lightning_cam.evaluation.keys import applies
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.report import EvaluationReport, LayerReport, MethodReport
+from lightning_cam.targets import ClassLogit, Target, TargetsLike, resolve_target
 
-__all__ = ["Inputs", "explain_and_score", "score_batch"]
+__all__ = ["Inputs", "confidence_of", "explain_and_score", "method_targets", "predictions_of", "rows_of", "score_batch"]
 
 
 @dataclass(frozen=True)
 class Inputs:
     """The checked inputs of one evaluation, N images: ``masks`` the object masks (pointing games),
-    ``regions`` named region masks, ``targets`` the classes to explain (None: the top-1
-    prediction), ``shap_on`` (N,) bool: images compared with ShapCAM, ``image_ok`` (N,) bool: the
-    image is finite (a non-finite one is explained as zeros and flagged non-finite)."""
+    ``regions`` named region masks, ``target`` the :class:`~lightning_cam.targets.Target` explained and
+    scored, bound to the N images' clean scores (None only until
+    :func:`~lightning_cam.evaluation.core.bind_evaluation_target`), ``shap_on`` (N,) bool: images compared with ShapCAM,
+    ``image_ok`` (N,) bool: the image is finite (a non-finite one is explained as zeros and flagged
+    non-finite)."""
 
     images: Tensor
     labels: Tensor | None
     masks: Tensor | None
     regions: dict[str, Tensor]
-    targets: Tensor | int | None
+    target: Target | None
     shap_on: Tensor
     image_ok: Tensor
 
@@ -46,10 +50,41 @@ class Inputs:
             labels=None,
             masks=None if self.masks is None else self.masks[rows].to(device),
             regions={k: v[rows].to(device) for k, v in self.regions.items()},
-            targets=self.targets[rows] if isinstance(self.targets, Tensor) else self.targets,
+            target=rows_of(self.target, torch.arange(self.images.shape[0])[rows]),
             shap_on=self.shap_on[rows].to(device),
             image_ok=self.image_ok[rows].to(device),
         )
+
+
+def rows_of(target: TargetsLike, rows: Tensor) -> TargetsLike:
+    """The bound target of the images ``rows`` (indices, in that order; a row may repeat): a
+    :class:`~lightning_cam.targets.Target` selected, class indices indexed."""
+    if isinstance(target, Target):
+        return target.select(rows)
+    return target[rows.to(target.device)] if isinstance(target, Tensor) else target
+
+
+def method_targets(targets: TargetsLike) -> TargetsLike:
+    """What the methods are asked to explain: a bound target (it re-binds to itself); a class-logit
+    target as its class indices, which every method reads as that same target ``y_c``; class
+    indices unchanged."""
+    if type(targets) is ClassLogit and targets.classes is not None:
+        return targets.classes
+    return targets
+
+
+def predictions_of(scores: Tensor) -> Tensor:
+    """(N,) the model's prediction: the class of the default target of the scores' shape (top-1 class
+    of (N, C), predicted side of one logit, most frequent predicted class of (N, C, H, W))."""
+    classes = resolve_target(None, scores).classes
+    assert classes is not None
+    return classes
+
+
+def confidence_of(target: Target, scores: Tensor) -> Tensor:
+    """(N,) the target's probability on the scores (``softmax(y)_c`` for a class), its value for a
+    kind without one (regression, callables)."""
+    return target.probability(scores) if target.has_probability else target(scores)
 
 
 def _nan(n: int, device: torch.device) -> Tensor:
@@ -65,9 +100,8 @@ def _shap_weights(net: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, 
         return None
     if "shap" in exps:
         return exps["shap"].weights
-    first = next(iter(exps.values()))
     ws = explain_all(
-        net, layer, batch.images[sel], methods=["shap"], targets=first.targets[sel],
+        net, layer, batch.images[sel], methods=["shap"], targets=method_targets(batch.target.select(sel.nonzero().flatten())),
         method_kwargs=opts.method_kwargs, output_transform=opts.output_transform,
     )["shap"].weights
     out = torch.zeros((batch.images.shape[0], ws.shape[1]), device=ws.device, dtype=ws.dtype)
@@ -84,7 +118,7 @@ def score_batch(
     and the number of forward passes they took; ``layer``: the explained layer(s), needed by the
     ``extra_metrics`` that re-explain."""
     from lightning_cam.evaluation.extra import extra_scores
-    from lightning_cam.metrics import confidence_change, pointing_game
+    from lightning_cam.metrics import pointing_game
     from lightning_cam.metrics.monitoring import complexity, region_energy, row_pearson, row_spearman, sparseness
 
     xb = batch.images
@@ -95,32 +129,17 @@ def score_batch(
     finites: dict[str, Tensor] = {}
     for m, e in exps.items():
         sal = e.saliency((h, w))
-        finite = torch.isfinite(e.logits).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
+        finite = torch.isfinite(e.logits).reshape(b, -1).all(1) & torch.isfinite(e.maps).flatten(1).all(1)
         finite &= torch.isfinite(sal).flatten(1).all(1) & batch.image_ok
         sals[m] = torch.where(finite[:, None, None], sal, torch.zeros_like(sal))  # NaN-free for the metrics
         finites[m] = finite
-    # Average Drop / Increase in Confidence of every method in one call: the masked images of all
-    # methods go through the model in batches of metric_batch_size (larger batches, fewer calls);
-    # an image whose map equals an earlier method's (to float32 rounding) is scored once
-    source = _first_same_map(list(sals.values()), next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None))
-    run = (source == torch.arange(source.numel(), device=device)).nonzero().flatten()
-    c = confidence_change(
-        model, xb.repeat(len(exps), 1, 1, 1)[run], torch.cat(list(sals.values()))[run],
-        targets=torch.cat([e.targets for e in exps.values()])[run], batch_size=opts.forward_batch(device),
-        clean_logits=torch.cat([e.logits for e in exps.values()])[run], deletion=False,
-        output_transform=opts.output_transform,
-    )
-    drop = torch.empty(source.numel(), dtype=c.drop.dtype, device=device).index_put_((run,), c.drop)[source]
-    increase = torch.empty(source.numel(), dtype=c.increase.dtype, device=device).index_put_((run,), c.increase)[source]
+    confidence, run = _confidence_scores(model, batch, exps, sals, opts)
     extra = extra_scores(model, layer, batch, exps, sals, opts)
     out: dict[str, MethodReport] = {}
     for i, (m, e) in enumerate(exps.items()):
         sal = sals[m]
         rows = slice(i * b, (i + 1) * b)
-        values: dict[str, Tensor] = {
-            "average_drop": drop[rows] * 100.0,
-            "increase_in_confidence": increase[rows].float() * 100.0,
-        }
+        values: dict[str, Tensor] = {k: v[rows] for k, v in confidence.items()}
         if batch.masks is not None:
             p = pointing_game(sal, batch.masks)
             values["pointing_game"] = torch.where(p.valid, p.hits.float(), _nan(b, device))
@@ -145,7 +164,34 @@ def score_batch(
                            region_energy=energy, seconds=float(e.seconds))
         rep.update_finite()
         out[m] = rep
-    return out, int(run.numel())
+    return out, run
+
+
+def _confidence_scores(
+    model: nn.Module, batch: Inputs, exps: Mapping[str, Any], sals: Mapping[str, Tensor], opts: EvaluationOptions
+) -> tuple[dict[str, Tensor], int]:
+    """Average Drop and Increase in Confidence (%) of every method, stacked ``(M * B,)`` in method
+    order, in one call, and the forward passes it took; ``{}`` for a target kind they have no meaning
+    for (:func:`~lightning_cam.evaluation.keys.applies`). The masked images of all methods go
+    through the model in batches of ``metric_batch_size``; an image whose map equals an earlier
+    method's (to float32 rounding) is scored once."""
+    from lightning_cam.metrics import confidence_change
+
+    if not applies("average_drop", batch.target.kind):
+        return {}, 0
+    xb = batch.images
+    b, device = xb.shape[0], xb.device
+    source = _first_same_map(list(sals.values()), next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None))
+    run = (source == torch.arange(source.numel(), device=device)).nonzero().flatten()
+    c = confidence_change(
+        model, xb.repeat(len(exps), 1, 1, 1)[run], torch.cat(list(sals.values()))[run],
+        targets=batch.target.select(run % b), batch_size=opts.forward_batch(device),
+        clean_logits=torch.cat([e.logits for e in exps.values()])[run], deletion=False,
+        output_transform=opts.output_transform,
+    )
+    drop = torch.empty(source.numel(), dtype=c.drop.dtype, device=device).index_put_((run,), c.drop)[source]
+    increase = torch.empty(source.numel(), dtype=c.increase.dtype, device=device).index_put_((run,), c.increase)[source]
+    return {"average_drop": drop * 100.0, "increase_in_confidence": increase.float() * 100.0}, int(run.numel())
 
 
 def _first_same_map(sals: list[Tensor], channels: int | None) -> Tensor:
@@ -181,6 +227,7 @@ def explain_and_score(
     n = inputs.images.shape[0]
     parts: dict[str, dict[str, list[MethodReport]]] = {name: {m: [] for m in opts.methods} for name in layers}
     preds, explained, confs, logits = [], [], [], []
+    target = inputs.target
     channels: dict[str, int | None] = {}
     timing = {"explain": 0.0, "scores": 0.0, "forwards": 0.0, "backwards": 0.0}
     for s in range(0, n, opts.batch_size):
@@ -189,14 +236,14 @@ def explain_and_score(
         for li, (name, qualified) in enumerate(layers.items()):
             t0 = time.perf_counter()
             exps = explain_all(
-                net, qualified, batch.images, methods=opts.methods, targets=batch.targets,
+                net, qualified, batch.images, methods=opts.methods, targets=method_targets(batch.target),
                 method_kwargs=opts.method_kwargs, output_transform=opts.output_transform, fusion=opts.fusion or "mean",
             )
             first = next(iter(exps.values()))
             if li == 0:
-                preds.append(first.logits.argmax(dim=1))
-                explained.append(first.targets)
-                confs.append(torch.softmax(first.logits.float(), dim=1).gather(1, first.targets[:, None])[:, 0])
+                preds.append(predictions_of(first.logits))
+                explained.append(batch.target.classes)
+                confs.append(confidence_of(batch.target, first.logits.float()))
                 logits.append(first.logits.float())
             shap_weights = _shap_weights(net, qualified, batch, exps, opts) if opts.shap_samples > 0 else None
             channels[name] = next((e.weights.shape[1] for e in exps.values() if e.weights is not None), None)
@@ -217,7 +264,7 @@ def explain_and_score(
     return EvaluationReport(
         layers=report_layers,
         predictions=torch.cat(preds),
-        targets=torch.cat(explained),
+        targets=None if target.classes is None else torch.cat(explained).to(device),
         confidence=torch.cat(confs),
         logits=torch.cat(logits),
         labels=None if inputs.labels is None else inputs.labels.to(device),
@@ -225,6 +272,8 @@ def explain_and_score(
         timing=timing,
         regions=tuple(inputs.regions),
         region_area=_areas(inputs.regions, device),
+        target=target,
+        kind=target.kind,
     )
 
 

@@ -17,6 +17,11 @@
   :func:`localisation_auc`: Quantus' localisation metrics against masks.
 * torchmetrics classes :class:`InsertionDeletion`, :class:`ConfidenceChange`,
   :class:`PointingGame` (imported lazily, so the functions do not import torchmetrics).
+
+Every metric takes ``targets=`` as :func:`lightning_cam.targets.resolve_target` does (classes, a
+built-in such as ``SegmentationClass``, ``BinaryLogit``, ``RegressionOutput``, per-image callables)
+and follows that target: ``score="softmax"`` its probability, ``score="logit"`` its value
+(docs/metrics.md, "Metrics by target kind").
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Shared helpers of the metrics: input checks, model evaluation context, scoring."""
+"""Shared helpers of the metrics: input checks, model evaluation context, scoring.
+
+Every metric follows a :class:`~lightning_cam.targets.Target` bound once to the clean scores
+(:func:`~lightning_cam.targets.resolve_target`): ``score="softmax"`` follows its bounded
+``target.probability``, ``score="logit"`` its value ``target(scores, index)``
+(:func:`target_scores`); the model's scores are read by one helper, :func:`model_scores`.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +17,15 @@ from torch import Tensor, nn
 
 from lightning_cam._checks import check_images as check_image_batch
 from lightning_cam._state import autocast_off, eval_mode, model_dtype, to_model_dtype
-from lightning_cam._targets import TargetsLike, resolve_targets, targets_or_top1  # noqa: F401 - re-exported to the metrics
 from lightning_cam.maps import upsample_maps
 from lightning_cam.outputs import OutputTransform, accumulation_dtype, float_logits
+from lightning_cam.targets import Target, TargetsLike, resolve_target
+
+__all__ = [
+    "Explain", "Score", "TargetsLike", "check_batch_size", "check_images", "check_score", "clean_output",
+    "evaluating", "explain_maps", "explain_targets", "forward_chunks", "model_scores", "require_probability",
+    "resolve_target", "saliency_to_size", "target_scores",
+]
 
 Score = Literal["softmax", "logit"]
 
@@ -72,16 +84,39 @@ def saliency_to_size(saliency: Tensor, batch: int, size: tuple[int, int], name: 
     return upsample_maps(saliency, size)
 
 
-def class_scores(logits: Tensor, classes: Tensor, score: Score) -> Tensor:
-    """Score of ``classes`` (N,) in the class scores (N, C): softmax probability or raw output."""
-    if score == "softmax":
-        logits = logits.softmax(dim=1)
-    return logits.gather(1, classes[:, None]).squeeze(1)
+def require_probability(
+    target: Target,
+    needs: str = "score='softmax' follows the target's probability (a bounded score)",
+    remedy: str = "pass score='logit' to follow the target's value (the raw output) instead",
+) -> None:
+    """A clear ValueError when ``target`` has no bounded score (regression outputs, per-image callables)."""
+    if not target.has_probability:
+        raise ValueError(f"{needs}, and a {target.kind} target ({target!r}) has none; {remedy}")
+
+
+def target_scores(target: Target, scores: Tensor, index: Tensor | None, score: Score) -> Tensor:
+    """(N,) the score a metric follows on the rows ``scores`` of the images ``index`` (None: the B
+    images in order): ``target.probability(scores, index)`` for ``score="softmax"`` (the softmax
+    probability ``softmax(y)_c`` of a class target, ``sigmoid`` for binary / multi-label, the mean
+    class probability inside the mask for segmentation), ``target(scores, index)`` for ``"logit"``."""
+    if score == "logit":
+        return target(scores, index)
+    require_probability(target)
+    return target.probability(scores, index)
+
+
+def explain_targets(targets: TargetsLike, batch: int, device: torch.device) -> TargetsLike:
+    """The ``targets`` an :data:`Explain` function receives: a :class:`~lightning_cam.targets.Target`
+    unchanged (bound: re-explaining a perturbed image explains the same target), class indices as a
+    (B,) long tensor."""
+    if isinstance(targets, Target):
+        return targets
+    return torch.as_tensor(targets, device=device).long().reshape(-1).expand(batch)
 
 
 def model_scores(model: nn.Module, images: Tensor, output_transform: OutputTransform | None = None) -> Tensor:
-    """(N, C) class scores of ``model`` on ``images`` (cast to the model's dtype first), in float32
-    (float64 for a float64 model).
+    """The scores of ``model`` on ``images`` (cast to the model's dtype first): (N,), (N, C) or
+    (N, C, H, W), in float32 (float64 for a float64 model). The one place the metrics read scores.
 
     The output may be anything :func:`lightning_cam.outputs.logits_of` understands, or
     what ``output_transform`` turns into scores.
@@ -105,11 +140,11 @@ def clean_output(
     when given (checked), else a forward pass."""
     if clean_logits is None:
         return forward_chunks(model, images, batch_size, output_transform)
-    if not isinstance(clean_logits, Tensor) or clean_logits.ndim != 2 or clean_logits.shape[0] != images.shape[0]:
+    if not isinstance(clean_logits, Tensor) or clean_logits.ndim == 0 or clean_logits.shape[0] != images.shape[0]:
         shape = tuple(clean_logits.shape) if isinstance(clean_logits, Tensor) else type(clean_logits).__name__
         raise ValueError(
-            f"clean_logits must be the model's output on the images, shape ({images.shape[0]}, num_classes); "
-            f"got {shape}. Example: clean_logits=explanation.logits"
+            f"clean_logits must be the model's output on the images: {images.shape[0]} rows of scores, shape (B,), "
+            f"(B, num_classes) or (B, num_classes, H, W); got {shape}. Example: clean_logits=explanation.logits"
         )
     # the dtype the masked scores come in (model_scores), so that clean and masked compare alike
     return clean_logits.detach().to(device=images.device, dtype=accumulation_dtype(model_dtype(model)))
@@ -121,12 +156,12 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-#: An explanation function of the robustness / randomisation metrics: (B, C, H, W) images and (B,)
-#: classes -> (B, h, w) maps, e.g. ``lambda x, t: explain_all(model, "layer4", x, ["gradcam"], t)["gradcam"].saliency(x.shape[-2:])``.
-Explain = Callable[[Tensor, Tensor], Tensor]
+#: An explanation function of the robustness / randomisation metrics: (B, C, H, W) images and the
+#: targets ((B,) classes, or a bound :class:`~lightning_cam.targets.Target`) -> (B, h, w) maps, e.g. ``lambda x, t: explain_all(model, "layer4", x, ["gradcam"], t)["gradcam"].saliency(x.shape[-2:])``.
+Explain = Callable[[Tensor, TargetsLike], Tensor]
 
 
-def explain_maps(explain: Explain, images: Tensor, targets: Tensor, name: str = "explain") -> Tensor:
+def explain_maps(explain: Explain, images: Tensor, targets: TargetsLike, name: str = "explain") -> Tensor:
     """``explain(images, targets)`` checked: a (B, h, w) floating-point tensor (a (B, 1, h, w) one is squeezed)."""
     if not callable(explain):
         raise ValueError(f"{name} must be a callable (images, targets) -> (B, h, w) maps, got {type(explain).__name__}; "

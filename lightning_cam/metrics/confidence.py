@@ -16,14 +16,16 @@ from lightning_cam.metrics._common import (
     check_batch_size,
     check_images,
     check_score,
-    class_scores,
     clean_output,
     evaluating,
     model_scores,
-    targets_or_top1,
+    require_probability,
+    resolve_target,
     saliency_to_size,
+    target_scores,
 )
 from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.targets import Target
 
 __all__ = ["ConfidenceResult", "confidence_change"]
 
@@ -39,6 +41,7 @@ class ConfidenceResult:
     drop: ``max(0, Y - O) / Y`` (fraction). increase: ``O > Y`` (bool).
     drop_in_deletion: ``(Y - D) / Y`` (fraction; can be negative).
     Images whose Y is 0 (softmax underflow) get drop = drop_in_deletion = 0.
+    targets: (B,) the class scored (None for a target without classes); target: the bound Target.
     """
 
     score: Tensor
@@ -47,7 +50,8 @@ class ConfidenceResult:
     drop: Tensor
     increase: Tensor
     drop_in_deletion: Tensor
-    targets: Tensor
+    targets: Tensor | None
+    target: Target | None = None
 
     @property
     def average_drop(self) -> float:
@@ -102,14 +106,21 @@ def confidence_change(
     (and torchcam, pytorch-grad-cam) does: masked pixels go to the normalised value 0, i.e. the
     dataset mean, not to black.
 
+    Both need a positive, bounded score: they have no meaning for a target without a probability
+    (a regression output, per-image callables), which raises ValueError. For the other kinds Y is
+    the target's ``probability`` (``softmax(y)_c``; ``sigmoid`` for binary / multi-label; the mean
+    class probability inside the mask for segmentation).
+
     Args:
         saliency: (B,H,W) or (B,h,w) maps in [0, 1] (e.g. ``Explanation.saliency()``); raw maps
             need ``normalize=True`` (per-image min-max; a constant map becomes zeros).
-        score: ``"softmax"`` (the paper) or ``"logit"`` (raw output; a model ending in softmax).
-            With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
+        targets: anything :func:`~lightning_cam.targets.resolve_target` accepts (None: the default
+            of the output's shape), bound once to the clean scores.
+        score: ``"softmax"`` (the target's probability, the paper) or ``"logit"`` (its value; a
+            model ending in softmax). With ``"logit"`` every Y must be > 0, else ValueError (ratios undefined).
         output_transform: callable reading the (N, C) scores from the model's output when it is
             not a tensor, a tuple/list, a dict with ``"logits"`` or an object with ``.logits``.
-        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+        clean_logits: the model's scores on ``images`` ((B,), (B, C) or (B, C, H, W)) when already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
         deletion: also score ``x * (1 - E)`` (Average Drop in Deletion); ``False`` halves the
             forward passes and leaves ``deleted_score`` / ``drop_in_deletion`` NaN.
@@ -129,8 +140,13 @@ def confidence_change(
 
     with evaluating(model, device):
         logits = clean_output(model, images, batch_size, clean_logits, output_transform)
-        classes = targets_or_top1(targets, logits)
-        y = class_scores(logits, classes, score)
+        target = resolve_target(targets, logits)
+        require_probability(
+            target, "Average Drop / Increase in Confidence need a positive, bounded score (the target's probability)",
+            f"they have no meaning for a {target.kind} target (the ratio (Y - O) / Y of an unbounded score "
+            "that may be negative or zero); use insertion_deletion(..., score='logit') or road(...) instead",
+        )
+        y = target_scores(target, logits, None, score)
         if score == "logit" and bool((y <= 0).any()):  # NaN compares False: reported as NaN below
             raise ValueError(
                 "Average Drop divides by the clean score Y, which must be > 0; with score='logit' images "
@@ -144,7 +160,7 @@ def confidence_change(
             img_idx = idx % b
             m = e[img_idx]
             m = torch.where((idx < b)[:, None, None, None], m, 1.0 - m)
-            outs.append(class_scores(model_scores(model, images[img_idx] * m, output_transform), classes[img_idx], score))
+            outs.append(target_scores(target, model_scores(model, images[img_idx] * m, output_transform), img_idx, score))
         both = torch.cat(outs)
     o = both[:b]
     d = both[b:] if deletion else torch.full_like(o, float("nan"))
@@ -164,5 +180,6 @@ def confidence_change(
         drop=drop,
         increase=o > y,
         drop_in_deletion=drop_in_deletion,
-        targets=classes,
+        targets=target.classes,
+        target=target,
     )

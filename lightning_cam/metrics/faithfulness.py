@@ -29,13 +29,14 @@ from lightning_cam.metrics._common import (
     TargetsLike,
     check_batch_size,
     check_images,
-    class_scores,
     evaluating,
     forward_chunks,
+    resolve_target,
     saliency_to_size,
-    targets_or_top1,
+    target_scores,
 )
 from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.targets import Target
 
 __all__ = ["ROAD_PERCENTAGES", "RoadResult", "noisy_linear_imputation", "removal_masks", "road"]
 
@@ -174,14 +175,16 @@ class RoadResult:
     percentages: the removed percentages (P,). clean: (B,) score of the target on the image.
     morf_curve / lerf_curve: (B, P) score after removing the most / least relevant p %, or None
     when that order was not run. Score: the target's logit, softmax probability, or 1.0 / 0.0 for
-    "top-1 prediction is still the target" (``score="accuracy"``, Quantus).
+    "top-1 prediction is still the target" (``score="accuracy"``, Quantus). targets: (B,) the class
+    scored (None for a target without classes); target: the bound Target.
     """
 
     percentages: tuple[float, ...]
     clean: Tensor
     morf_curve: Tensor | None
     lerf_curve: Tensor | None
-    targets: Tensor
+    targets: Tensor | None
+    target: Target | None = None
 
     @property
     def morf(self) -> Tensor:
@@ -206,10 +209,24 @@ def _mean_change(curve: Tensor | None, clean: Tensor, order: str) -> Tensor:
     return curve.mean(dim=1) - clean
 
 
-def _scores(logits: Tensor, classes: Tensor, score: RoadScore) -> Tensor:
+def _still_predicted(target: Target, scores: Tensor, index: Tensor | None) -> Tensor:
+    """(N,) 1.0 where the model still predicts the target, else 0.0: ``argmax(y) == c`` for a class
+    target, ``target(y) > 0`` for binary (the predicted side is ``c``) and multi-label (``sigmoid(y_c) > 1/2``)."""
+    if target.kind == "class" and target.classes is not None:
+        classes = target.classes.to(scores.device)
+        return (scores.argmax(dim=1) == (classes if index is None else classes[index])).float()
+    if target.kind in ("binary", "multilabel"):
+        return (target(scores, index) > 0).float()
+    raise ValueError(
+        f"score='accuracy' (is the target still predicted?) has no meaning for a {target.kind} target ({target!r}); "
+        "use score='logit'"
+    )
+
+
+def _scores(target: Target, logits: Tensor, index: Tensor | None, score: RoadScore) -> Tensor:
     if score == "accuracy":
-        return (logits.argmax(dim=1) == classes).float()
-    return class_scores(logits, classes, score)
+        return _still_predicted(target, logits, index)
+    return target_scores(target, logits, index, score)
 
 
 def road(
@@ -239,7 +256,9 @@ def road(
 
     Args:
         saliency: (B, h, w) maps (upsampled bilinearly to the images); only their order matters.
-        targets: classes to score (None: the top-1 prediction on the clean image).
+        targets: anything :func:`~lightning_cam.targets.resolve_target` accepts (None: the top-1
+            prediction on the clean image, or the default of the output's shape), bound once to the
+            clean scores; ``score="softmax"`` needs a target with a probability.
         generator: torch.Generator for the imputation noise (seeded: reproducible).
         batch_size: images per forward pass; clean_logits: the model's output on ``images`` if known.
 
@@ -263,13 +282,15 @@ def road(
     sal = saliency_to_size(saliency, b, (h, w)).to(images.device)
     with evaluating(model, images.device):
         logits = forward_chunks(model, images, batch_size, output_transform) if clean_logits is None else clean_logits.detach()
-        classes = targets_or_top1(targets, logits)
-        clean = _scores(logits.float(), classes, score)
+        target = resolve_target(targets, logits)
+        clean = _scores(target, logits.float(), None, score)
         curves: dict[str, Tensor] = {}
         for order in orders:
             removed = removal_masks(sal, percentages, order, removal)  # (P, B, H, W)
             p = removed.shape[0]
             filled = noisy_linear_imputation(images.repeat(p, 1, 1, 1), removed.reshape(p * b, h, w), noise, generator=generator)
             out = forward_chunks(model, filled, batch_size, output_transform)
-            curves[order] = _scores(out.float(), classes.repeat(p), score).reshape(p, b).T
-    return RoadResult(tuple(float(p) for p in percentages), clean, curves.get("morf"), curves.get("lerf"), classes)
+            rows = torch.arange(b, device=images.device).repeat(p)
+            curves[order] = _scores(target, out.float(), rows, score).reshape(p, b).T
+    return RoadResult(tuple(float(p) for p in percentages), clean, curves.get("morf"), curves.get("lerf"),
+                      target.classes, target)

@@ -22,6 +22,7 @@ from lightning_cam.metrics.confidence import ConfidenceResult, confidence_change
 from lightning_cam.metrics.rise import InsertionDeletionResult, Substrate, insertion_deletion
 from lightning_cam.metrics.pointing import PointingResult, pointing_game
 from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.targets import Target
 
 __all__ = ["ConfidenceChange", "InsertionDeletion", "PointingGame"]
 
@@ -194,7 +195,8 @@ class PointingGame(Metric):
     """Pointing game accuracy (Zhang et al., ECCV 2016) and energy-based pointing game
     (Wang et al., Score-CAM) over all images with a non-empty mask.
 
-    ``update(saliency, masks)`` or ``update(result)``;
+    ``update(saliency, masks)``, ``update(saliency, target=bound_segmentation_target)`` (its
+    region is the mask) or ``update(result)``;
     ``compute()`` -> ``{"pointing_game": hits / valid, "energy": mean energy, "excluded": #empty masks}``.
     """
 
@@ -218,13 +220,15 @@ class PointingGame(Metric):
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("excluded", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, saliency: Tensor | PointingResult, masks: Tensor | None = None) -> None:  # type: ignore[override]
+    def update(  # type: ignore[override]
+        self, saliency: Tensor | PointingResult, masks: Tensor | None = None, target: Target | None = None
+    ) -> None:
         if isinstance(saliency, PointingResult):
             r = saliency
         else:
-            if masks is None:
-                raise ValueError("update(saliency, masks): masks are required")
-            r = pointing_game(saliency, masks, self.tolerance, tolerance_shape=self.tolerance_shape)
+            if masks is None and target is None:
+                raise ValueError("update(saliency, masks): masks are required (or target= a bound segmentation target)")
+            r = pointing_game(saliency, masks, self.tolerance, tolerance_shape=self.tolerance_shape, target=target)
         valid = r.valid
         self.hits += (r.hits & valid).sum().to(self.hits)
         self.energy_sum += torch.where(valid, r.energy, torch.zeros_like(r.energy)).sum().to(self.energy_sum)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_cam.metrics._common import saliency_to_size
+from lightning_cam.targets import Target
 
-__all__ = ["PointingResult", "energy_share", "pointing_game"]
+__all__ = ["PointingResult", "energy_share", "pointing_game", "target_masks"]
 
 
 @dataclass
@@ -78,12 +79,26 @@ def dilate(masks: Tensor, tolerance: int, shape: Literal["square", "disk"] = "sq
     return out[:, 0] > 0
 
 
+def target_masks(target: Target | None) -> Tensor:
+    """(B, H, W) bool: the region a bound segmentation target scores (its mask ``M``, at the
+    output's resolution), the natural object mask of the pointing games when none is given."""
+    masks = getattr(target, "masks", None)
+    if target is None or target.kind != "segmentation" or not isinstance(masks, Tensor):
+        kind = "no" if target is None else f"a {target.kind}"
+        raise ValueError(
+            f"the pointing games need masks=(B, H, W) object masks; with {kind} target there are none to take "
+            "(only a bound segmentation target carries its region: target=resolve_target(SegmentationClass(c), scores))"
+        )
+    return masks > 0
+
+
 def pointing_game(
     saliency: Tensor,
-    masks: Tensor,
+    masks: Tensor | None = None,
     tolerance: int = 0,
     *,
     tolerance_shape: Literal["square", "disk"] = "square",
+    target: Target | None = None,
 ) -> PointingResult:
     """Pointing game and energy-based pointing game.
 
@@ -94,6 +109,8 @@ def pointing_game(
     map (all zeros included) has no maximum and counts as a miss.
     Energy (Wang et al., Score-CAM): ``sum(map * mask) / sum(map)``, 0 when the map sums to 0.
     Images with an empty mask are marked ``valid = False`` and left out of the averages.
+    ``masks=None`` with a bound segmentation ``target``: its region (:func:`target_masks`), the
+    pixels whose class is explained.
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
         raise ValueError(f"tolerance must be a non-negative int (pixels), got {tolerance!r}")
@@ -104,7 +121,7 @@ def pointing_game(
     if saliency.ndim not in (3, 4):
         raise ValueError(f"saliency must have shape (B, h, w) or (B, 1, h, w), got shape {tuple(saliency.shape)}")
     batch = saliency.shape[0]
-    m = _masks(masks, batch)
+    m = _masks(target_masks(target) if masks is None else masks, batch)
     sal = saliency_to_size(saliency, batch, (m.shape[1], m.shape[2])).to(m.device)
     if bool((sal < 0).any()):
         raise ValueError("saliency must be non-negative (ReLU'd or [0, 1] maps) for the energy pointing game")

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_cam.metrics._common import Explain, check_images, explain_maps
+from lightning_cam.metrics._common import Explain, TargetsLike, check_images, explain_maps
+from lightning_cam.targets import Target
 
 __all__ = ["random_logit", "random_other_class", "ssim_1d"]
 
@@ -49,10 +50,23 @@ def random_other_class(targets: Tensor, num_classes: int, generator: torch.Gener
     return (targets + shift) % num_classes
 
 
+def _classes(targets: TargetsLike, images: Tensor) -> tuple[TargetsLike, Tensor]:
+    """(what ``explain`` explains, (B,) its classes) for class indices or a class / multi-label Target."""
+    if not isinstance(targets, Target):
+        classes = torch.as_tensor(targets, device=images.device).long().reshape(-1).expand(images.shape[0])
+        return classes, classes
+    if targets.kind not in ("class", "multilabel") or targets.classes is None:
+        raise ValueError(
+            f"Random Logit explains a random other class of a (B, num_classes) output; it has no meaning for a "
+            f"{targets.kind} target ({targets!r})"
+        )
+    return targets, targets.classes.to(images.device)
+
+
 def random_logit(
     explain: Explain,
     images: Tensor,
-    targets: Tensor,
+    targets: TargetsLike,
     num_classes: int,
     saliency: Tensor | None = None,
     *,
@@ -64,10 +78,15 @@ def random_logit(
     :func:`ssim_1d` as Quantus. Lower is better. Pass maps in [0, 1] (``Explanation.saliency()``):
     Quantus divides each map by its maximum first, which leaves them unchanged.
 
+    ``targets``: (B,) classes, or a bound class / multi-label :class:`~lightning_cam.targets.Target`
+    (explained as given; ``c'`` is drawn from its classes and explained as class indices). It has no
+    meaning for a target without a class among ``num_classes`` outputs (binary, segmentation,
+    regression, callables): ValueError.
+
     Returns (B,) float32.
     """
     images = check_images(images)
-    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1).expand(images.shape[0])
-    a = explain_maps(explain, images, targets) if saliency is None else saliency.detach()
-    off = random_other_class(targets, num_classes, generator) if off_targets is None else off_targets.to(images.device)
+    explained, classes = _classes(targets, images)
+    a = explain_maps(explain, images, explained) if saliency is None else saliency.detach()
+    off = random_other_class(classes, num_classes, generator) if off_targets is None else off_targets.to(images.device)
     return ssim_1d(a.flatten(1), explain_maps(explain, images, off).flatten(1))

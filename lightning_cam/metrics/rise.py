@@ -4,7 +4,8 @@ Protocol of the authors' evaluation code (``evaluation.py`` of eclique/RISE), wh
 published numbers use:
 
 * score: softmax probability of class ``c``, ``c`` = top-1 prediction on the clean image,
-  fixed along the whole curve;
+  fixed along the whole curve (for any :class:`~lightning_cam.targets.Target`: its bounded
+  ``probability``, or its value with ``score="logit"``, bound once on the clean image);
 * pixel order: saliency at input resolution sorted descending, ties in stable (raster) order;
 * ``n_steps = ceil(H*W / step)``, ``n_steps + 1`` points; point ``i`` takes the pixels of rank
   ``< i*step`` (all channels) from the *finish* image and the rest from the *start* image;
@@ -30,14 +31,15 @@ from lightning_cam.metrics._common import (
     check_batch_size,
     check_images,
     check_score,
-    class_scores,
     clean_output,
     evaluating,
     model_scores,
-    targets_or_top1,
+    resolve_target,
     saliency_to_size,
+    target_scores,
 )
 from lightning_cam.outputs import OutputTransform, check_output_transform
+from lightning_cam.targets import Target
 
 Substrate = Union[str, float, int, Tensor]
 
@@ -153,17 +155,20 @@ class InsertionDeletionResult:
 
     insertion, deletion: (B,) AUCs (higher insertion / lower deletion = more faithful).
     insertion_curve, deletion_curve: (B, n_steps + 1) scores along the curves.
-    targets: (B,) the class scored. clean_score: (B,) its score on the clean image.
+    targets: (B,) the class scored (None for a target without classes: regression, callables).
+    clean_score: (B,) its score on the clean image.
     fractions: (n_steps + 1,) fraction of pixels taken from the finish image at each point.
+    target: the bound :class:`~lightning_cam.targets.Target` the curves follow.
     """
 
     insertion: Tensor
     deletion: Tensor
     insertion_curve: Tensor
     deletion_curve: Tensor
-    targets: Tensor
+    targets: Tensor | None
     clean_score: Tensor
     fractions: Tensor
+    target: Target | None = None
 
     @property
     def n_steps(self) -> int:
@@ -232,17 +237,24 @@ def insertion_deletion(
     deletion zeros -> AUC ``(sum(s) - s0/2 - s_last/2)/(n-1)``; insertion from the blurred image.
 
     Args:
-        model: classifier returning (N, num_classes); left untouched (modes restored, no grads).
+        model: returns scores (N,), (N, num_classes) or (N, num_classes, H, W) (see
+            :mod:`lightning_cam.outputs`); left untouched (modes restored, no grads).
         images: (B,C,H,W) normalised model inputs, on the model's device.
         saliency: (B,H,W) or layer-resolution (B,h,w) maps (upsampled bilinearly,
             align_corners=False); only the pixel order matters.
-        targets: None (top-1 prediction), an int, B ints or a (B,) integer tensor (e.g. labels).
+        targets: None (the default of the output's shape: top-1 class, predicted side, predicted
+            segmentation class), an int, B ints or a (B,) integer tensor (e.g. labels), a
+            :mod:`lightning_cam.targets` built-in or B per-image callables (pytorch-grad-cam's
+            target objects); bound once to the clean scores (:func:`~lightning_cam.targets.resolve_target`).
         step: pixels per curve step (default 224). Exclusive with ``n_steps``.
         batch_size: images per forward pass; peak memory is set by it, not by B * n_steps.
         n_steps: exactly ``n_steps + 1`` points; point ``i`` takes ``floor(i*H*W/n_steps)`` pixels
             (identical to ``step = H*W/n_steps`` when that divides).
-        score: ``"softmax"`` (probability, the paper) or ``"logit"`` (raw model output; also the
-            right choice for a model that already ends in a softmax).
+        score: ``"softmax"``: the target's bounded ``probability`` (the paper: ``softmax(y)_c``;
+            ``sigmoid`` for binary / multi-label; the mean class probability inside the mask for
+            segmentation); ``"logit"``: the target's value ``target(y)`` (raw model output; also the
+            right choice for a model that already ends in a softmax, and the only one for a
+            regression or callable target, which have no probability: ValueError otherwise).
         deletion_substrate / insertion_substrate: ``"zeros"``, ``"blur"``, a constant, or a tensor
             broadcastable to the images (e.g. a (C,) per-channel dataset mean, in input space).
         output_transform: callable reading the (N, C) scores from the model's output when it is
@@ -250,7 +262,7 @@ def insertion_deletion(
 
     Images are cast to the model's dtype for each forward pass (bf16 / fp16 / float64 models);
     curves and AUCs are float32. A non-finite model output gives that image NaN curves and AUCs.
-        clean_logits: the model's (B, num_classes) output on ``images`` when it is already known
+        clean_logits: the model's scores on ``images`` ((B,), (B, C) or (B, C, H, W)) when already known
             (e.g. ``Explanation.logits`` of the explanation pass); saves the clean forward pass.
 
     Both curves share the clean image's score at the image end (deletion point 0, insertion
@@ -276,8 +288,8 @@ def insertion_deletion(
 
     with evaluating(model, device):
         clean_logits = clean_output(model, images, batch_size, clean_logits, output_transform)
-        classes = targets_or_top1(targets, clean_logits)
-        clean = class_scores(clean_logits, classes, score)
+        target = resolve_target(targets, clean_logits)
+        clean = target_scores(target, clean_logits, None, score)
         del clean_logits
 
         # Deletion jobs j in [0, B*n): image j // n, point j % n + 1 (points 1..n; point 0 = clean).
@@ -317,7 +329,7 @@ def insertion_deletion(
             # for 4-D tensors in torch 2.x
             out = model_scores(model, chunk, output_transform)
             del chunk
-            scores[j0:j1] = class_scores(out, classes[img_idx], score)
+            scores[j0:j1] = target_scores(target, out, img_idx, score)
 
     deletion_curve = torch.cat([clean[:, None], scores[:per_kind].view(b, n)], dim=1)
     first = [deletion_curve[:, -1:]] if shared else []
@@ -328,7 +340,8 @@ def insertion_deletion(
         deletion=auc(deletion_curve),
         insertion_curve=insertion_curve,
         deletion_curve=deletion_curve,
-        targets=classes,
+        targets=target.classes,
         clean_score=clean,
         fractions=fractions,
+        target=target,
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.metrics._common import Explain, check_images, evaluating, explain_maps, model_scores
+from lightning_cam.metrics._common import Explain, TargetsLike, check_images, evaluating, explain_maps, explain_targets, model_scores
 from lightning_cam.outputs import OutputTransform
 
 __all__ = ["SensitivityResult", "relative_input_stability", "sensitivity"]
@@ -77,9 +77,9 @@ def _nan_where_changed(values: Tensor, clean_top1: Tensor | None, model: nn.Modu
     return torch.where(changed, torch.full_like(values, float("nan")), values)
 
 
-def _setup(explain: Explain, images: Tensor, targets: Tensor, saliency: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def _setup(explain: Explain, images: Tensor, targets: TargetsLike, saliency: Tensor | None) -> tuple[Tensor, TargetsLike, Tensor]:
     images = check_images(images)
-    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1).expand(images.shape[0])
+    targets = explain_targets(targets, images.shape[0], images.device)
     a = explain_maps(explain, images, targets) if saliency is None else saliency.detach()
     return images, targets, a.flatten(1).double()
 
@@ -87,7 +87,7 @@ def _setup(explain: Explain, images: Tensor, targets: Tensor, saliency: Tensor |
 def sensitivity(
     explain: Explain,
     images: Tensor,
-    targets: Tensor,
+    targets: TargetsLike,
     saliency: Tensor | None = None,
     *,
     nr_samples: int = 200,
@@ -126,7 +126,7 @@ def sensitivity(
 def relative_input_stability(
     explain: Explain,
     images: Tensor,
-    targets: Tensor,
+    targets: TargetsLike,
     saliency: Tensor | None = None,
     *,
     nr_samples: int = 200,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lightning_cam.metrics._common import Explain, check_images, explain_maps, saliency_to_size
+from lightning_cam.metrics._common import Explain, TargetsLike, check_images, explain_maps, explain_targets, saliency_to_size
 from lightning_cam.metrics.faithfulness import RoadScore, road
 
 __all__ = ["ARCC_PERCENTAGES", "ArccResult", "arcc", "coherency", "l1_complexity"]
@@ -36,14 +36,14 @@ def _pearson_sample(a: Tensor, b: Tensor) -> Tensor:
     return cov / (std + _EPS)
 
 
-def coherency(explain: Explain, images: Tensor, saliency: Tensor, targets: Tensor) -> Tensor:
+def coherency(explain: Explain, images: Tensor, saliency: Tensor, targets: TargetsLike) -> Tensor:
     """Coherency (Poppi et al. 2021; pytorch-grad-cam ``Coherency``): ``(rho + 1) / 2`` with ``rho``
     the Pearson correlation of the [0, 1] map E (at input size) and ``explain(x * E)``, the map of the
     image masked by it. 1 = the map reproduces itself (higher is better). Returns (B,) float32."""
     images = check_images(images)
     b, _, h, w = images.shape
     sal = saliency_to_size(saliency, b, (h, w)).to(images)
-    targets = torch.as_tensor(targets, device=images.device).long().reshape(-1).expand(b)
+    targets = explain_targets(targets, b, images.device)
     again = saliency_to_size(explain_maps(explain, images * sal[:, None], targets), b, (h, w))
     return ((_pearson_sample(again, sal) + 1) / 2).float()
 
@@ -68,7 +68,7 @@ def arcc(
     explain: Explain,
     images: Tensor,
     saliency: Tensor,
-    targets: Tensor,
+    targets: TargetsLike,
     *,
     percentages: Sequence[float] = ARCC_PERCENTAGES,
     noise: float = 0.01,
