@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_cam.targets import LabelLogit, PerImage, SegmentationClass, Target
+from lightning_cam.targets import LabelLogit, SegmentationClass, Target
 
 __all__ = ["check_target", "dense_label_classes", "expand_positive_labels", "targets_for"]
 
@@ -82,8 +82,8 @@ def targets_for(target: Any, held: Any, rows: Tensor, multilabel: bool) -> Any:
         return target
     if target == "prediction":
         return None
-    if target != "label":  # a per-image callable, the same for every image
-        return PerImage([target] * int(rows.numel()))
+    if target != "label":  # a per-image callable, the same for every image (pytorch-grad-cam's run batched)
+        return [target] * int(rows.numel())
     if held.labels is None:
         raise ValueError(
             "CAMCallback(target='label') explains the true labels, but the held-out set has none (the "
