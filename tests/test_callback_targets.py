@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from lightning_cam import CAMCallback
 from lightning_cam.callback import heldout, label_targets
 from lightning_cam.targets import LabelLogit, SegmentationClass
+from tolerance import forward_tol
 
 IMG = 16
 
@@ -169,6 +170,11 @@ def test_multi_hot_labels_explain_every_positive_label(tmp_path):
     report = cb.last_report
     assert report.num_images == 12 and report.explained.tolist() == [c for i in range(6) for c in sorted((i % 3, (i + 1) % 3))]
     assert 0.0 <= cb.last_scalars["cam/liftcam/insertion"] <= 1.0
+    assert report.kind == "multilabel"  # a row is missed when its label's sigmoid is below 0.5, not by top-1
+    assert torch.equal(report.misclassified(), report.confidence < 0.5)
+    probabilities = torch.sigmoid(report.logits.gather(1, report.explained[:, None])[:, 0])
+    # the explanation pass and the scoring pass may batch differently: the forward round-off bound
+    torch.testing.assert_close(report.confidence, probabilities, rtol=0, atol=forward_tol(module.net))
 
 
 def test_a_one_logit_model_and_a_callable_target(tmp_path):

@@ -215,7 +215,7 @@ def test_target_option_checked_and_in_the_app_config(tmp_path) -> None:
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    with pytest.raises(ValueError, match="target must be 'prediction'.*or 'label'.*got 'labels'"):
+    with pytest.raises(ValueError, match="target must be 'prediction'.*'label'.*built-in.*got 'labels'"):
         CAMCallback(target="labels")
     with pytest.raises(ValueError, match="images were given without labels"):
         CAMCallback(target="label", images=torch.zeros(2, 3, 8, 8))

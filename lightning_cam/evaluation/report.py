@@ -180,8 +180,13 @@ class EvaluationReport:
         return bad
 
     def misclassified(self) -> Tensor | None:
-        """(N,) bool: prediction differs from the label (None without labels)."""
-        return None if self.labels is None else self.predictions != self.labels.to(self.predictions.device)
+        """(N,) bool: prediction differs from the label (None without labels). A multi-label row (an
+        image and one of its positive labels) is missed when the label's probability is below 0.5."""
+        if self.labels is None:
+            return None
+        if self.kind == "multilabel":
+            return self.confidence < 0.5
+        return self.predictions != self.labels.to(self.predictions.device)
 
     def summary(self, prefix: str = "cam") -> dict[str, float]:
         """Mean of every metric over the images, keyed ``prefix/[layer/]method/metric`` (see :func:`summarise`)."""
