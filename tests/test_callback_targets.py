@@ -102,8 +102,8 @@ class Lit(pl.LightningModule):
 
 
 def _fit(tmp_path, module: pl.LightningModule, data: Dataset, **callback) -> CAMCallback:
-    cb = CAMCallback(target_layer="net.features", methods=["liftcam", "gradcam"], max_overhead=None, n_steps=4,
-                     log_images=False, **callback)
+    options = dict(target_layer="net.features", methods=["liftcam", "gradcam"], max_overhead=None, n_steps=4, log_images=False)
+    cb = CAMCallback(**(options | callback))
     trainer = pl.Trainer(default_root_dir=str(tmp_path), accelerator="cpu", max_epochs=1, callbacks=[cb], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     loader = DataLoader(data, batch_size=4)
@@ -134,7 +134,8 @@ def test_multi_hot_labels_expand_to_one_row_per_positive_label_with_its_own_regi
     held = heldout.gather_from_dataset(data, [0, 1, 2])
     assert held.labels is None and held.dense_labels.shape == (3, 3)
     pairs = label_targets.expand_positive_labels(held, data.classes)
-    assert len(pairs) == 6 and pairs.images_of.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(pairs) == 6 and pairs.images_of.tolist() == [0, 0, 1, 1, 2, 2] and pairs.indices == [0, 0, 1, 1, 2, 2]
+    assert set(pairs.regions) == {"object"} and torch.equal(pairs.regions["object"], pairs.masks)
     for row, (image, label) in enumerate(zip(pairs.images_of.tolist(), pairs.labels.tolist())):
         assert data.labels[image, label] == 1
         assert torch.equal(pairs.masks[row], data.regions[data.classes[label]][image])
@@ -166,10 +167,11 @@ def test_a_segmentation_model_is_explained_and_scored(tmp_path, target):
 
 def test_multi_hot_labels_explain_every_positive_label(tmp_path):
     module = Lit(PoolNet(3), lambda out, y: F.binary_cross_entropy_with_logits(out, y.float()))
-    cb = _fit(tmp_path, module, MultiData(6, 0), target="label")
+    cb = _fit(tmp_path, module, MultiData(6, 0), target="label", log_images=True, save_png=True)
     report = cb.last_report
     assert report.num_images == 12 and report.explained.tolist() == [c for i in range(6) for c in sorted((i % 3, (i + 1) % 3))]
     assert 0.0 <= cb.last_scalars["cam/liftcam/insertion"] <= 1.0
+    assert list(tmp_path.rglob("epoch0_*scores.csv")), "the per-row table (one row per image and label) was written"
     assert report.kind == "multilabel"  # a row is missed when its label's sigmoid is below 0.5, not by top-1
     assert torch.equal(report.misclassified(), report.confidence < 0.5)
     probabilities = torch.sigmoid(report.logits.gather(1, report.explained[:, None])[:, 0])

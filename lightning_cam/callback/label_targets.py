@@ -66,13 +66,18 @@ def expand_positive_labels(held: Any, class_names: Sequence[str] | None) -> Any:
     else the image's mask. ``images_of`` maps each row to its image in the unexpanded set."""
     images, classes = (held.dense_labels > 0).nonzero(as_tuple=True)
     masks = held.masks[images] if held.masks is not None else None
-    regions = held.regions or {}
-    if class_names is not None and all(str(class_names[c]) in regions for c in classes.unique().tolist()):
-        masks = torch.stack([regions[str(class_names[c])][i] for i, c in zip(images.tolist(), classes.tolist())])
+    regions = dict(held.regions or {})
+    names = [str(c) for c in class_names] if class_names is not None else []
+    if names and all(names[c] in regions for c in classes.unique().tolist()):
+        masks = torch.stack([regions[names[c]][i] for i, c in zip(images.tolist(), classes.tolist())])
+    # the regions named by class become each row's "object" (its own label's region), not a column each
+    rows_regions = {k: v[images] for k, v in regions.items() if k not in names}
+    if masks is not None and regions:
+        rows_regions["object"] = masks
     return replace(
         held, images=held.images[images], labels=classes, masks=masks, dense_labels=None,
-        regions=None if held.regions is None else {k: v[images] for k, v in held.regions.items()},
-        images_of=images,
+        regions=rows_regions or None, images_of=images,
+        indices=None if held.indices is None else [held.indices[i] for i in images.tolist()],
     )
 
 
