@@ -63,10 +63,11 @@ def _f(v: float | None, digits: int = 3) -> str:
 
 
 def recorded(name: str, d: dict) -> str:
-    """The provenance line of a ``bench/record_run.py`` record: where, when, how reproducible."""
-    return (f"recorded by `python bench/record_run.py {name} ...` (the full command is in "
-            f"`docs/numbers/{name}.json`) on {d['date']}, {d['cpus']} CPUs, torch {d['torch']}; "
-            f"{d['repeats']} runs of each command on that machine: {d['tolerance']}")
+    """The provenance of a ``bench/record_run.py`` record: when, where, how reproducible."""
+    return (f"recorded on {d['date']} ({d['cpus']} CPUs, torch {d['torch']}) by `python bench/record_run.py {name}`, "
+            f"whose full command is in `docs/numbers/{name}.json`; "
+            + (f"{d['repeats']} runs of each command on that machine: {d['tolerance']}" if d["repeats"] > 1
+               else "one run: its reproducibility was not measured"))
 
 
 def _m(d: dict, run: str, key: str) -> float | None:
@@ -110,8 +111,8 @@ def shortcut_monitoring(d: dict) -> str:
             ("`cam/liftcam/stability` (last epoch)", m + "stability"),
             ("`cam/liftcam/randomization_spearman` ↓", m + "randomization_spearman")]
     lines = [
-        f"From `{d['runs']['marked']['command']}` and `{d['runs']['clean']['command']}` "
-        f"({recorded('shortcut', d)}); each run's `metrics.json`, LIFT-CAM:",
+        f"From `{d['runs']['marked']['command']}` and `{d['runs']['clean']['command']}`; "
+        f"{recorded('shortcut', d)}. Each run's `metrics.json`, LIFT-CAM:",
         "",
         "| quantity (`metrics.json`) | marker in train/val (`data.shortcut=1`) | clean (`data.shortcut=0`) |",
         "|---|---|---|",
@@ -187,72 +188,43 @@ def shortcut_border(d: dict) -> str:
         f"the clean model's maps put {'less' if b_b < area else 'more'} on the border than evenly spread saliency "
         f"would ({_f(b_b)} {'<' if b_b < area else '>'} {area:.4f}), the marked model's "
         f"{'more' if a_b > area else 'less'}. Every class shows it in A (`cam/liftcam/class/<class>/energy/border` "
-        f"{min(cvals):.2f}–{max(cvals):.2f}). {recorded('shortcut', d).capitalize()}.",
+        f"{min(cvals):.2f}–{max(cvals):.2f}). Both runs {recorded('shortcut', d)}.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def shortcut_class_monitoring(d: dict) -> str:
-    """docs/monitoring.md, runs C and D: one class with the marker, the per-class view."""
-    m = "cam/liftcam/"
-    c, dd = "marked_circle", "clean"
-    others = ("square", "triangle", "cross", "ring", "star")
-
-    def cl(run, q):
-        return ", ".join(_f(_m(d, run, f"{m}class/{k}/{q}")) for k in others)
-
-    lines = [
-        "",
-        "| `cam/liftcam/...` | C: `experiment=shortcut_class` | D: `experiment=shortcut_class data.shortcut=0` |",
-        "|---|---|---|",
-        f"| `energy/border` (mean of all classes) | {_f(_m(d, c, m + 'energy/border'))} | {_f(_m(d, dd, m + 'energy/border'))} |",
-        f"| `class/circle/energy/border` (the marked class) | **{_f(_m(d, c, m + 'class/circle/energy/border'))}** | "
-        f"{_f(_m(d, dd, m + 'class/circle/energy/border'))} |",
-        f"| `class/{{square, triangle, cross, ring, star}}/energy/border` | {cl(c, 'energy/border')} | {cl(dd, 'energy/border')} |",
-        f"| `class/circle/pointing_game` | **{_f(_m(d, c, m + 'class/circle/pointing_game'))}** | "
-        f"{_f(_m(d, dd, m + 'class/circle/pointing_game'))} |",
-        f"| `pointing_game` (mean) | {_f(_m(d, c, m + 'pointing_game'))} | {_f(_m(d, dd, m + 'pointing_game'))} |",
-        f"| `val/acc` / `test/acc` (test without the marker) | {_f(_m(d, c, 'val/acc'))} / {_f(_m(d, c, 'test/acc'))} | "
-        f"{_f(_m(d, dd, 'val/acc'))} / {_f(_m(d, dd, 'test/acc'))} |",
-        "",
-        f"From `{d['runs'][c]['command']}` and `{d['runs'][dd]['command']}`; {recorded('shortcut_class', d)}.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def shortcut_class_alerts(d: dict) -> str:
-    """docs/monitoring.md: the circles' border energy over all epochs and methods, both runs."""
-    def rng(run):
-        vals = [v for k, h in d["runs"][run]["history"].items() if k.endswith("class/circle/energy/border")
-                for v in h.values()]
-        return min(vals), max(vals)
-
-    (c0, c1), (d0, d1) = rng("marked_circle"), rng("clean")
-    return (f"Over all epochs and methods the circles' border energy (`cam/<method>/class/circle/energy/border`, "
-            f"from each run's `csv/metrics.csv`) ranged {d0:.3f}–{d1:.3f} in D and {c0:.3f}–{c1:.3f} in C.\n")
+def _same_model(val_acc: float) -> str:
+    """The default run trains the model of the clean shortcut run (same seed, data and model): say whether the two
+    records agree, which checks the default run against a run that was repeated."""
+    if not (NUMBERS / "shortcut.json").is_file():
+        return ""
+    other = record("shortcut")
+    clean = other["runs"]["clean"]["metrics"]["val/acc"]
+    how = "equal to" if clean == val_acc else f"against {clean:.3f} for"
+    return (f", {how} the clean `experiment=shortcut` run's, the same model (same seed and data), whose runs "
+            f"repeated {other['tolerance']} ([monitoring](monitoring.md#finding-a-shortcut-experimentshortcut))")
 
 
 def default_run_app(d: dict) -> str:
     """docs/app.md: the default run, its wall time, accuracy and the CAM table."""
-    run, none = d["runs"]["default"], d["runs"]["no_callback"]
+    run = d["runs"]["default"]
     mt = run["metrics"]
-    same = all(mt[k] == none["metrics"][k] for k in ("val/acc", "train/acc", "train/loss_epoch"))
     lines = [
-        f"`{run['command']}` ({recorded('default_run', d)}):",
+        f"`{run['command']}`; {recorded('default_run', d)}:",
         "",
-        f"* wall time **{run['seconds'][0]:.0f} s** for the fit (`seconds` in `metrics.json`; "
-        f"{', '.join(f'{s:.0f}' for s in run['seconds'])} s in the {len(run['seconds'])} runs: timings depend on the "
-        f"load), of which the CAM callback took `cam/callback_seconds` {mt['cam/callback_seconds']:.2f} s at the last "
-        "epoch (with the randomisation check; six methods, all metrics and W&B media included). The first "
-        f"evaluation logged `{run['log_lines'][0]}`;" if run["log_lines"] else "",
-        f"* **val/acc {mt['val/acc']:.3f}** (train/acc {mt['train/acc']:.3f}, train loss {mt['train/loss_epoch']:.3f}), "
-        + ("identical to" if same else "against") + f" the same run without the callback (`{none['command']}`: "
-        f"val/acc {none['metrics']['val/acc']:.3f}, train/acc {none['metrics']['train/acc']:.3f}, train loss "
-        f"{none['metrics']['train/loss_epoch']:.3f}; the callback does not disturb training);",
-        "* CAM metrics at the last epoch (32 held-out images; insertion/deletion on the budget's curve subset, the "
-        "same images at every epoch; ins/del = insertion/deletion AUC, AD/IC = Average Drop / Increase in "
-        "Confidence in %, PG = pointing game against the object masks, EPG = energy pointing game, s/img = "
-        "explanation time per image on CPU, a timing that depends on the load):",
+        f"* wall time **{run['seconds'][0]:.0f} s** for the fit (`seconds` in `metrics.json`"
+        + (f"; {', '.join(f'{s:.0f}' for s in run['seconds'])} s in the {len(run['seconds'])} runs" if len(run["seconds"]) > 1 else "")
+        + f"; timings depend on the load), of which the CAM callback took `cam/callback_seconds` "
+        f"{mt['cam/callback_seconds']:.2f} s at the last epoch (with the randomisation check; six methods, all metrics "
+        "and W&B media included);",
+        f"* **val/acc {mt['val/acc']:.3f}** (train/acc {mt['train/acc']:.3f}, train loss {mt['train/loss_epoch']:.3f})"
+        + _same_model(mt["val/acc"]) + "; the callback does not change training by a bit "
+        "(`tests/test_callback.py::test_training_is_bit_identical_with_and_without_the_callback`), so `cam=none` "
+        "trains the same model;",
+        "* CAM metrics at the last epoch (32 held-out images, insertion/deletion on all of them; ins/del = "
+        "insertion/deletion AUC, AD/IC = Average Drop / Increase in Confidence in %, PG = pointing game against the "
+        "object masks, EPG = energy pointing game, s/img = explanation time per image on CPU, a timing that depends "
+        "on the load):",
         "",
         "| method | insertion ↑ | deletion ↓ | AD % ↓ | IC % ↑ | PG ↑ | EPG ↑ | s/img |",
         "|---|---|---|---|---|---|---|---|",
@@ -263,6 +235,52 @@ def default_run_app(d: dict) -> str:
                      f"{g('increase_in_confidence'):.1f} | {g('pointing_game'):.3f} | {g('energy_pointing_game'):.3f} | "
                      f"{g('seconds'):.4f} |")
     lines += ["", f"LIFT-CAM's completeness residual is {mt['cam/liftcam/completeness_residual']:.1e}."]
+    return "\n".join(lines) + "\n"
+
+
+def shortcut_same_images(d: dict) -> str:
+    """docs/monitoring.md: both trained models on the same marked images (``bench/shortcut_figure.py --json``)."""
+    marked, clean = d["models"]
+    a, b = d["same_images"][marked], d["same_images"][clean]
+    name = NAMES.get(d["method"], d["method"])
+    lines = [
+        f"`{d['command']}` ({d['date']}; the kept run folders of `docs/numbers/shortcut.json`), "
+        f"{name} on the same {d['images']} marked validation images:",
+        "",
+        f"| same marked images ({name}) | shortcut model | clean model |",
+        "|---|---|---|",
+        f"| accuracy | {_f(a['accuracy'])} | {_f(b['accuracy'])} |",
+        f"| pointing game ↑ | {_f(a['pointing_game'])} | {_f(b['pointing_game'])} |",
+        f"| energy on the object ↑ | {_f(a['energy/object'])} | {_f(b['energy/object'])} |",
+        f"| energy on the marker ↓ | **{_f(a['energy/marker'])}** | {_f(b['energy/marker'])} |",
+        "",
+        f"The marker covers {100 * d['marker_area']:.1f} % of each image: the energy share of a map that ignores it.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def soak(d: dict) -> str:
+    """docs/reliability.md: ``bench/soak.py --json``, the process's memory over many evaluations."""
+    marks = list(d["rss_mib"])
+    runs = [("RSS (MiB)", d["rss_mib"])] + [(f"RSS (MiB), run of {r['date']} ({r['wall_seconds']:.0f} s)", r["rss_mib"])
+                                            for r in d.get("repeats", [])]
+    lines = [
+        f"`{d['command']} --json docs/numbers/soak.json` on the {d['cpus']}-core CPU machine ({d['date']}, shared "
+        f"with other jobs; {d['evaluations']} evaluations in {d['wall_seconds']:.0f} s, {d['errors']} errors):",
+        "",
+        "| evaluation | " + " | ".join(marks) + " |",
+        "|---|" + "---:|" * len(marks),
+    ]
+    lines += [f"| {label} | " + " | ".join(f"{rss[m]:.1f}" for m in marks) + " |" for label, rss in runs]
+    per = d["change_mib"] / (d["change_to"] - d["change_from"])
+    spread = max(abs(r["rss_mib"][m] - d["rss_mib"][m]) for r in d.get("repeats", []) for m in marks) if d.get("repeats") else None
+    lines += [
+        "",
+        f"Flat to within the allocator's noise: {d['change_mib']:+.1f} MiB from evaluation {d['change_from']} to "
+        f"{d['change_to']} ({per:.2f} MiB per evaluation), against about {d['rss_mib'][marks[0]]:.0f} MiB for the process"
+        + (f"; two runs of the command differ by up to {spread:.1f} MiB at one evaluation (the tolerance of these "
+           "figures)." if spread is not None else "."),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -286,13 +304,13 @@ def provenance(d: dict) -> str:
 RENDERERS = {
     ("callback_cost", None): callback_cost,
     ("table", None): table,
+    ("soak", None): soak,
+    ("shortcut_same_images", None): shortcut_same_images,
     ("text", None): text,
     ("shortcut", "readme"): shortcut_readme,
     ("shortcut", "monitoring"): shortcut_monitoring,
     ("shortcut", "border"): shortcut_border,
     ("shortcut", "randomization"): shortcut_randomization,
-    ("shortcut_class", "monitoring"): shortcut_class_monitoring,
-    ("shortcut_class", "alerts"): shortcut_class_alerts,
     ("default_run", "app"): default_run_app,
 }
 
