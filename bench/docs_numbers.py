@@ -66,7 +66,7 @@ def recorded(name: str, d: dict) -> str:
     """The provenance of a ``bench/record_run.py`` record: when, where, how reproducible."""
     return (f"recorded on {d['date']} ({d['cpus']} CPUs, torch {d['torch']}) by `python bench/record_run.py {name}`, "
             f"whose full command is in `docs/numbers/{name}.json`; "
-            + (f"{d['repeats']} runs of each command on that machine: {d['tolerance']}" if d["repeats"] > 1
+            + (f"{d['repeats']} runs of each command on that machine: {d['tolerance']}, timings aside" if d["repeats"] > 1
                else "one run: its reproducibility was not measured"))
 
 
