@@ -37,6 +37,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -249,6 +250,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the table as a docs record (docs/numbers/fidelity.json, bench/docs_numbers.py)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train_set = ShapesDataset(args.train, image_size=32, seed=args.seed)
@@ -266,13 +269,33 @@ def main() -> None:
           f"{time.perf_counter() - start:.0f} s\n")
     print("**Pearson correlation with exact Shapley (mean over images)**; cost: median over the models of the "
           "method's time / the model's forward pass\n")
-    print("| method | " + " | ".join(columns) + " | mean | min | cost |")
-    print("|---|" + "---|" * (len(columns) + 3))
+    header = ["method", *columns, "mean", "min", "cost"]
+    separator = "|---|" + "---|" * (len(columns) + 3)
+    print("| " + " | ".join(header) + " |")
+    print(separator)
+    rows = []
     for name in METHODS + ESTIMATORS:
         values = [results[c][name][0] for c in columns]
         cost = sorted(results[c][name][1] for c in columns)[len(columns) // 2]
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values)
-              + f" | {sum(values) / len(values):.3f} | {min(values):.3f} | {cost:.1f}x |")
+        rows.append([name, *(f"{v:.3f}" for v in values), f"{sum(values) / len(values):.3f}", f"{min(values):.3f}",
+                     f"{cost:.1f}x"])
+        print("| " + " | ".join(rows[-1]) + " |")
+    if args.json is not None:
+        import datetime as dt
+        import json
+        import shlex
+        import sys
+
+        command = "python bench/fidelity.py " + shlex.join(a for a in sys.argv[1:] if a != str(args.json))
+        command = command.replace(" --json", "").rstrip()
+        record = {"kind": "table", "command": command, "date": dt.date.today().isoformat(),
+                  "provenance": f"written by that command ({os.cpu_count()} CPUs, torch {torch.__version__.split('+')[0]}, "
+                                f"{args.threads} thread(s), {time.perf_counter() - start:.0f} s); the cost column is a "
+                                "timing that depends on the load",
+                  "header": header, "separator": separator, "rows": rows,
+                  "pearson": {c: {n: results[c][n][0] for n in METHODS + ESTIMATORS} for c in columns}}
+        args.json.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

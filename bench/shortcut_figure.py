@@ -47,15 +47,28 @@ HISTORY = ("energy/marker", "energy/object", "pointing_game", "stability")
 
 
 def _history(run_dir: Path, method: str) -> dict[str, list[float]]:
-    """Per validation epoch, ``cam/<method>/<q>`` for q in HISTORY, read back from the run's offline W&B file."""
+    """Per validation epoch, ``cam/<method>/<q>`` for q in HISTORY, read back from the run's offline W&B file
+    (or, with ``logger=csv``, from the CSV logger's ``metrics.csv``)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from wandb_offline import find_run_files, read_run_file
 
     files = find_run_files(run_dir)
-    if not files:
-        return {}
+    if not files:  # logger=csv: the CSV logger's history
+        import csv
+
+        found = sorted(run_dir.rglob("metrics.csv"))
+        if not found:
+            return {}
+        out = {q: {} for q in HISTORY}
+        with open(found[0], newline="") as fh:
+            for row in csv.DictReader(fh):
+                for q in HISTORY:
+                    v = row.get(f"cam/{method}/{q}")
+                    if v not in (None, ""):
+                        out[q][int(float(row["epoch"]))] = float(v)
+        return {q: [h[e] for e in sorted(h)] for q, h in out.items()}
     run = read_run_file(files[-1])
     out: dict[str, list[float]] = {}
     for q in HISTORY:
@@ -70,8 +83,10 @@ def _marked_heldout(cfg):
 
     dm = app.instantiate_datamodule(cfg)
     dm.setup("fit")
-    idx = heldout.select_indices(len(dm.data_val), int(cfg.cam.num_samples), int(cfg.cam.seed))
-    return heldout.gather_from_dataset(dm.data_val, idx)
+    # the callback's own choice: stratified by class when the dataset knows its labels
+    idx = heldout.select_indices(len(dm.data_val), int(cfg.cam.num_samples), int(cfg.cam.seed),
+                                 heldout.dataset_labels(dm.data_val))
+    return heldout.gather_from_dataset(dm.data_val, idx, int(cfg.cam.seed))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,6 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="liftcam")
     p.add_argument("--images", type=int, default=6)
     p.add_argument("--out", type=Path, default=Path("docs/shortcut.png"))
+    p.add_argument("--dpi", type=int, default=144)
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the same-images table here (docs/numbers/shortcut_same_images.json)")
     args = p.parse_args(argv)
 
     import matplotlib
@@ -134,6 +152,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"- {n}, `cam/{m}/{q}`: " + ", ".join(f"{v:.3f}" for v in vals))
     area = float(held.regions["marker"].double().mean())
     print(f"\n(the marker covers {area:.3f} of each image: the energy share of a map that ignores it)")
+    if args.json is not None:
+        import datetime as dt
+
+        record = {"command": "python bench/shortcut_figure.py <marked run> <clean run> --out docs/shortcut.png --json "
+                             f"{args.json}" + (f" --method {m}" if m != "liftcam" else ""),
+                  "date": dt.date.today().isoformat(), "method": m, "images": len(held), "marker_area": area,
+                  "models": list(runs), "same_images": same}
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
     k = args.images
     from lightning_cam.data import CLASSES
@@ -147,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     grid = viz.labelled_grid(rows, [CLASSES[int(c)] for c in held.labels[:k]],
                              f"{m} on marked validation images", min_size=96)
-    fig, (ax_img, ax, ax_h) = plt.subplots(1, 3, figsize=(14, 3.6), dpi=72, gridspec_kw={"width_ratios": [2.3, 1, 1]})
+    fig, (ax_img, ax, ax_h) = plt.subplots(1, 3, figsize=(14, 3.6), dpi=args.dpi, gridspec_kw={"width_ratios": [2.3, 1, 1]})
     short = next(iter(runs))
     for q, style in (("energy/marker", "-o"), ("energy/object", "-s"), ("pointing_game", "-^")):
         vals = hist[short].get(q) or []
@@ -177,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_title(f"{m}, same marked val images", fontsize=8)
     fig.tight_layout(w_pad=0.1, h_pad=0.1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=72)
+    fig.savefig(args.out, dpi=args.dpi)
     from PIL import Image
 
     Image.open(args.out).convert("RGB").quantize(colors=192).save(args.out, optimize=True)  # a small PNG

@@ -144,17 +144,79 @@ def test_readme_is_short_and_links_resolve():
             assert (ROOT / target).exists(), target
 
 
-def test_quoted_numbers_equal_the_benchmark_records():
-    """Every `<!-- numbers:NAME -->` block of the docs is the rendering of docs/numbers/NAME.json,
-    the file the benchmark command named in the block wrote (bench/docs_numbers.py)."""
+def _numbers_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_numbers", ROOT / "bench" / "docs_numbers.py")
     numbers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(numbers)
+    return numbers
+
+
+def test_quoted_numbers_equal_the_benchmark_records():
+    """Every `<!-- numbers:NAME[:VIEW] -->` block of the docs is the rendering of docs/numbers/NAME.json,
+    the file the command named in the record wrote (bench/docs_numbers.py)."""
+    numbers = _numbers_module()
     found = 0
     for page in PAGES:
-        for name, body in numbers.blocks(page.read_text()):
-            assert body == numbers.render(name), f"{_id(page)}: the numbers:{name} block is stale; run python bench/docs_numbers.py"
+        for name, view, body in numbers.blocks(page.read_text()):
+            label = name + (f":{view}" if view else "")
+            assert body == numbers.render(name, view), f"{_id(page)}: the numbers:{label} block is stale; run python bench/docs_numbers.py"
             found += 1
     assert found >= 1
+
+
+def test_every_number_block_has_a_record_that_names_its_command():
+    """A block without a record, a record without its command and date, or a record no page quotes
+    would let a figure drift from what the command prints."""
+    numbers = _numbers_module()
+    used = set()
+    for page in PAGES:
+        text = page.read_text()
+        opened = text.count("<!-- numbers:")
+        found = numbers.blocks(text)
+        assert opened == len(found) == text.count("<!-- /numbers -->"), f"{_id(page)}: an unclosed or malformed numbers block"
+        for name, _, _ in found:
+            assert (numbers.NUMBERS / f"{name}.json").is_file(), f"{_id(page)}: numbers:{name} has no docs/numbers/{name}.json"
+            used.add(name)
+    for path in sorted(numbers.NUMBERS.glob("*.json")):
+        record = numbers.record(path.stem)
+        assert isinstance(record.get("command"), str) and record["command"].startswith("python "), f"{path.name}: no command"
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", record.get("date", "")), f"{path.name}: no date"
+        for label, run in record.get("runs", {}).items():
+            assert str(run.get("command", "")).startswith("python train.py"), f"{path.name}: run {label} names no command"
+        if "runs" in record:
+            assert record.get("tolerance"), f"{path.name}: a run record states the reproducibility it observed"
+        if record.get("kind") in ("table", "text"):
+            assert record.get("provenance"), f"{path.name}: say where figures that were not rerun come from"
+        assert path.stem in used, f"{path.name} is quoted by no page"
+
+
+def test_counts_that_go_stale_are_not_written_in_prose():
+    for page in PAGES:
+        for i, line in enumerate(page.read_text().splitlines(), 1):
+            assert not re.search(r"\b\d+ tests\b|`test_\w+\.py` \(\d+[,)]", line), (
+                f"{_id(page)}:{i}: a test count goes stale; point at `pytest --collect-only -q` instead"
+            )
+
+
+def test_record_run_reads_a_run_folder(tmp_path):
+    """bench/record_run.py keeps the chosen keys of metrics.json, the CSV history and the log lines,
+    and measures the spread of repeats."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("record_run", ROOT / "bench" / "record_run.py")
+    rec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rec)
+    (tmp_path / "metrics.json").write_text(json.dumps({"metrics": {"val/acc": 0.5, "cam/x/pointing_game": 0.25, "other": 1.0},
+                                                       "seconds": 12.34}))
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "metrics.csv").write_text("epoch,step,val/acc,cam/x/pointing_game\n0,9,0.25,\n0,9,,0.5\n1,19,0.5,0.25\n")
+    (tmp_path / "train.log").write_text("[2026][x][INFO] - CAMCallback: insertion/deletion on 8 of 32\nother\n")
+    got = rec.read_run(tmp_path, ["val/acc", "cam/.*/pointing_game"], ["insertion/deletion on"], ["val/acc"])
+    assert got["metrics"] == {"cam/x/pointing_game": 0.25, "val/acc": 0.5, "seconds": 12.3}
+    assert got["history"] == {"val/acc": {"0": 0.25, "1": 0.5}}
+    assert got["log_lines"] == ["CAMCallback: insertion/deletion on 8 of 32"]
+    assert rec.spread([{"a": 1.0, "seconds": 3.0}, {"a": 1.5, "seconds": 9.0}]) == {"a": 0.5, "seconds": 6.0}
+    assert rec.is_timing("seconds") and rec.is_timing("cam/liftcam/seconds") and not rec.is_timing("val/acc")
