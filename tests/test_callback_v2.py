@@ -423,4 +423,11 @@ def test_a_fit_that_never_reaches_its_last_epoch_warns_that_the_sanity_check_did
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
+    # every_n_epochs=2 with max_epochs=3: the callback's last evaluation (epoch 2 of 3) runs the check
+    cb3 = CAMCallback(target_layer="layer4", num_samples=2, n_steps=2, log_images=False, every_n_epochs=2)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path / "c", callbacks=[cb3], max_epochs=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer.fit(LitTiny(), datamodule=ToyDataModule(n_train=16, n_val=4))
+    assert (cb3.fit_evaluations, cb3.fit_sanity_runs) == (1, 1) and "cam/liftcam/randomization_spearman" in cb3.last_scalars
     assert cb2.fit_sanity_runs == 1  # the last epoch was recognised: the check ran, no warning

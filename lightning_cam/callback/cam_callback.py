@@ -265,14 +265,14 @@ class CAMCallbackMixin:
 
     @override
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-        # The check runs at the last validation epoch; a run ended by max_steps / max_time or by
+        # The check runs at the last epoch the callback evaluates; a run ended by max_steps / max_time or by
         # EarlyStopping (which decides after this callback's hook) never reaches one it can recognise.
         never = self.options.sanity_every_n_epochs is not None and self.fit_evaluations and not self.fit_sanity_runs
         if never and trainer.is_global_zero:
             warnings.warn(
                 "CAMCallback: the model-randomisation check never ran in this fit: it runs at the last "
-                "validation epoch, which this run did not reach by max_epochs (max_steps / max_time or "
-                "EarlyStopping ended it). Set sanity_every_n_epochs=N to run it every N epochs, or call "
+                "epoch the callback evaluates before max_epochs, and this run stopped before it (max_steps, "
+                "max_time or EarlyStopping ended it). Set sanity_every_n_epochs=N to run it every N epochs, or call "
                 "trainer.validate(...) after fit, which always runs it.",
                 RuntimeWarning,
                 stacklevel=2,
@@ -325,7 +325,9 @@ class CAMCallbackMixin:
             return False
         if stage != "val":
             return True
-        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.current_epoch + 1 >= trainer.max_epochs
+        # the last epoch this callback evaluates: no later epoch (E + 1) % every_n_epochs == 0 before max_epochs
+        later = trainer.current_epoch + 1 + self.options.every_n_epochs
+        last = trainer.max_epochs is not None and trainer.max_epochs > 0 and later > trainer.max_epochs
         return last or bool(trainer.should_stop) or (every > 0 and (trainer.current_epoch + 1) % every == 0)
 
     def _evaluate_share(self, run: _Run) -> EvaluationReport:
