@@ -17,7 +17,8 @@ from torch import nn
 
 class LitBase(pl.LightningModule):
     """Network, optimizer (``adamw``, ``adam``, ``sgd``) and scheduler (``cosine``, ``onecycle``,
-    ``none``) of a task module; subclasses implement ``_step`` and call ``save_hyperparameters``."""
+    ``none``) of a task module; saves its arguments but ``net`` as hyper-parameters. Subclasses
+    implement ``_step`` and may build their metrics in :meth:`init_metrics`."""
 
     def __init__(
         self,
@@ -45,6 +46,11 @@ class LitBase(pl.LightningModule):
             raise ValueError(f"optimizer must be adamw, adam or sgd, got {optimizer!r}")
         if self.scheduler_name not in ("cosine", "onecycle", "none"):
             raise ValueError(f"scheduler must be cosine, onecycle or none, got {scheduler!r}")
+        self.save_hyperparameters(ignore=["net"], logger=False)
+        self.init_metrics()
+
+    def init_metrics(self) -> None:
+        """Build the task's metric modules (called at the end of ``__init__``)."""
 
     def forward(self, x: torch.Tensor) -> Any:
         return self.net(x)

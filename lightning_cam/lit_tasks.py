@@ -41,7 +41,7 @@ class _EpochMetrics(LitBase):
         raise NotImplementedError
 
     def init_metrics(self) -> None:
-        """One :class:`MetricCollection` per evaluation stage (``self.stage_metrics[stage]``)."""
+        """One :class:`MetricCollection` of :meth:`metrics` per evaluation stage (``self.stage_metrics[stage]``)."""
         self.stage_metrics = nn.ModuleDict({s: MetricCollection(self.metrics()) for s in _EVAL_STAGES})
 
     def log_epoch_metrics(self, stage: str, preds: torch.Tensor, target: torch.Tensor) -> None:
@@ -59,22 +59,6 @@ class LitSegmenter(_EpochMetrics):
     The network returns ``(B, C, H, W)`` scores or torchvision's ``{"out": ...}``; ``forward``
     returns the ``(B, C, H, W)`` tensor. Batches are ``(images, class maps (B, H, W) long, ...)``.
     """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        momentum: float = 0.9,
-        scheduler: str = "cosine",
-        label_smoothing: float = 0.0,
-        compile: bool = False,
-    ) -> None:
-        super().__init__(net, num_classes, lr, weight_decay, optimizer, momentum, scheduler, label_smoothing, compile)
-        self.save_hyperparameters(ignore=["net"], logger=False)
-        self.init_metrics()
 
     def metrics(self) -> dict[str, Metric]:
         return {
@@ -105,22 +89,6 @@ class LitMultiLabel(_EpochMetrics):
     targets towards 1/2 in training). Batches are ``(images, multi-hot (B, C), ...)``;
     ``predict_step`` returns the sigmoid probabilities.
     """
-
-    def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        momentum: float = 0.9,
-        scheduler: str = "cosine",
-        label_smoothing: float = 0.0,
-        compile: bool = False,
-    ) -> None:
-        super().__init__(net, num_classes, lr, weight_decay, optimizer, momentum, scheduler, label_smoothing, compile)
-        self.save_hyperparameters(ignore=["net"], logger=False)
-        self.init_metrics()
 
     def metrics(self) -> dict[str, Metric]:
         n = self.num_classes

@@ -286,21 +286,6 @@ class LitClassifier(LitBase):
     Batches are ``(images, labels)`` or ``(images, labels, masks)``.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        momentum: float = 0.9,
-        scheduler: str = "cosine",
-        label_smoothing: float = 0.0,
-        compile: bool = False,
-    ) -> None:
-        super().__init__(net, num_classes, lr, weight_decay, optimizer, momentum, scheduler, label_smoothing, compile)
-        self.save_hyperparameters(ignore=["net"], logger=False)
-
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)

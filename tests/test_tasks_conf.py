@@ -7,22 +7,13 @@ import json
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra.core.global_hydra import GlobalHydra
-from test_conf import TINY, make_cfg
+from test_conf import TINY, _offline, make_cfg  # noqa: F401 - _offline: W&B offline, Hydra cleared (autouse)
 from test_train import run_train
 
 import lightning_cam.app as app
 from lightning_cam.app import ConfigError, validate_config
 from lightning_cam.layers import resolve_layer
 from lightning_cam.models import LitMultiLabel, LitSegmenter
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield
-    GlobalHydra.instance().clear()
 
 
 def _one_step(cfg, tmp_path) -> dict[str, float]:

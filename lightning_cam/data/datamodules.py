@@ -144,11 +144,11 @@ class ShapesDataModule(_Base):
         self.shortcut_classes = check_shortcut_classes(shortcut_classes, self.num_classes)
 
     def _ds(self, n: int, seed: int, augment: bool = False, shortcut: float = 0.0) -> Dataset:
-        norm = (self.mean, self.std, self.cache, augment)
+        options = {"mean": self.mean, "std": self.std, "cache": self.cache, "augment": augment}
         if self.task == "segmentation":
-            return ShapesSegmentation(n, self.image_size, self.num_classes, seed, *norm)
+            return ShapesSegmentation(n, self.image_size, self.num_classes, seed, **options)
         if self.task == "multilabel":
-            return ShapesMultiLabel(n, self.image_size, self.num_classes, self.max_objects, seed, *norm)
+            return ShapesMultiLabel(n, self.image_size, self.num_classes, self.max_objects, seed, **options)
         return ShapesDataset(
             n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment, shortcut,
             self.shortcut_classes,

@@ -243,7 +243,36 @@ def normalise(im: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | N
     return x
 
 
-class ShapesDataset(Dataset):
+class ShapesBase(Dataset):
+    """What every shapes dataset keeps: its length, image size, classes, seed, normalisation and
+    whether it augments (see :meth:`configure`)."""
+
+    classes = CLASSES
+
+    def configure(self, num_samples: int, image_size: int, num_classes: int, seed: int,
+              mean: Sequence[float] | None, std: Sequence[float] | None, augment: bool) -> None:
+        """Store the common options (``classes``: the first ``num_classes`` of :data:`CLASSES`)."""
+        self.num_samples = int(num_samples)
+        self.image_size = int(image_size)
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.classes = CLASSES[:num_classes]
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index(self, index: int) -> int:
+        if index < 0:
+            index += self.num_samples
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        return index
+
+
+class ShapesDataset(ShapesBase):
     """Procedural shapes: ``(image, label, mask)`` per index.
 
     Args:
@@ -269,8 +298,6 @@ class ShapesDataset(Dataset):
     ``{"object": (S,S) bool, "marker": (S,S) bool}`` instead.
     """
 
-    classes = CLASSES
-
     def __init__(
         self,
         num_samples: int = 5000,
@@ -293,17 +320,10 @@ class ShapesDataset(Dataset):
             raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
         if image_size < 8:
             raise ValueError(f"shapes: image_size must be >= 8, got {image_size}")
-        self.num_samples = int(num_samples)
-        self.image_size = int(image_size)
-        self.num_classes = int(num_classes)
+        self.configure(num_samples, image_size, num_classes, seed, mean, std, augment)
         self.num_shapes = int(num_classes)
-        self.seed = int(seed)
-        self.augment = bool(augment)
         self.shortcut = float(shortcut)
         self.shortcut_classes = check_shortcut_classes(shortcut_classes, num_classes)
-        self.classes = CLASSES[:num_classes]
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._images: torch.Tensor | None = None
         self._masks: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
@@ -356,16 +376,6 @@ class ShapesDataset(Dataset):
         if self._labels is not None:
             return self._labels
         return torch.tensor([int(_sample_params(self.seed, i, self.num_shapes)[0]) for i in range(self.num_samples)])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _index(self, index: int) -> int:
-        if index < 0:
-            index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(index)
-        return index
 
     def raw(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Un-normalised uint8 image (3,S,S), label, object mask (S,S)."""

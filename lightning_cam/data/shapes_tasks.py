@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset
 
 from lightning_cam.data.shapes import (
     _CHUNK,
@@ -26,6 +26,7 @@ from lightning_cam.data.shapes import (
     CLASSES,
     SHAPES_MEAN,
     SHAPES_STD,
+    ShapesBase,
     ShapesDataset,
     _background,
     _paint,
@@ -47,7 +48,8 @@ class ShapesSegmentation(ShapesDataset):
     Args:
         num_classes: classes of the class map, background included: 1 + the number of shapes
             (3..7; 7 = the six shapes).
-        Others as :class:`~lightning_cam.data.shapes.ShapesDataset` (no shortcut option).
+        options: ``mean``, ``std``, ``cache``, ``augment`` of :class:`~lightning_cam.data.shapes.ShapesDataset`
+            (not its shortcut).
 
     Returns per item: image float (3,S,S) normalised, the class map long (S,S) (0 = background,
     ``1 + c`` = shape ``c``) and the object mask bool (S,S) (its non-background pixels).
@@ -59,17 +61,17 @@ class ShapesSegmentation(ShapesDataset):
         image_size: int = 64,
         num_classes: int = len(CLASSES) + 1,
         seed: int = 0,
-        mean: Sequence[float] | None = SHAPES_MEAN,
-        std: Sequence[float] | None = SHAPES_STD,
-        cache: bool = True,
-        augment: bool = False,
+        **options: Any,
     ) -> None:
         if not 3 <= num_classes <= len(CLASSES) + 1:
             raise ValueError(
                 f"shapes segmentation: num_classes counts the background, so it must be in 3..{len(CLASSES) + 1}, "
                 f"got {num_classes}"
             )
-        super().__init__(num_samples, image_size, num_classes - 1, seed, mean, std, cache, augment)
+        unknown = set(options) - {"mean", "std", "cache", "augment"}
+        if unknown:
+            raise TypeError(f"ShapesSegmentation: unexpected options {sorted(unknown)} (mean, std, cache, augment)")
+        super().__init__(num_samples, image_size, num_classes - 1, seed, **options)
         self.num_classes = int(num_classes)
         self.classes = (BACKGROUND, *CLASSES[: num_classes - 1])
 
@@ -123,7 +125,7 @@ def _render_multi(
     return _to_uint8(img), seg
 
 
-class ShapesMultiLabel(Dataset):
+class ShapesMultiLabel(ShapesBase):
     """Multi-label shapes: ``(image, multi-hot labels, per-class masks)`` per index.
 
     Args:
@@ -160,15 +162,8 @@ class ShapesMultiLabel(Dataset):
             )
         if image_size < 16:
             raise ValueError(f"shapes multi-label: image_size must be >= 16, got {image_size}")
-        self.num_samples = int(num_samples)
-        self.image_size = int(image_size)
-        self.num_classes = int(num_classes)
+        self.configure(num_samples, image_size, num_classes, seed, mean, std, augment)
         self.max_objects = int(max_objects)
-        self.seed = int(seed)
-        self.augment = bool(augment)
-        self.classes = CLASSES[:num_classes]
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._images: torch.Tensor | None = None
         self._maps: torch.Tensor | None = None
         if cache:
@@ -197,15 +192,9 @@ class ShapesMultiLabel(Dataset):
         """``{"object": union, "<class name>": mask}`` of a class map (S,S) (or a batch of them)."""
         return {"object": class_map > 0, **{name: class_map == c + 1 for c, name in enumerate(self.classes)}}
 
-    def __len__(self) -> int:
-        return self.num_samples
-
     def raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-normalised uint8 image (3,S,S) and class map uint8 (S,S) of sample ``index``."""
-        if index < 0:
-            index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(index)
+        index = self._index(index)
         if self._images is not None and self._maps is not None:
             return self._images[index], self._maps[index]
         im, seg = self.render([index])
