@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -75,10 +76,10 @@ def segmentation_weights(num_classes: int, pretrained: bool) -> dict[str, Any]:
 
 
 def segmentation_scores(out: Any) -> torch.Tensor:
-    """The ``(B, C, H, W)`` scores of a segmentation network's output: the tensor itself, or
-    torchvision's ``out["out"]``."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict) and "out" in out:
+    """The ``(B, C, H, W)`` scores of a segmentation network's output: torchvision's ``out["out"]``,
+    else the output itself (a tensor; no type check, so that ``torch.fx`` can trace through it)."""
+    if isinstance(out, Mapping):
+        if "out" not in out:
+            raise TypeError(f"a segmentation network's dict output needs the key 'out'; got keys {list(out)}")
         return out["out"]
-    raise TypeError(f"a segmentation network returns a (B, C, H, W) tensor or a dict with 'out'; got {type(out).__name__}")
+    return out
