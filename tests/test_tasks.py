@@ -185,17 +185,17 @@ def test_lit_multilabel_fast_dev_run_logs_f1_map_and_accuracy(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["segmentation", "multilabel"])
 def test_a_few_epochs_learn_the_task(task, tmp_path):
-    """A real (small) fit: the scores rise well above chance."""
+    """A real (small) fit at 32 px: mean IoU / mAP rise well above chance."""
     pl.seed_everything(0)
     seg = task == "segmentation"
-    dm = ShapesDataModule(600, 200, 8, image_size=32, num_classes=7 if seg else 6, task=task, batch_size=32)
+    dm = ShapesDataModule(2000, 200, 8, image_size=32, num_classes=7 if seg else 6, task=task, batch_size=32)
     lit = (LitSegmenter(build_model("smallseg", 7), 7, lr=0.003) if seg
            else LitMultiLabel(build_model("smallcnn", 6), 6, lr=0.003))
-    trainer = pl.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
     trainer.fit(lit, datamodule=dm)
-    score = float(trainer.callback_metrics["val/iou" if seg else "val/f1"])
-    assert score > (0.3 if seg else 0.5)
+    score = float(trainer.callback_metrics["val/iou" if seg else "val/map"])
+    assert score > (0.3 if seg else 0.6)  # chance: ~0.13 (all background), ~0.33 (label prevalence)
 
 
 def test_loader_collates_named_regions_of_every_class():
