@@ -217,14 +217,11 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     :func:`~lightning_cam.seg_models.segmentation_weights`).
     """
     key = name.lower()
-    if key == "smallseg":
-        if pretrained:
-            raise ValueError("smallseg has no pretrained weights; set model.pretrained=false")
-        return SmallSeg(num_classes=num_classes, **kwargs)
-    if key in ("smallcnn", "smallvgg"):
+    small = {"smallcnn": SmallCNN, "smallvgg": SmallVGG, "smallseg": SmallSeg}
+    if key in small:
         if pretrained:
             raise ValueError(f"{key} has no pretrained weights; set model.pretrained=false")
-        return (SmallCNN if key == "smallcnn" else SmallVGG)(num_classes=num_classes, **kwargs)
+        return small[key](num_classes=num_classes, **kwargs)
     if key == "vit_tiny":
         if pretrained:
             raise ValueError("vit_tiny has no pretrained weights; set model.pretrained=false")

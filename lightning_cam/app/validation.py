@@ -85,7 +85,8 @@ TASK_MODULES = {
     "segmentation": "lightning_cam.models.LitSegmenter",
     "multilabel": "lightning_cam.models.LitMultiLabel",
 }
-_TASK_HINTS = {"segmentation": "experiment=segmentation", "multilabel": "experiment=multilabel", "classification": "data=shapes"}
+_TASK_HINTS = {"segmentation": "experiment=segmentation", "multilabel": "experiment=multilabel",
+               "classification": "a classification model config (e.g. model=smallcnn)"}
 
 
 def task_of(cfg: DictConfig) -> str:
