@@ -297,6 +297,29 @@ def text(d: dict) -> str:
     return d["template"].format(**d["values"])
 
 
+TASK_SCORES = {"segmentation": (("val/iou", "mean IoU"), ("val/acc", "pixel accuracy")),
+               "multilabel": (("val/f1", "macro F1"), ("val/map", "mAP"))}
+
+
+def task_runs(d: dict) -> str:
+    """docs/app.md: the segmentation and multi-label experiments, their task scores and LIFT-CAM against Grad-CAM."""
+    lines = [
+        f"{recorded('task_runs', d)}.",
+        "",
+        "| run | task scores (validation) | LIFT-CAM ins ↑ / del ↓ | Grad-CAM ins ↑ / del ↓ | pointing game LIFT-CAM / Grad-CAM | wall |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, run in d["runs"].items():
+        mt = run["metrics"]
+        scores = ", ".join(f"{name} {mt[key]:.3f}" for key, name in TASK_SCORES[label] if key in mt)
+        lines.append(
+            f"| `{run['command']}` | {scores} | {mt['cam/liftcam/insertion']:.3f} / {mt['cam/liftcam/deletion']:.3f} | "
+            f"{mt['cam/gradcam/insertion']:.3f} / {mt['cam/gradcam/deletion']:.3f} | "
+            f"{mt['cam/liftcam/pointing_game']:.3f} / {mt['cam/gradcam/pointing_game']:.3f} | {run['seconds'][0]:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def provenance(d: dict) -> str:
     return f"*`{d['command']}`, {d['date']}: {d['provenance']}.*"
 
@@ -312,6 +335,7 @@ RENDERERS = {
     ("shortcut", "border"): shortcut_border,
     ("shortcut", "randomization"): shortcut_randomization,
     ("default_run", "app"): default_run_app,
+    ("task_runs", None): task_runs,
 }
 
 

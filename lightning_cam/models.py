@@ -8,20 +8,26 @@
   layers (a nonlinear head, as VGG16's), where LIFT-CAM differs from CAM/Grad-CAM.
 * :func:`build_model`: torchvision architectures by name, optionally with the
   ImageNet weights (``weights="DEFAULT"``, downloaded when online), with the
-  classifier replaced when ``num_classes != 1000``.
+  classifier replaced when ``num_classes != 1000``; the segmentation networks of
+  :mod:`lightning_cam.seg_models` (``smallseg``, ``fcn_resnet50``, ``lraspp_mobilenet_v3_large``, ...).
 * :class:`LitClassifier`: cross-entropy classifier that keeps the network as
   ``self.net``; ``forward`` returns logits; logs ``train/loss``, ``train/acc``,
-  ``val/loss``, ``val/acc`` (and ``test/*``).
+  ``val/loss``, ``val/acc`` (and ``test/*``). :class:`LitSegmenter` and
+  :class:`LitMultiLabel` (:mod:`lightning_cam.lit_tasks`) share its optimizer and scheduler
+  (:class:`lightning_cam.lit.LitBase`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_cam.lit import LitBase
+from lightning_cam.lit_tasks import LitMultiLabel, LitSegmenter
+from lightning_cam.seg_models import SEGMENTATION_MODELS, SmallSeg, segmentation_weights
 
 # Architectures build_model knows, with their usual CAM target layer.
 TORCHVISION_MODELS: dict[str, str] = {
@@ -39,6 +45,7 @@ TORCHVISION_MODELS: dict[str, str] = {
 }
 DEFAULT_TARGET_LAYERS: dict[str, str] = {
     "smallcnn": "features", "smallvgg": "features", "vit_tiny": "encoder.layers.encoder_layer_3.ln_1", **TORCHVISION_MODELS,
+    **SEGMENTATION_MODELS,
 }
 TIMM_PREFIX = "timm/"
 
@@ -205,12 +212,16 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     then its last ``nn.Linear`` is replaced by a fresh one when
     ``num_classes != 1000``. Pretrained weights download into the torch hub
     cache when online (an error says so when offline).
+    A segmentation name of :data:`~lightning_cam.seg_models.SEGMENTATION_MODELS` -> :class:`SmallSeg`
+    or the torchvision network for ``num_classes`` (random weights unless ``pretrained``:
+    :func:`~lightning_cam.seg_models.segmentation_weights`).
     """
     key = name.lower()
-    if key in ("smallcnn", "smallvgg"):
+    small = {"smallcnn": SmallCNN, "smallvgg": SmallVGG, "smallseg": SmallSeg}
+    if key in small:
         if pretrained:
             raise ValueError(f"{key} has no pretrained weights; set model.pretrained=false")
-        return (SmallCNN if key == "smallcnn" else SmallVGG)(num_classes=num_classes, **kwargs)
+        return small[key](num_classes=num_classes, **kwargs)
     if key == "vit_tiny":
         if pretrained:
             raise ValueError("vit_tiny has no pretrained weights; set model.pretrained=false")
@@ -218,19 +229,23 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
     import torchvision
 
     available = set(torchvision.models.list_models(module=torchvision.models))
-    if key.startswith(TIMM_PREFIX) or (key not in available and _is_timm_model(name)):
+    segmentation = key in SEGMENTATION_MODELS
+    if key.startswith(TIMM_PREFIX) or (key not in available and not segmentation and _is_timm_model(name)):
         return build_timm(name, num_classes, pretrained, image_size, **kwargs)
-    if key not in available:
-        known = ", ".join(["smallcnn", "smallvgg", "vit_tiny", *TORCHVISION_MODELS])
+    if key not in available and not segmentation:
+        known = ", ".join(["smallcnn", "smallvgg", "vit_tiny", *TORCHVISION_MODELS, *SEGMENTATION_MODELS])
         raise ValueError(
             f"Unknown model {name!r}. Known: {known} (or any torchvision classification model, "
             "or a timm model as timm/<name>)."
         )
     if image_size is not None and key.startswith("vit_") and not pretrained:
         kwargs.setdefault("image_size", image_size)
-    weights = "DEFAULT" if pretrained else None
+    if segmentation:
+        kwargs = {**segmentation_weights(num_classes, pretrained), **kwargs}
+    else:
+        kwargs["weights"] = "DEFAULT" if pretrained else None
     try:
-        net = torchvision.models.get_model(key, weights=weights, **kwargs)
+        net = torchvision.models.get_model(key, **kwargs)
     except Exception as err:  # noqa: BLE001 - make offline downloads understandable
         if pretrained and ("URL" in type(err).__name__ or "urlopen" in str(err) or "resolve" in str(err).lower()):
             raise RuntimeError(
@@ -238,7 +253,7 @@ def build_model(name: str, num_classes: int = 1000, pretrained: bool = False, im
                 "Put them in the torch hub cache (~/.cache/torch/hub/checkpoints) or set model.pretrained=false."
             ) from err
         raise
-    if num_classes != 1000:
+    if num_classes != 1000 and not segmentation:
         _replace_last_linear(net, num_classes)
     return net
 
@@ -251,7 +266,7 @@ def _is_timm_model(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
-class LitClassifier(pl.LightningModule):
+class LitClassifier(LitBase):
     """Image classifier: cross-entropy, accuracy, configurable optimizer and scheduler.
 
     Args:
@@ -268,78 +283,28 @@ class LitClassifier(pl.LightningModule):
     Batches are ``(images, labels)`` or ``(images, labels, masks)``.
     """
 
-    def __init__(
-        self,
-        net: nn.Module,
-        num_classes: int,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        optimizer: str = "adamw",
-        momentum: float = 0.9,
-        scheduler: str = "cosine",
-        label_smoothing: float = 0.0,
-        compile: bool = False,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["net"], logger=False)
-        self.net = net
-        self.num_classes = int(num_classes)
-        self.lr = float(lr)
-        self.weight_decay = float(weight_decay)
-        self.optimizer_name = optimizer.lower()
-        self.momentum = float(momentum)
-        self.scheduler_name = (scheduler or "none").lower()
-        self.label_smoothing = float(label_smoothing)
-        self.compile = compile
-        if self.optimizer_name not in ("adamw", "adam", "sgd"):
-            raise ValueError(f"optimizer must be adamw, adam or sgd, got {optimizer!r}")
-        if self.scheduler_name not in ("cosine", "onecycle", "none"):
-            raise ValueError(f"scheduler must be cosine, onecycle or none, got {scheduler!r}")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def setup(self, stage: str) -> None:
-        if self.compile and stage == "fit" and not hasattr(self.net, "_orig_mod"):
-            self.net = torch.compile(self.net)
-
     def _step(self, batch: Any, stage: str) -> torch.Tensor:
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         acc = (logits.argmax(1) == y).float().mean()
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=stage != "test", sync_dist=stage != "train", batch_size=x.shape[0])
+        self.log_loss(stage, loss, x.shape[0])
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=stage != "train", batch_size=x.shape[0])
         return loss
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
 
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(1)
-
-    def configure_optimizers(self) -> Any:
-        params = self.parameters()
-        if self.optimizer_name == "sgd":
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0, weight_decay=self.weight_decay)
-        elif self.optimizer_name == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.scheduler_name == "none" or self._trainer is None:
-            return opt
-        if self.scheduler_name == "onecycle":
-            total = int(self.trainer.estimated_stepping_batches)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(1, total))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        t_max = max(1, int(self.trainer.max_epochs or 1))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+__all__ = [
+    "DEFAULT_TARGET_LAYERS",
+    "SEGMENTATION_MODELS",
+    "TORCHVISION_MODELS",
+    "LitClassifier",
+    "LitMultiLabel",
+    "LitSegmenter",
+    "SmallCNN",
+    "SmallSeg",
+    "SmallVGG",
+    "build_model",
+    "build_timm",
+    "timm_image_size",
+    "vit_tiny",
+]

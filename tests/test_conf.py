@@ -46,6 +46,12 @@ def make_cfg(tmp_path: Path, *overrides: str, hydra_cfg: bool = True) -> DictCon
 
 
 TINY = ("data.num_train=8", "data.num_val=8", "data.num_test=4", "data.batch_size=4", "model.image_size=32")
+# what a model / data config of another task needs beside it (see tests/test_tasks_conf.py)
+SEGMENTATION_MODELS = ("smallseg", "lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "deeplabv3_resnet50")
+TASK_DATA = {
+    "shapes_segmentation": ("model=smallseg",),
+    "shapes_multilabel": ("model.module._target_=lightning_cam.models.LitMultiLabel",),
+}
 
 
 def test_default_config(tmp_path):
@@ -75,7 +81,8 @@ def test_outputs_default_to_hydra_run_dir():
 
 @pytest.mark.parametrize("model", group_options("model"))
 def test_model_configs(model, tmp_path):
-    cfg = make_cfg(tmp_path, f"model={model}")
+    task = ("data=shapes_segmentation",) if model in SEGMENTATION_MODELS else ()
+    cfg = make_cfg(tmp_path, f"model={model}", *task)
     assert cfg.model.name == model or model == "timm"  # model=timm takes model.name=<timm name>
     assert (cfg.model.target_layer or model == "timm") and cfg.model.image_size >= cfg.model.min_image_size
     validate_config(cfg)  # meta-device forward at the model's image size, target layer resolves
@@ -106,8 +113,8 @@ def test_data_configs(data, tmp_path):
     if data == "imagefolder":
         root = _fake_imagefolder(tmp_path / "images")
         extra = [f"data.data_dir={root}", "data.num_classes=3", "data.num_workers=0"]
-    tiny = TINY if data == "shapes" else ("data.batch_size=4", "model.image_size=32")
-    cfg = make_cfg(tmp_path, f"data={data}", *tiny, *extra)
+    tiny = TINY if data.startswith("shapes") else ("data.batch_size=4", "model.image_size=32")
+    cfg = make_cfg(tmp_path, f"data={data}", *tiny, *extra, *TASK_DATA.get(data, ()))
     validate_config(cfg)
     dm = app.instantiate_datamodule(cfg)
     assert dm.num_classes == cfg.data.num_classes and dm.image_size == 32
@@ -118,7 +125,7 @@ def test_data_configs(data, tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch[0].shape[1:] == (3, 32, 32)
-    if data == "shapes":
+    if data in ("shapes", "shapes_segmentation"):
         assert batch[2].shape[1:] == (32, 32)
 
 
@@ -215,6 +222,8 @@ def test_experiment_configs(experiment, tmp_path):
         validate_config(cfg)
         if experiment == "arch_compare":
             assert cfg.group == "arch_compare" and "resnet18" in cfg.hydra.sweeper.params.model
+        if experiment in ("segmentation", "multilabel"):  # more in tests/test_tasks_conf.py
+            assert cfg.data.task == experiment and cfg.callbacks.model_checkpoint.monitor == cfg.optimized_metric
         if experiment == "shortcut":
             assert cfg.test is True and cfg.data.shortcut == 1.0 and cfg.data.test_shortcut == 0.0
             dm = app.instantiate_datamodule(cfg)

@@ -42,7 +42,8 @@ def instantiate_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 
 def instantiate_model(cfg: DictConfig) -> pl.LightningModule:
-    """The LitClassifier of ``cfg.model.module`` (its ``net`` built by ``build_model``)."""
+    """The LightningModule of ``cfg.model.module`` (LitClassifier, LitSegmenter or LitMultiLabel;
+    its ``net`` built by ``build_model``)."""
     return _instantiate(cfg.model.module)
 
 

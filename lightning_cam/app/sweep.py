@@ -7,10 +7,11 @@ can be rerun on an old sweep folder: ``python -m lightning_cam.app.sweep <sweep 
 
 Writes into the sweep directory:
 
-* ``comparison.csv`` - one row per job: job, its overrides (those that differ between jobs), status, ``val/acc``, ``test/acc`` (when
+* ``comparison.csv`` - one row per job: job, its overrides (those that differ between jobs), status, ``val/acc``
+  (``val/iou`` of segmentation, ``val/f1`` and ``val/map`` of multi-label runs), ``test/...`` (when
   tested) and every final ``cam/*`` score of every method;
 * ``comparison.md`` - the same table in Markdown;
-* ``comparison.png`` - bar charts comparing the jobs (accuracy and the main CAM scores, one
+* ``comparison.png`` - bar charts comparing the jobs (the model scores and the main CAM scores, one
   bar per method);
 
 and prints the table with rich (transposed: one row per quantity, one column per job).
@@ -33,7 +34,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["JobResult", "SweepComparison", "collect_jobs", "write_comparison"]
 
-HEAD_KEYS = ("val/acc", "val/loss", "test/acc", "test/loss")
+# the model's scores of each task (classification: acc; segmentation: iou, acc; multi-label: f1, map, acc)
+SCORE_KEYS = ("val/acc", "val/iou", "val/f1", "val/map", "test/acc", "test/iou", "test/f1", "test/map")
+HEAD_KEYS = (*SCORE_KEYS[:4], "val/loss", *SCORE_KEYS[4:], "test/loss")
 # quantities shown in the chart, in this order, when present (suffix of cam/<method>/...)
 CHART_QUANTITIES = (
     "insertion",
@@ -174,8 +177,8 @@ def _chart(jobs: Sequence[JobResult], job_labels: dict[str, str], path: Path) ->
 
     methods = sorted({k.split("/")[1] for j in jobs for k in j.metrics if k.startswith("cam/") and k.count("/") >= 2})
     quantities = [q for q in CHART_QUANTITIES if any(f"cam/{m}/{q}" in j.metrics for m in methods for j in jobs)]
-    heads = [k for k in ("val/acc", "test/acc") if any(k in j.metrics for j in jobs)]
-    panels = ([("accuracy", heads)] if heads else []) + [(q, q) for q in quantities]
+    heads = [k for k in SCORE_KEYS if any(k in j.metrics for j in jobs)]
+    panels = ([("model scores" if set(heads) - {"val/acc", "test/acc"} else "accuracy", heads)] if heads else []) + [(q, q) for q in quantities]
     if not panels:
         return
     ncols = min(3, len(panels))

@@ -3,7 +3,8 @@
 ``validate_config(cfg)`` raises :class:`ConfigError` with every problem found
 and how to fix it: unknown CAM method (lists the registry), unknown target
 layer for the chosen model (lists candidate layers with their output shapes),
-image size too small for the architecture, missing ImageFolder folders, W&B
+image size too small for the architecture, a model or LightningModule that does
+not fit the task (``data.task``: classification, segmentation, multilabel), missing ImageFolder folders, W&B
 online without credentials (says how to go offline), and a sweep metric the
 run cannot produce. The model is built on the ``meta`` device, so the check
 costs no memory and no download.
@@ -79,12 +80,57 @@ class _Holder(nn.Module):
         return self.net(x)
 
 
+# the app's LightningModule of each task (data.task)
+TASK_MODULES = {
+    "classification": "lightning_cam.models.LitClassifier",
+    "segmentation": "lightning_cam.models.LitSegmenter",
+    "multilabel": "lightning_cam.models.LitMultiLabel",
+}
+_TASK_HINTS = {"segmentation": "experiment=segmentation", "multilabel": "experiment=multilabel",
+               "classification": "a classification model config (e.g. model=smallcnn)"}
+
+
+def task_of(cfg: DictConfig) -> str:
+    """The task of the data (``data.task``; classification when the data config has none)."""
+    return str(_sel(cfg, "data.task", "classification") or "classification")
+
+
+def _check_task(cfg: DictConfig, errors: list[str], name: str, segmentation_net: bool) -> None:
+    """The network and ``model.module`` must fit ``data.task``."""
+    from lightning_cam.models import SEGMENTATION_MODELS
+
+    task = task_of(cfg)
+    if task not in TASK_MODULES:
+        errors.append(f"data.task must be one of {', '.join(TASK_MODULES)}, got {task!r}")
+        return
+    if segmentation_net and task != "segmentation":
+        errors.append(
+            f"model {name!r} is a segmentation network but data.task={task}: train it on segmentation data, "
+            f"e.g. python train.py experiment=segmentation model={name}"
+        )
+    elif task == "segmentation" and not segmentation_net:
+        errors.append(
+            f"data.task=segmentation needs a segmentation network (B,C,H,W scores), and model {name!r} is not one: "
+            f"choose model={'|'.join(SEGMENTATION_MODELS)}, e.g. python train.py experiment=segmentation"
+        )
+    if segmentation_net != (task == "segmentation"):
+        return  # the network is the problem; its module follows from its model config
+    module = str(_sel(cfg, "model.module._target_", ""))
+    expected = TASK_MODULES[task]
+    if module in TASK_MODULES.values() and module != expected:
+        errors.append(
+            f"data.task={task} trains with model.module._target_={expected}, not {module}; "
+            f"{_TASK_HINTS[task]} sets it up (or pass model.module._target_={expected})"
+        )
+
+
 def _shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in shape[1:])
 
 
 def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
     from lightning_cam.models import build_model
+    from lightning_cam.seg_models import segmentation_scores
 
     name = _sel(cfg, "model.name")
     if name is None:
@@ -126,7 +172,10 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
         holder.eval()
         with torch.no_grad():
             out = holder(torch.empty(1, 3, image_size, image_size, device="meta"))
-        if tuple(out.shape) != (1, int(num_classes)):
+        segmentation_net = not isinstance(out, torch.Tensor) or out.ndim == 4
+        out = segmentation_scores(out)
+        expected = (1, int(num_classes), image_size, image_size) if segmentation_net else (1, int(num_classes))
+        if tuple(out.shape) != expected:
             raise RuntimeError(f"unexpected output shape {tuple(out.shape)}")
     except Exception as err:  # noqa: BLE001 - any failure here means the size cannot work
         errors.append(
@@ -137,6 +186,7 @@ def _check_model(cfg: DictConfig, errors: list[str], use_cam: bool) -> None:
     finally:
         for h in handles:
             h.remove()
+    _check_task(cfg, errors, str(name), segmentation_net)
     if not use_cam:
         return
     layers = _sel(cfg, "cam.target_layer")
@@ -223,7 +273,10 @@ def _check_data(cfg: DictConfig, errors: list[str]) -> None:
             )
     elif target.endswith("ShapesDataModule"):
         n = _sel(cfg, "data.num_classes")
-        if n is not None and not 2 <= int(n) <= 6:
+        if task_of(cfg) == "segmentation":
+            if n is not None and not 3 <= int(n) <= 7:
+                errors.append(f"data=shapes_segmentation has 6 shapes and the background: data.num_classes must be in 3..7, got {n}")
+        elif n is not None and not 2 <= int(n) <= 6:
             errors.append(f"data=shapes has 6 classes: data.num_classes must be in 2..6, got {n}")
         for k in ("num_train", "num_val"):
             v = _sel(cfg, f"data.{k}")

@@ -11,6 +11,7 @@ from lightning_cam.data.datamodules import (
     ShapesDataModule,
 )
 from lightning_cam.data.shapes import CLASSES, MARKER_COLOURS, SHAPES_MEAN, SHAPES_STD, ShapesDataset
+from lightning_cam.data.shapes_tasks import ShapesMultiLabel, ShapesSegmentation
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -26,4 +27,6 @@ __all__ = [
     "SHAPES_STD",
     "ShapesDataModule",
     "ShapesDataset",
+    "ShapesMultiLabel",
+    "ShapesSegmentation",
 ]

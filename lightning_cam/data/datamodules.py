@@ -1,8 +1,10 @@
 """Lightning data modules: embedded shapes (default), CIFAR-10, any ImageFolder.
 
-Every module exposes ``num_classes``, ``classes``, ``mean``, ``std`` and
-``image_size``. Batches are ``(images, labels)``, plus ``masks`` (B,H,W) bool
-for :class:`ShapesDataModule`. Images are normalised with ``mean``/``std``
+Every module exposes ``num_classes``, ``classes``, ``mean``, ``std``,
+``image_size`` and ``task`` (``"classification"``, ``"segmentation"`` or
+``"multilabel"``). Batches are ``(images, labels)``, plus ``masks`` (B,H,W) bool
+for :class:`ShapesDataModule` (whose ``task`` option gives segmentation and
+multi-label batches). Images are normalised with ``mean``/``std``
 (pass the same values to the callback to un-normalise its overlays).
 """
 
@@ -17,11 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_cam.data.shapes import CLASSES, SHAPES_MEAN, SHAPES_STD, ShapesDataset, check_shortcut_classes
+from lightning_cam.data.shapes_tasks import BACKGROUND, ShapesMultiLabel, ShapesSegmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+TASKS = ("classification", "segmentation", "multilabel")
 
 
 def _default_data_dir() -> str:
@@ -29,6 +33,8 @@ def _default_data_dir() -> str:
 
 
 class _Base(pl.LightningDataModule):
+    task = "classification"
+
     def __init__(self, batch_size: int, num_workers: int, pin_memory: bool, eval_batch_size: int | None) -> None:
         super().__init__()
         self.batch_size = int(batch_size)
@@ -72,7 +78,12 @@ class ShapesDataModule(_Base):
     never share an image. ``augment``: random 90-degree rotations and flips of the
     training images (and masks). Batches: ``(images, labels, masks)``.
 
-    ``shortcut=P``: a class-coded marker in a fraction P of the train and val images (see
+    ``task``: ``"classification"`` (default), ``"segmentation"`` (:class:`ShapesSegmentation`: batches
+    ``(images, class maps (B,H,W) long, object masks)``, ``num_classes`` counts the background: 1 +
+    the shapes, 7 for all six) or ``"multilabel"`` (:class:`ShapesMultiLabel`: 1 to ``max_objects``
+    objects per image, batches ``(images, multi-hot (B,C) float, {"object": masks, "<class>": masks})``).
+
+    ``shortcut=P`` (classification only): a class-coded marker in a fraction P of the train and val images (see
     :mod:`lightning_cam.data.shapes`); batches are then ``(images, labels, {"object": masks,
     "marker": masks})``. ``test_shortcut``: the same for the test split (``None`` = ``shortcut``;
     0 tests the model without the marker, i.e. whether it learned the shapes). ``shortcut_classes``:
@@ -98,20 +109,32 @@ class ShapesDataModule(_Base):
         shortcut: float = 0.0,
         test_shortcut: float | None = None,
         shortcut_classes: Sequence[int | str] | None = None,
+        task: str = "classification",
+        max_objects: int = 3,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, eval_batch_size)
+        if task not in TASKS:
+            raise ValueError(f"shapes: data.task must be one of {', '.join(TASKS)}, got {task!r}")
+        if task != "classification" and (shortcut or test_shortcut or shortcut_classes is not None):
+            raise ValueError(f"shapes: the shortcut options are for data.task=classification, not {task}")
+        background = int(task == "segmentation")
         for name, p in (("shortcut", shortcut), ("test_shortcut", test_shortcut)):
             if p is not None and not 0.0 <= float(p) <= 1.0:
                 raise ValueError(
                     f"shapes: data.{name} is the probability of a class-coded marker, in [0, 1]; got {p!r} "
                     f"(e.g. data.{name}=0.9)"
                 )
-        if not 2 <= num_classes <= len(CLASSES):
-            raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
+        if not 2 + background <= num_classes <= len(CLASSES) + background:
+            raise ValueError(
+                f"shapes: num_classes must be in {2 + background}..{len(CLASSES) + background} for data.task={task}"
+                + (" (the background counts)" if background else "") + f", got {num_classes}"
+            )
+        self.task = task
+        self.max_objects = int(max_objects)
         self.num_train, self.num_val, self.num_test = int(num_train), int(num_val), int(num_test)
         self.image_size = int(image_size)
         self.num_classes = int(num_classes)
-        self.classes = list(CLASSES[:num_classes])
+        self.classes = [BACKGROUND] * background + list(CLASSES[:num_classes - background])
         self.seed = int(seed)
         self.mean, self.std = tuple(mean), tuple(std)
         self.cache = cache
@@ -120,7 +143,12 @@ class ShapesDataModule(_Base):
         self.test_shortcut = self.shortcut if test_shortcut is None else float(test_shortcut)
         self.shortcut_classes = check_shortcut_classes(shortcut_classes, self.num_classes)
 
-    def _ds(self, n: int, seed: int, augment: bool = False, shortcut: float = 0.0) -> ShapesDataset:
+    def _ds(self, n: int, seed: int, augment: bool = False, shortcut: float = 0.0) -> Dataset:
+        options = {"mean": self.mean, "std": self.std, "cache": self.cache, "augment": augment}
+        if self.task == "segmentation":
+            return ShapesSegmentation(n, self.image_size, self.num_classes, seed, **options)
+        if self.task == "multilabel":
+            return ShapesMultiLabel(n, self.image_size, self.num_classes, self.max_objects, seed, **options)
         return ShapesDataset(
             n, self.image_size, self.num_classes, seed, self.mean, self.std, self.cache, augment, shortcut,
             self.shortcut_classes,

@@ -98,23 +98,21 @@ def marker_geometry(size: int) -> tuple[int, int]:
     return max(3, round(size / 8)), max(1, round(size / 32))
 
 
-def _render(
-    params: torch.Tensor, size: int, noise_seeds: torch.Tensor, marker: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Render a batch from parameter vectors ``params`` (N, P) -> uint8 (N,3,S,S), mask (N,S,S),
-    labels (N,), marker masks (N,S,S) (None when ``marker`` (N,) bool is None)."""
-    n = params.shape[0]
-    s = float(size)
-    label = params[:, 0].long()
-    u = params[:, 1:]
-    col = lambda k: u[:, k].view(n, 1, 1)  # noqa: E731
-
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``xs, ys`` (1, S, S)."""
     ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32) + 0.5,
                             torch.arange(size, dtype=torch.float32) + 0.5, indexing="ij")
-    xs = xs.unsqueeze(0)  # (1,S,S)
-    ys = ys.unsqueeze(0)
+    return xs.unsqueeze(0), ys.unsqueeze(0)
 
-    # ---- background: gradient between two colours + texture + noise --------------
+
+def _background(u: torch.Tensor, size: int, noise_seeds: torch.Tensor) -> torch.Tensor:
+    """Cluttered background (n,3,S,S) in [0,1]-ish: a two-colour gradient, low-frequency texture,
+    pixel noise and 2-6 distractors (thin segments, small specks), from draws ``u[:, 5:18]`` and
+    ``u[:, 18], u[:, 21:]``."""
+    n = u.shape[0]
+    s = float(size)
+    col = lambda k: u[:, k].view(n, 1, 1)  # noqa: E731
+    xs, ys = _grid(size)
     ca = 0.15 + 0.7 * u[:, 5:8]  # (n,3)
     cb = 0.15 + 0.7 * u[:, 8:11]
     ga = 2 * math.pi * col(11)
@@ -130,7 +128,7 @@ def _render(
     ]) if n else torch.zeros(0, 3, size, size)
     img = img + (0.04 + 0.08 * col(17)).unsqueeze(1) * (noise - 0.5)
 
-    # ---- distractors: thin segments and small specks (never class shapes) ------------
+    # distractors: thin segments and small specks (never class shapes)
     n_dis = 2 + (u[:, 18] * (_MAX_DISTRACTORS - 1)).long()  # 2..6
     for d in range(_MAX_DISTRACTORS):
         base = 21 + 8 * d
@@ -150,12 +148,12 @@ def _render(
         m = torch.where(kind.view(n, 1, 1), seg, speck) & active
         rgb = u[:, base + 5:base + 8].view(n, 3, 1, 1)
         img = torch.where(m.unsqueeze(1), rgb, img)
+    return img
 
-    # ---- target object --------------------------------------------------------------
-    r = (0.16 + 0.14 * col(2)) * s  # radius 0.16..0.30 of the side
-    cx = r + 1 + col(0) * (s - 2 * r - 2)  # the object never touches the border
-    cy = r + 1 + col(1) * (s - 2 * r - 2)
-    th = 2 * math.pi * col(3)
+
+def _shape_masks(cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor, th: torch.Tensor, size: int) -> torch.Tensor:
+    """The six class shapes (n,6,S,S) bool centred at ``cx, cy`` (n,1,1), radius ``r``, rotation ``th``."""
+    xs, ys = _grid(size)
     dxo, dyo = (xs - cx) / r, (ys - cy) / r
     pu = dxo * torch.cos(th) + dyo * torch.sin(th)
     pv = -dxo * torch.sin(th) + dyo * torch.cos(th)
@@ -171,21 +169,49 @@ def _render(
     ring = (rho2 <= 1.0) & (rho2 >= 0.55 ** 2)
     phi = torch.atan2(pv, pu)
     star = torch.sqrt(rho2) <= 0.42 + 0.58 * ((1 + torch.cos(5 * phi)) / 2) ** 2
-    shapes = torch.stack([circle, square, tri, cross, ring, star], 1)  # (n,6,S,S)
-    mask = shapes.gather(1, label.view(n, 1, 1, 1).expand(n, 1, size, size)).squeeze(1)
+    return torch.stack([circle, square, tri, cross, ring, star], 1)
 
-    # object colour with guaranteed contrast against the local background
+
+def _paint(img: torch.Tensor, mask: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """Paint colour ``obj`` (n,3) on ``mask`` (n,S,S), pushed away from the local background
+    when their mean gap is under 0.3 (guaranteed contrast)."""
+    n = img.shape[0]
     bg_mean = (img * mask.unsqueeze(1)).sum((2, 3)) / mask.sum((1, 2)).clamp(min=1).unsqueeze(1)  # (n,3)
-    obj = torch.stack([u[:, 19], u[:, 20], u[:, 4]], 1)  # (n,3)
     lum_gap = (obj - bg_mean).abs().mean(1, keepdim=True)
     far = (bg_mean > 0.5).float()  # push towards the opposite end
     obj = torch.where(lum_gap < 0.3, far * 0.1 * obj + (1 - far) * (0.75 + 0.25 * obj), obj)
-    img = torch.where(mask.unsqueeze(1), obj.view(n, 3, 1, 1), img)
+    return torch.where(mask.unsqueeze(1), obj.view(n, 3, 1, 1), img)
+
+
+def _to_uint8(img: torch.Tensor) -> torch.Tensor:
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _render(
+    params: torch.Tensor, size: int, noise_seeds: torch.Tensor, marker: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Render a batch from parameter vectors ``params`` (N, P) -> uint8 (N,3,S,S), mask (N,S,S),
+    labels (N,), marker masks (N,S,S) (None when ``marker`` (N,) bool is None)."""
+    n = params.shape[0]
+    s = float(size)
+    label = params[:, 0].long()
+    u = params[:, 1:]
+    col = lambda k: u[:, k].view(n, 1, 1)  # noqa: E731
+    img = _background(u, size, noise_seeds)
+
+    # ---- target object --------------------------------------------------------------
+    r = (0.16 + 0.14 * col(2)) * s  # radius 0.16..0.30 of the side
+    cx = r + 1 + col(0) * (s - 2 * r - 2)  # the object never touches the border
+    cy = r + 1 + col(1) * (s - 2 * r - 2)
+    shapes = _shape_masks(cx, cy, r, 2 * math.pi * col(3), size)  # (n,6,S,S)
+    mask = shapes.gather(1, label.view(n, 1, 1, 1).expand(n, 1, size, size)).squeeze(1)
+    img = _paint(img, mask, torch.stack([u[:, 19], u[:, 20], u[:, 4]], 1))
 
     marker_mask = None
     if marker is not None:
         # a class-coloured square in the corner farthest from the object (never overlaps it:
         # the object lies within ~r of its centre, the far corner is >= S/sqrt(2) away)
+        xs, ys = _grid(size)
         side, inset = marker_geometry(size)
         x0 = torch.where(cx > s / 2, torch.full_like(cx, inset), torch.full_like(cx, size - inset - side))
         y0 = torch.where(cy > s / 2, torch.full_like(cy, inset), torch.full_like(cy, size - inset - side))
@@ -194,11 +220,59 @@ def _render(
         colours = torch.tensor(MARKER_COLOURS, dtype=img.dtype)[label]  # (n,3)
         img = torch.where(marker_mask.unsqueeze(1), colours.view(n, 3, 1, 1), img)
 
-    img = (img.clamp(0, 1) * 255).round().to(torch.uint8)
-    return img, mask, label, marker_mask
+    return _to_uint8(img), mask, label, marker_mask
 
 
-class ShapesDataset(Dataset):
+def dihedral(im: torch.Tensor, maps: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A random dihedral transform (rotation by k*90 degrees, then a flip with probability 1/2)
+    of image ``im`` (C,S,S) and of the maps ``{name: (S,S)}`` alike; draws from the global torch RNG."""
+    k = int(torch.randint(4, ()))
+    im = torch.rot90(im, k, (1, 2))
+    maps = {r: torch.rot90(m, k, (0, 1)) for r, m in maps.items()}
+    if bool(torch.rand(()) < 0.5):
+        im = im.flip(2)
+        maps = {r: m.flip(1) for r, m in maps.items()}
+    return im, maps
+
+
+def normalise(im: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """uint8 image -> float in [0, 1], then ``(x - mean) / std`` when both are given."""
+    x = im.float() / 255.0
+    if mean is not None and std is not None:
+        x = (x - mean) / std
+    return x
+
+
+class ShapesBase(Dataset):
+    """What every shapes dataset keeps: its length, image size, classes, seed, normalisation and
+    whether it augments (see :meth:`configure`)."""
+
+    classes = CLASSES
+
+    def configure(self, num_samples: int, image_size: int, num_classes: int, seed: int,
+              mean: Sequence[float] | None, std: Sequence[float] | None, augment: bool) -> None:
+        """Store the common options (``classes``: the first ``num_classes`` of :data:`CLASSES`)."""
+        self.num_samples = int(num_samples)
+        self.image_size = int(image_size)
+        self.num_classes = int(num_classes)
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.classes = CLASSES[:num_classes]
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _index(self, index: int) -> int:
+        if index < 0:
+            index += self.num_samples
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        return index
+
+
+class ShapesDataset(ShapesBase):
     """Procedural shapes: ``(image, label, mask)`` per index.
 
     Args:
@@ -224,8 +298,6 @@ class ShapesDataset(Dataset):
     ``{"object": (S,S) bool, "marker": (S,S) bool}`` instead.
     """
 
-    classes = CLASSES
-
     def __init__(
         self,
         num_samples: int = 5000,
@@ -248,16 +320,10 @@ class ShapesDataset(Dataset):
             raise ValueError(f"shapes: num_classes must be in 2..{len(CLASSES)}, got {num_classes}")
         if image_size < 8:
             raise ValueError(f"shapes: image_size must be >= 8, got {image_size}")
-        self.num_samples = int(num_samples)
-        self.image_size = int(image_size)
-        self.num_classes = int(num_classes)
-        self.seed = int(seed)
-        self.augment = bool(augment)
+        self.configure(num_samples, image_size, num_classes, seed, mean, std, augment)
+        self.num_shapes = int(num_classes)
         self.shortcut = float(shortcut)
         self.shortcut_classes = check_shortcut_classes(shortcut_classes, num_classes)
-        self.classes = CLASSES[:num_classes]
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self._images: torch.Tensor | None = None
         self._masks: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
@@ -282,7 +348,7 @@ class ShapesDataset(Dataset):
         imgs, masks, labels, markers = [], [], [], []
         for start in range(0, len(indices), _CHUNK):
             chunk = indices[start:start + _CHUNK]
-            params = torch.stack([_sample_params(self.seed, i, self.num_classes) for i in chunk])
+            params = torch.stack([_sample_params(self.seed, i, self.num_shapes) for i in chunk])
             noise_seeds = torch.tensor([self.seed * 1_000_003 + i + 7_777_777_777 for i in chunk])
             present = None
             if self.has_marker:
@@ -309,17 +375,7 @@ class ShapesDataset(Dataset):
         held-out set is stratified by them)."""
         if self._labels is not None:
             return self._labels
-        return torch.tensor([int(_sample_params(self.seed, i, self.num_classes)[0]) for i in range(self.num_samples)])
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _index(self, index: int) -> int:
-        if index < 0:
-            index += self.num_samples
-        if not 0 <= index < self.num_samples:
-            raise IndexError(index)
-        return index
+        return torch.tensor([int(_sample_params(self.seed, i, self.num_shapes)[0]) for i in range(self.num_samples)])
 
     def raw(self, index: int) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Un-normalised uint8 image (3,S,S), label, object mask (S,S)."""
@@ -340,15 +396,8 @@ class ShapesDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
         im, label, regions = self.raw_regions(index)
         if self.augment:
-            k = int(torch.randint(4, ()))
-            im = torch.rot90(im, k, (1, 2))
-            regions = {r: torch.rot90(m, k, (0, 1)) for r, m in regions.items()}
-            if bool(torch.rand(()) < 0.5):
-                im = im.flip(2)
-                regions = {r: m.flip(1) for r, m in regions.items()}
-        x = im.float() / 255.0
-        if self.mean is not None and self.std is not None:
-            x = (x - self.mean) / self.std
+            im, regions = dihedral(im, regions)
+        x = normalise(im, self.mean, self.std)
         return x, torch.tensor(label, dtype=torch.long), (regions if self.has_marker else regions["object"])
 
     def stats(self, n: int = 2000) -> tuple[list[float], list[float]]:
