@@ -82,3 +82,29 @@ def test_train_py_runs_the_experiment(experiment, metric, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert metric in metrics and f"optimized_metric ({metric})" in p.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("experiment", "metric"), [("segmentation", "val/iou"), ("multilabel", "val/f1")])
+def test_train_py_explains_the_experiment_in_wandb(experiment, metric, tmp_path):
+    """``python train.py experiment=...`` with the CAM callback: its maps and scores in the offline W&B run
+    (segmentation: the predicted object class over its region; multi-label: one row per positive label)."""
+    from wandb_offline import find_run_files, read_run_file
+
+    args = [f"experiment={experiment}", "data.num_train=64", "data.num_val=32", "data.batch_size=32",
+            "model.image_size=32", "trainer.max_epochs=1", "cam.num_samples=6", "cam.methods=[liftcam,gradcam]",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    p = run_train(args, tmp_path)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    assert "CAMCallback failed" not in p.stdout + p.stderr
+    run = read_run_file(find_run_files(tmp_path / "run")[0])
+    keys = run.keys()
+    for method in ("liftcam", "gradcam"):
+        for score in ("insertion", "deletion", "pointing_game", "energy/object"):
+            assert f"cam/{method}/{score}" in keys, sorted(keys)
+    assert metric in keys and run.media("images"), "the callback's heatmap grids should be in the W&B run"
+    assert "cam/liftcam/completeness_residual" in keys
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    rows = metrics["cam/curve_images"]
+    # at least min(8, rows) rows get curves: the 6 images, or, multi-label, more rows than images (1-3 labels each)
+    assert rows == 6 if experiment == "segmentation" else rows > 6
