@@ -241,6 +241,18 @@ def test_target_option_checked_and_in_the_app_config(tmp_path) -> None:
     errors: list[str] = []
     _check_methods(cfg, errors)
     assert any("cam.target must be 'prediction'" in e and "cam.target=label" in e for e in errors), errors
+    # a built-in of lightning_cam.targets from the command line: accepted and instantiated
+    from lightning_cam.targets import LabelLogit
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=["cam.target={_target_:lightning_cam.targets.LabelLogit}"])
+    GlobalHydra.instance().clear()
+    errors = []
+    _check_methods(cfg, errors)
+    assert not any("cam.target" in e for e in errors), errors
+    node = {k: v for k, v in cfg.cam.items() if k != "enabled"}
+    assert isinstance(instantiate(node, mean=None, std=None, target_layer=None).options.target, LabelLogit)
 
 
 class NaNFromEpoch(TinyNet):
