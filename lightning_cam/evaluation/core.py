@@ -54,7 +54,7 @@ from lightning_cam.evaluation.curves import add_curves
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.regions import active, static_masks
 from lightning_cam.evaluation.report import EvaluationReport
-from lightning_cam.evaluation.scoring import Inputs, explain_and_score, method_targets, rows_of
+from lightning_cam.evaluation.scoring import Inputs, explain_and_score, rows_of
 from lightning_cam.targets import TargetsLike
 
 __all__ = ["add_randomization", "bind_evaluation_target", "evaluate", "layer_names", "report_layers", "target_notes"]
@@ -214,7 +214,7 @@ def add_randomization(
                 rows = torch.arange(s, min(s + opts.batch_size, x.shape[0]))
                 exps = explain_all(
                     model, qualified, x[s : s + opts.batch_size].to(device), methods=opts.methods,
-                    targets=method_targets(rows_of(t, rows)), method_kwargs=opts.method_kwargs,
+                    targets=rows_of(t, rows), method_kwargs=opts.method_kwargs,
                     output_transform=opts.output_transform, fusion=opts.fusion or "mean",
                 )
                 for m in parts:

@@ -54,11 +54,10 @@ def check_extra_metrics(names: Sequence[str] | str, owner: str = "") -> tuple[st
 def _explainer(model: nn.Module, layer: Any, method: str, opts: EvaluationOptions):
     """The method as an :data:`~lightning_cam.metrics._common.Explain`: [0, 1] maps at input size, of
     the bound target (re-explaining a perturbed image explains the same target) or of class indices."""
-    from lightning_cam.evaluation.scoring import method_targets
     from lightning_cam.methods import explain_all
 
     def explain(x: Tensor, targets: TargetsLike) -> Tensor:
-        e = explain_all(model, layer, x, methods=[method], targets=method_targets(targets), method_kwargs=opts.method_kwargs,
+        e = explain_all(model, layer, x, methods=[method], targets=targets, method_kwargs=opts.method_kwargs,
                         output_transform=opts.output_transform, fusion=opts.fusion or "mean")[method]
         return e.saliency(tuple(x.shape[-2:]))
 

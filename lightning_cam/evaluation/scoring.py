@@ -21,9 +21,9 @@ from lightning_cam.evaluation.curves import same_maps
 from lightning_cam.evaluation.keys import applies
 from lightning_cam.evaluation.options import EvaluationOptions
 from lightning_cam.evaluation.report import EvaluationReport, LayerReport, MethodReport
-from lightning_cam.targets import ClassLogit, Target, TargetsLike, resolve_target
+from lightning_cam.targets import Target, TargetsLike, resolve_target
 
-__all__ = ["Inputs", "confidence_of", "explain_and_score", "method_targets", "predictions_of", "rows_of", "score_batch"]
+__all__ = ["Inputs", "confidence_of", "explain_and_score", "predictions_of", "rows_of", "score_batch"]
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,6 @@ def rows_of(target: TargetsLike, rows: Tensor) -> TargetsLike:
     return target[rows.to(target.device)] if isinstance(target, Tensor) else target
 
 
-def method_targets(targets: TargetsLike) -> TargetsLike:
-    """What the methods are asked to explain: a bound target (it re-binds to itself); a class-logit
-    target as its class indices, which every method reads as that same target ``y_c``; class
-    indices unchanged."""
-    if type(targets) is ClassLogit and targets.classes is not None:
-        return targets.classes
-    return targets
-
 
 def predictions_of(scores: Tensor) -> Tensor:
     """(N,) the model's prediction: the class of the default target of the scores' shape (top-1 class
@@ -101,7 +93,7 @@ def _shap_weights(net: nn.Module, layer: Any, batch: Inputs, exps: Mapping[str, 
     if "shap" in exps:
         return exps["shap"].weights
     ws = explain_all(
-        net, layer, batch.images[sel], methods=["shap"], targets=method_targets(batch.target.select(sel.nonzero().flatten())),
+        net, layer, batch.images[sel], methods=["shap"], targets=batch.target.select(sel.nonzero().flatten()),
         method_kwargs=opts.method_kwargs, output_transform=opts.output_transform,
     )["shap"].weights
     out = torch.zeros((batch.images.shape[0], ws.shape[1]), device=ws.device, dtype=ws.dtype)
@@ -236,7 +228,7 @@ def explain_and_score(
         for li, (name, qualified) in enumerate(layers.items()):
             t0 = time.perf_counter()
             exps = explain_all(
-                net, qualified, batch.images, methods=opts.methods, targets=method_targets(batch.target),
+                net, qualified, batch.images, methods=opts.methods, targets=batch.target,
                 method_kwargs=opts.method_kwargs, output_transform=opts.output_transform, fusion=opts.fusion or "mean",
             )
             first = next(iter(exps.values()))
