@@ -455,9 +455,8 @@ class CAMCallbackMixin:
         return ok
 
     def _read_heldout(self, run: _Run) -> None:
-        run.held = self._ensure_heldout(run.trainer, run.stage)
-        if self.options.target == "label" and run.held.dense_labels is not None and run.held.dense_labels.ndim == 2:
-            run.held = label_targets.expand_positive_labels(run.held, self.class_names)
+        run.held = label_targets.explained_rows(self.options.target, self._ensure_heldout(run.trainer, run.stage),
+                                                self.class_names)
         run.rows, run.count = distributed.shard_rows(len(run.held), run.trainer.global_rank, run.trainer.world_size)
 
     def _share(self, run: _Run) -> EvaluationReport:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lightning_cam.callback.label_targets import dense_label_classes
+from lightning_cam.callback.label_targets import dense_label_classes, is_segmentation_labels
 
 __all__ = [
     "HeldOut",
@@ -244,7 +244,7 @@ def _dense_view(labels: Tensor | None, dense: Tensor | None, masks: Tensor | Non
         return labels, None, masks
     if dense.ndim == 2:  # (N, C) multi-hot
         return None, dense.long() if not dense.is_floating_point() else dense, masks
-    if dense.ndim == 3 and not dense.is_floating_point() and dense.dtype != torch.bool:
+    if is_segmentation_labels(dense):
         dense = dense.long()
         return dense_label_classes(dense), dense, (dense != 0) if masks is None else masks
     return labels, None, masks  # other shapes: not understood as labels, not shown

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightning_cam.targets import LabelLogit, SegmentationClass, Target
 
-__all__ = ["check_target", "dense_label_classes", "expand_positive_labels", "targets_for"]
+__all__ = ["check_target", "dense_label_classes", "expand_positive_labels", "explained_rows", "is_segmentation_labels", "targets_for"]
 
 TARGET_WORDS = ("prediction", "label")
 
@@ -48,7 +48,8 @@ def check_target(target: Any, owner: str) -> Any:
 
 
 def is_segmentation_labels(dense: Tensor | None) -> bool:
-    return dense is not None and dense.ndim == 3 and not dense.is_floating_point()
+    """``dense`` holds one (H, W) integer class map per image."""
+    return dense is not None and dense.ndim == 3 and not dense.is_floating_point() and dense.dtype != torch.bool
 
 
 def dense_label_classes(dense: Tensor) -> Tensor:
@@ -79,6 +80,13 @@ def expand_positive_labels(held: Any, class_names: Sequence[str] | None) -> Any:
         regions=rows_regions or None, images_of=images,
         indices=None if held.indices is None else [held.indices[i] for i in images.tolist()],
     )
+
+
+def explained_rows(target: Any, held: Any, class_names: Sequence[str] | None) -> Any:
+    """The rows the callback explains: the held-out set, or, for ``target="label"`` with multi-hot
+    labels, one row per (image, positive label) (:func:`expand_positive_labels`)."""
+    multi_hot = held.dense_labels is not None and held.dense_labels.ndim == 2
+    return expand_positive_labels(held, class_names) if target == "label" and multi_hot else held
 
 
 def targets_for(target: Any, held: Any, rows: Tensor, multilabel: bool) -> Any:
