@@ -364,19 +364,6 @@ def test_reports_without_classes_still_reduce():
     assert set(class_means(labelled)) == {0, 1}
 
 
-def _methods_explain_targets() -> bool:
-    """Whether the methods explain a Target (helper-eng's change of lightning_cam.methods)."""
-    from lightning_cam.methods import explain_all
-
-    model, x, _ = _seg()
-    try:
-        explain_all(model, "features", x, methods=["gradcam"], targets=SegmentationClass(1))
-    except ValueError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _methods_explain_targets(), reason="the methods explain a Target once lightning_cam.methods does")
 def test_evaluate_segmentation_and_regression_targets():
     model, x, _ = _seg()
     report = evaluate(model, "features", x, methods=["gradcam"], targets=SegmentationClass(1), n_steps=N_STEPS,
